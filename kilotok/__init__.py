@@ -1,0 +1,29 @@
+"""kilotok: fast single-stream LLM inference.
+
+The public names load lazily, so `import kilotok.<submodule>` stays cheap (no model code, no compiler).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kilotok.engine.outputs import RequestOutput
+    from kilotok.engine.sampling_params import SamplingParams
+    from kilotok.llm import LLM
+
+__all__ = ["LLM", "RequestOutput", "SamplingParams"]
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "LLM": "kilotok.llm",
+    "RequestOutput": "kilotok.engine.outputs",
+    "SamplingParams": "kilotok.engine.sampling_params",
+}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'kilotok' has no attribute {name!r}")

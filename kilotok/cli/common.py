@@ -1,0 +1,57 @@
+"""Arguments that several commands share: which model to load, and how to sample."""
+
+from __future__ import annotations
+
+import argparse
+
+from kilotok.engine.sampling_params import SamplingParams
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="smollm2-135m",
+                       help="a model alias (smollm2-135m), a .gguf file or a Hugging Face folder "
+                            "(default: %(default)s)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8", "int4"],
+                       help="weight format; auto runs a GGUF's 4-bit weights as stored (int4), else bf16. "
+                            "int8/int4 are weight-only with bf16 activations (default: %(default)s)")
+    group.add_argument("--max-model-len", type=int, default=None,
+                       help="context window in tokens (default: the model's)")
+    group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
+    group.add_argument("--no-compile", action="store_true",
+                       help="run the decode step eagerly instead of with torch.compile")
+
+
+def engine_settings(args: argparse.Namespace) -> dict:
+    return {
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "kv_cache_gb": args.kv_cache_gb,
+        "compile": not args.no_compile,
+    }
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)")
+    group.add_argument("--temperature", type=float, default=default_temperature,
+                       help="0 is greedy (default: %(default)s)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 is off")
+    group.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p times the top one")
+    group.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
+    group.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    group.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos,
+    )

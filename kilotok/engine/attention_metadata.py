@@ -1,0 +1,27 @@
+"""The per-step description of where each token's keys and values live in the paged KV cache.
+
+The model runner builds one `AttentionMetadata` per forward and passes it down through the model, so
+every attention layer of that step reads the same tensors. Only tensors live here (no Python ints
+derived from them), so a compiled decode step keeps one static graph whatever the context lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor
+    """[T] int64: flat cache slot (block * block_size + offset) each new token's K/V is written to."""
+    block_tables: torch.Tensor
+    """[B, max_blocks] int32: the KV blocks of each sequence, in order; unused entries are 0."""
+    context_lens: torch.Tensor
+    """[B] int32: tokens in the cache for each sequence after this step's tokens are written."""
+    query_start_loc: torch.Tensor
+    """[B + 1] int32: the new tokens of sequence b are rows query_start_loc[b]:query_start_loc[b+1]."""
+    tree_mask: torch.Tensor | None = None
+    """[B, n, n] bool, for speculative verification: new token i of a sequence sees new token j when
+    true. The new tokens of every sequence then number n. None means causal order."""

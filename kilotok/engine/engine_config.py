@@ -1,0 +1,38 @@
+"""Engine settings, validated once when the engine is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kilotok.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "smollm2-135m"
+    dtype: str = "auto"
+    """auto, fp32, bf16, fp16, int8 or int4 (weight-only; activations in bf16)."""
+    block_size: int = 16
+    kv_cache_gb: float = 1.0
+    kv_cache_blocks: int | None = None
+    """Overrides kv_cache_gb when set."""
+    max_model_len: int | None = None
+    """Defaults to the model's context window."""
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 4096
+    compile: bool = True
+    """torch.compile the decode step; falls back to eager where compiling fails."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "block_size": self.block_size >= 1,
+            "kv_cache_gb": self.kv_cache_gb > 0,
+            "kv_cache_blocks": self.kv_cache_blocks is None or self.kv_cache_blocks >= 2,
+            "max_model_len": self.max_model_len is None or self.max_model_len >= 1,
+            "max_num_seqs": self.max_num_seqs >= 1,
+            "max_num_batched_tokens": self.max_num_batched_tokens >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise InvalidRequestError(f"engine setting {name}={getattr(self, name)!r} is out of range")

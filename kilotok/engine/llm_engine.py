@@ -1,0 +1,105 @@
+"""The engine loop: admit requests, schedule a step, run it, turn tokens into outputs."""
+
+from __future__ import annotations
+
+import time
+
+from kilotok.engine.block_manager import BlockManager
+from kilotok.engine.engine_config import EngineConfig
+from kilotok.engine.model_runner import ModelRunner
+from kilotok.engine.output_processor import OutputProcessor
+from kilotok.engine.outputs import RequestOutput
+from kilotok.engine.sampling_params import SamplingParams
+from kilotok.engine.scheduler import Scheduler
+from kilotok.engine.sequence import Sequence
+from kilotok.errors import InvalidRequestError
+from kilotok.loader.registry import load_checkpoint
+from kilotok.models.builder import build_model, resolve_weight_mode
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        checkpoint = load_checkpoint(config.model, progress=config.progress)
+        self.model_name = checkpoint.name
+        self.tokenizer = checkpoint.tokenizer
+        self.weight_mode = resolve_weight_mode(config.dtype, checkpoint)
+        model = build_model(checkpoint, self.weight_mode, progress=config.progress)
+        del checkpoint
+        self.model_config = model.config
+        self.max_model_len = min(config.max_model_len or model.config.max_position_embeddings,
+                                 model.config.max_position_embeddings)
+        num_blocks = config.kv_cache_blocks or max(
+            2, int(config.kv_cache_gb * 2**30) // ModelRunner.kv_bytes_per_block(model, config.block_size))
+        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, self.max_model_len, config.compile)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+        self._check_prompt(prompt_token_ids)
+        seq = Sequence(list(prompt_token_ids), params)
+        self.outputs.start(seq)
+        self.scheduler.add(seq)
+        return seq
+
+    def _check_prompt(self, prompt_token_ids: list[int]) -> None:
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty: give at least one token")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_token_ids)} tokens but the context window is {self.max_model_len}:"
+                " shorten the prompt so there is room for at least one output token"
+            )
+        capacity = self.block_manager.num_usable_blocks * self.block_manager.block_size
+        if len(prompt_token_ids) + 1 > capacity:
+            raise InvalidRequestError(
+                f"the prompt needs {len(prompt_token_ids) + 1} KV-cache slots but the whole cache holds "
+                f"{capacity}: raise kv_cache_gb or shorten the prompt"
+            )
+        vocab_size = self.model_config.vocab_size
+        bad = [t for t in prompt_token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+
+    def abort(self, seq: Sequence) -> None:
+        if not seq.is_finished:
+            self.scheduler.finish(seq, "abort")
+        self.outputs.release(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[tuple[Sequence, RequestOutput]]:
+        """Run one scheduled batch; returns an update for every sequence that took part in it."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        tokens = self.runner.run(batch.seqs, batch.is_prefill).tolist()
+        now = time.perf_counter()
+        updates = []
+        for seq, token_id in zip(batch.seqs, tokens, strict=True):
+            reason = self.outputs.append(seq, token_id, now)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+            updates.append((seq, self._output(seq)))
+            if seq.is_finished:
+                self.outputs.release(seq)
+        return updates
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        first = seq.first_token_time or seq.arrival_time
+        last = seq.last_token_time or first
+        decode_time = last - first
+        decode_rate = (seq.num_output_tokens - 1) / decode_time if decode_time > 0 else 0.0
+        return RequestOutput(
+            request_id=seq.seq_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            text=self.outputs.text_of(seq),
+            token_ids=seq.output_token_ids,
+            finish_reason=seq.finish_reason,
+            ttft_s=first - seq.arrival_time,
+            decode_tokens_per_s=decode_rate,
+            e2e_s=last - seq.arrival_time,
+            delta_text=self.outputs.take_delta(seq),
+        )

@@ -1,0 +1,112 @@
+"""Runs one scheduled batch through the model: builds the step's inputs, owns the KV cache and the
+compiled decode step, and samples. It returns sampled tokens as a tensor and never reads it back, so on
+a GPU the host can prepare the next step while this one runs."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from kilotok.engine.attention_metadata import AttentionMetadata
+from kilotok.engine.block_manager import PADDING_BLOCK
+from kilotok.engine.sequence import Sequence
+from kilotok.layers.sampler import Sampler, SamplingTensors
+from kilotok.models.llama import LlamaForCausalLM
+
+DECODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, max_model_len: int,
+                 compile_decode: bool) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.device = next(model.parameters()).device
+        self.sampler = Sampler()
+        self._allocate_kv_cache(num_blocks)
+        self._decode_forward = self._forward_logits
+        if compile_decode:
+            self._decode_forward = torch.compile(self._forward_logits, dynamic=False)
+        self._compile_failed = not compile_decode
+
+    def _allocate_kv_cache(self, num_blocks: int) -> None:
+        config = self.model.config
+        dtype = self.model.activation_dtype
+        shape = (config.num_layers, 2, num_blocks, self.block_size, config.num_kv_heads, config.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        for index, layer in enumerate(self.model.layers):
+            layer.self_attn.k_cache = self.kv_cache[index, 0]
+            layer.self_attn.v_cache = self.kv_cache[index, 1]
+
+    @staticmethod
+    def kv_bytes_per_block(model: LlamaForCausalLM, block_size: int) -> int:
+        config = model.config
+        element_size = torch.empty(0, dtype=model.activation_dtype).element_size()
+        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element_size
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
+        """Process every uncached token of `seqs` and sample one next token per sequence: [B] int64."""
+        if is_prefill:
+            input_ids, positions, meta, last_rows = self._prepare(seqs, padded_batch=len(seqs))
+            hidden, _ = self.model(input_ids, positions, meta)
+            logits = self.model.compute_logits(hidden[last_rows])
+        else:
+            padded = next((b for b in DECODE_BATCH_BUCKETS if b >= len(seqs)), len(seqs))
+            input_ids, positions, meta, _ = self._prepare(seqs, padded_batch=padded)
+            logits = self._run_decode(input_ids, positions, meta)[: len(seqs)]
+        for seq in seqs:
+            seq.num_cached_tokens = len(seq)
+        sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)
+        return self.sampler(logits, sampling, [seq.generator for seq in seqs])
+
+    def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                        meta: AttentionMetadata) -> torch.Tensor:
+        hidden, _ = self.model(input_ids, positions, meta)
+        return self.model.compute_logits(hidden)
+
+    def _run_decode(self, input_ids, positions, meta) -> torch.Tensor:
+        if self._compile_failed:
+            return self._forward_logits(input_ids, positions, meta)
+        try:
+            return self._decode_forward(input_ids, positions, meta)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            print(f"kilotok: torch.compile unavailable ({type(error).__name__}: {error}); running eager",
+                  file=sys.stderr)
+            self._compile_failed = True
+            return self._forward_logits(input_ids, positions, meta)
+
+    def _prepare(self, seqs: list[Sequence], padded_batch: int):
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start_loc = [0]
+        block_tables = torch.full((padded_batch, self.max_blocks_per_seq), PADDING_BLOCK, dtype=torch.int32)
+        for row, seq in enumerate(seqs):
+            start, end = seq.num_cached_tokens, len(seq)
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                         for p in range(start, end))
+            query_start_loc.append(query_start_loc[-1] + end - start)
+            block_tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        context_lens = [len(seq) for seq in seqs]
+        for _ in range(padded_batch - len(seqs)):
+            # Padding rows attend to one slot of the reserved block and write their K/V there.
+            input_ids.append(0)
+            positions.append(0)
+            slots.append(PADDING_BLOCK * self.block_size)
+            query_start_loc.append(query_start_loc[-1] + 1)
+            context_lens.append(1)
+        device = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            block_tables=block_tables.to(device),
+            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
+            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
+        )
+        last_rows = torch.tensor(query_start_loc[1 : len(seqs) + 1], device=device) - 1
+        return (torch.tensor(input_ids, dtype=torch.int64, device=device),
+                torch.tensor(positions, dtype=torch.int64, device=device), meta, last_rows)

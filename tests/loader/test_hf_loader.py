@@ -1,0 +1,223 @@
+"""Hugging Face folders written by transformers load back tensor for tensor, and bad folders fail clearly."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+from kilotok.errors import ModelFormatError, ModelNotFoundError
+from kilotok.loader.hf_config import config_from_hf
+from kilotok.loader.hf_loader import load_hf_folder
+
+SMALL_LLAMA = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+# Small enough that each of the test models splits into several shards with an index.
+SMALL_SHARD = "8KB"
+
+
+@pytest.fixture
+def tokenizer_stub(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Stand in for the tokenizer loader (tested on its own), recording the folders it is asked for."""
+    requested: list[Path] = []
+
+    def tokenizer_from_hf_folder(folder: Path) -> str:
+        requested.append(folder)
+        return "tokenizer"
+
+    stub = types.ModuleType("kilotok.loader.tokenizer")
+    stub.tokenizer_from_hf_folder = tokenizer_from_hf_folder
+    monkeypatch.setitem(sys.modules, "kilotok.loader.tokenizer", stub)
+    return requested
+
+
+def save_model(folder: Path, config, model_class=LlamaForCausalLM, dtype=torch.float32, shard=False):
+    torch.manual_seed(0)
+    model = model_class(config).to(dtype)
+    model.save_pretrained(folder, **({"max_shard_size": SMALL_SHARD} if shard else {}))
+    return model
+
+
+def assert_same_tensors(weights: dict, model) -> None:
+    expected = dict(model.state_dict())
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    assert sorted(weights) == sorted(expected)
+    for name, tensor in expected.items():
+        assert weights[name].dtype == tensor.dtype, name
+        assert torch.equal(weights[name], tensor), name
+
+
+def assert_config_matches(config, hf) -> None:
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (
+        hf.vocab_size, hf.hidden_size, hf.intermediate_size)
+    assert (config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) == (
+        hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim)
+    assert config.rms_norm_eps == hf.rms_norm_eps
+    assert config.rope_theta == hf.rope_parameters["rope_theta"]
+    assert config.max_position_embeddings == hf.max_position_embeddings
+    assert config.tie_word_embeddings == hf.tie_word_embeddings
+    assert config.bos_token_id == hf.bos_token_id
+    eos = hf.eos_token_id
+    assert config.eos_token_ids == (tuple(eos) if isinstance(eos, list) else (eos,))
+
+
+LLAMA_VARIANTS = {
+    "untied-llama3-rope-single-file": (dict(rope_parameters=LLAMA3_ROPE, eos_token_id=[2, 5]), torch.float32,
+                                       False),
+    "tied-biases-head-dim-sharded": (dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+                                          head_dim=16, rope_theta=12345.0), torch.float32, True),
+    "bf16-llama3-rope-sharded": (dict(rope_parameters=LLAMA3_ROPE), torch.bfloat16, True),
+}
+
+
+@pytest.mark.parametrize("overrides,dtype,shard", LLAMA_VARIANTS.values(), ids=LLAMA_VARIANTS.keys())
+def test_llama_folder_loads_as_saved(tmp_path, tokenizer_stub, overrides, dtype, shard):
+    hf_config = LlamaConfig(**SMALL_LLAMA, **overrides)
+    model = save_model(tmp_path, hf_config, dtype=dtype, shard=shard)
+    assert (tmp_path / "model.safetensors.index.json").is_file() == shard
+
+    checkpoint = load_hf_folder(tmp_path, progress=False)
+
+    assert_same_tensors(checkpoint.weights, model)
+    assert_config_matches(checkpoint.config, hf_config)
+    expected_scaling = overrides.get("rope_parameters")
+    if expected_scaling:
+        scaling = checkpoint.config.rope_scaling
+        assert (scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor,
+                scaling.original_max_position_embeddings) == tuple(
+            expected_scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                          "original_max_position_embeddings"))
+    else:
+        assert checkpoint.config.rope_scaling is None
+    assert (checkpoint.config.attention_bias, checkpoint.config.mlp_bias) == (
+        hf_config.attention_bias, hf_config.mlp_bias)
+    assert (checkpoint.tokenizer, checkpoint.name, checkpoint.path) == ("tokenizer", tmp_path.name, tmp_path)
+    assert tokenizer_stub == [tmp_path]
+
+
+def test_mistral_without_sliding_window_loads_as_llama(tmp_path, tokenizer_stub):
+    hf_config = MistralConfig(**SMALL_LLAMA, sliding_window=None)
+    model = save_model(tmp_path, hf_config, model_class=MistralForCausalLM)
+    checkpoint = load_hf_folder(tmp_path, progress=False)
+    assert_same_tensors(checkpoint.weights, model)
+    assert_config_matches(checkpoint.config, hf_config)
+
+
+@pytest.mark.slow
+def test_folder_with_real_tokenizer(tmp_path, hf_reference_tokenizer):
+    pytest.importorskip("kilotok.loader.tokenizer")
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
+    hf_reference_tokenizer.save_pretrained(tmp_path)
+    text = "Hello, kilotok! Ünïcode and  spaces."
+    tokenizer = load_hf_folder(tmp_path, progress=False).tokenizer
+    assert tokenizer.encode(text) == hf_reference_tokenizer.encode(text)
+
+
+def test_transformers4_rope_layout():
+    raw = LlamaConfig(**SMALL_LLAMA).to_dict()
+    del raw["rope_parameters"]
+    raw["rope_theta"] = 500000.0
+    raw["rope_scaling"] = {k: v for k, v in LLAMA3_ROPE.items() if k not in ("rope_type", "rope_theta")}
+    raw["rope_scaling"]["type"] = "llama3"
+    config = config_from_hf(raw)
+    assert config.rope_theta == 500000.0
+    assert config.rope_scaling.factor == 8.0
+    assert config.rope_scaling.original_max_position_embeddings == 64
+
+
+def llama_dict(**changes) -> dict:
+    raw = LlamaConfig(**SMALL_LLAMA).to_dict()
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "'yarn'"),
+    (dict(rope_parameters=None, rope_scaling={"type": "linear", "factor": 2.0}), "'linear'"),
+    (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), "low_freq_factor"),
+    (dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2"), "Qwen2ForCausalLM.*LlamaForCausalLM"),
+    (dict(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=512), "sliding window"),
+    (dict(quantization_config={"quant_method": "gptq"}), "gptq"),
+    (dict(hidden_act="gelu"), "gelu"),
+    (dict(num_hidden_layers=None), "num_hidden_layers"),
+])
+def test_unsupported_configs_are_rejected(changes, message):
+    with pytest.raises(ModelFormatError, match=message):
+        config_from_hf(llama_dict(**changes))
+
+
+def test_missing_folder_and_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_hf_folder(tmp_path / "nowhere")
+    with pytest.raises(ModelFormatError, match="no config.json"):
+        load_hf_folder(tmp_path)
+
+
+def test_pytorch_bin_checkpoint_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(llama_dict()))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ModelFormatError, match=r"pytorch_model\.bin.*convert them to safetensors"):
+        load_hf_folder(tmp_path)
+
+
+def test_index_naming_a_missing_shard(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA), shard=True)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"]["model.norm.weight"]
+    (tmp_path / shard).unlink()
+    with pytest.raises(ModelFormatError, match=f"shard '{shard}'.*missing"):
+        load_hf_folder(tmp_path)
+
+
+def rewrite_weights(folder: Path, edit) -> None:
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
+    rewrite_weights(tmp_path, lambda tensors: tensors.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ModelFormatError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing"):
+        load_hf_folder(tmp_path)
+
+
+def test_untied_checkpoint_needs_lm_head(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
+    rewrite_weights(tmp_path, lambda tensors: tensors.pop("lm_head.weight"))
+    with pytest.raises(ModelFormatError, match=r"'lm_head\.weight' is missing"):
+        load_hf_folder(tmp_path)
+
+
+def test_shape_disagreeing_with_config(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "intermediate_size": 64}))
+    with pytest.raises(ModelFormatError, match=r"gate_proj\.weight.*\(48, 32\).*\(64, 32\)"):
+        load_hf_folder(tmp_path)
+
+
+def test_integer_weight_is_rejected(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
+    integer_norm = {"model.norm.weight": torch.ones(32, dtype=torch.int8)}
+    rewrite_weights(tmp_path, lambda tensors: tensors.update(integer_norm))
+    with pytest.raises(ModelFormatError, match=r"'model\.norm\.weight' has dtype I8"):
+        load_hf_folder(tmp_path)
+
+
+def test_corrupt_safetensors_file(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ModelFormatError, match="truncated or corrupt"):
+        load_hf_folder(tmp_path)
