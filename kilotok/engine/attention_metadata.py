@@ -25,3 +25,8 @@ class AttentionMetadata:
     tree_mask: torch.Tensor | None = None
     """[B, n, n] bool, for speculative verification: new token i of a sequence sees new token j when
     true. The new tokens of every sequence then number n. None means causal order."""
+    kv_gather_index: torch.Tensor | None = None
+    """[B, L] int64, decode steps only: the flat cache slots of each sequence's keys in order, padded to
+    the longest sequence. With it, decode attention is plain tensor ops that torch.compile can fuse."""
+    kv_valid: torch.Tensor | None = None
+    """[B, L] bool: which entries of kv_gather_index are real keys rather than padding."""

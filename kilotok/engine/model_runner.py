@@ -32,13 +32,14 @@ class ModelRunner:
         self._compile_failed = not compile_decode
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
+        # One tensor per layer and per K/V, not views of one big buffer: a compiled step that writes into
+        # views of a shared base would have the whole base copied around every step.
         config = self.model.config
-        dtype = self.model.activation_dtype
-        shape = (config.num_layers, 2, num_blocks, self.block_size, config.num_kv_heads, config.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-        for index, layer in enumerate(self.model.layers):
-            layer.self_attn.k_cache = self.kv_cache[index, 0]
-            layer.self_attn.v_cache = self.kv_cache[index, 1]
+        shape = (num_blocks, self.block_size, config.num_kv_heads, config.head_dim)
+        for layer in self.model.layers:
+            attention = layer.self_attn
+            attention.k_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
+            attention.v_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
 
     @staticmethod
     def kv_bytes_per_block(model: LlamaForCausalLM, block_size: int) -> int:
@@ -56,11 +57,28 @@ class ModelRunner:
         else:
             padded = next((b for b in DECODE_BATCH_BUCKETS if b >= len(seqs)), len(seqs))
             input_ids, positions, meta, _ = self._prepare(seqs, padded_batch=padded)
+            meta.kv_gather_index, meta.kv_valid = self._decode_key_window(seqs, padded)
             logits = self._run_decode(input_ids, positions, meta)[: len(seqs)]
         for seq in seqs:
             seq.num_cached_tokens = len(seq)
         sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)
         return self.sampler(logits, sampling, [seq.generator for seq in seqs])
+
+    def _decode_key_window(self, seqs: list[Sequence], padded_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat cache slots of every key each decoding sequence attends to, padded to the longest."""
+        window = max(len(seq) for seq in seqs)
+        index = torch.full((padded_batch, window), PADDING_BLOCK * self.block_size, dtype=torch.int64)
+        valid = torch.zeros((padded_batch, window), dtype=torch.bool)
+        valid[len(seqs):, 0] = True
+        offsets = torch.arange(self.block_size, dtype=torch.int64)
+        for row, seq in enumerate(seqs):
+            slots = (torch.tensor(seq.block_table, dtype=torch.int64)[:, None] * self.block_size + offsets)
+            index[row, : len(seq)] = slots.flatten()[: len(seq)]
+            valid[row, : len(seq)] = True
+        index, valid = index.to(self.device), valid.to(self.device)
+        torch._dynamo.mark_dynamic(index, 1)
+        torch._dynamo.mark_dynamic(valid, 1)
+        return index, valid
 
     def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
                         meta: AttentionMetadata) -> torch.Tensor:

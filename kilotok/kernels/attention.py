@@ -25,9 +25,32 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """q: [T, Hq, D] -> [T, Hq, D]. Keys are each sequence's cached tokens, new ones included."""
+    if meta.kv_gather_index is not None:
+        return decode_attention(q, k_cache, v_cache, meta.kv_gather_index, meta.kv_valid, scale)
     return torch.ops.kilotok.paged_attention(
         q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, meta.tree_mask, scale
     )
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_gather_index: torch.Tensor,
+    kv_valid: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One new token per sequence, q: [B, Hq, D]. Pure tensor ops over a gathered [B, L] key window, so
+    a compiled decode step fuses it; the window length is the only dynamic shape."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    keys = k_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float()
+    values = v_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float()
+    grouped_q = q.float().view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", grouped_q, keys) * scale
+    scores = scores.masked_fill(~kv_valid[:, None, None, :], float("-inf"))
+    attended = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), values)
+    return attended.reshape(batch, num_heads, head_dim).to(q.dtype)
 
 
 @torch.library.custom_op("kilotok::paged_attention", mutates_args=())

@@ -1,0 +1,78 @@
+"""Build a linear layer of the requested precision from a loaded weight (float tensor or raw GGUF blocks).
+
+Fused projections (q/k/v, gate/up) are concatenated along the output dimension by the model builder before
+they get here, so every layer takes one weight. A layer that the int4 or int8 kernels cannot hold (shape
+constraints) falls back to the next wider format: int4 -> int8 -> bf16.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kilotok.errors import InvalidRequestError
+from kilotok.loader.tensor import QuantizedTensor, Weight
+from kilotok.quant.int4 import GGUF_INT4_TYPES, Int4Linear
+from kilotok.quant.int8 import Int8Linear
+
+logger = logging.getLogger(__name__)
+
+FLOAT_MODES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LINEAR_MODES = (*FLOAT_MODES, "int8", "int4")
+
+
+class DenseLinear(nn.Module):
+    """A plain linear layer that stores its weight and computes in one float dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.dtype = dtype
+        self.weight = nn.Parameter(weight.detach().to(dtype).contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+
+    @property
+    def weight_bytes(self) -> int:
+        params = [self.weight] + ([] if self.bias is None else [self.bias])
+        return sum(p.numel() * p.element_size() for p in params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.dtype), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}"
+
+
+def make_linear(weight: Weight, bias: torch.Tensor | None, mode: str) -> nn.Module:
+    """A linear layer y = x @ weight.T + bias in `mode`: one of fp32, bf16, fp16, int8, int4.
+
+    Float modes hold the (dequantized) weight in that dtype. int8 requantizes per output channel. int4 keeps
+    a Q4_0/Q4_1 weight's own codes and scales, and quantizes any other weight per group of 32.
+    Every returned module has `in_features`, `out_features` and `weight_bytes` (bytes read per forward).
+    """
+    if mode not in LINEAR_MODES:
+        raise InvalidRequestError(f"unknown linear mode {mode!r}; choose one of {', '.join(LINEAR_MODES)}")
+    if mode in FLOAT_MODES:
+        return DenseLinear(_as_float(weight), bias, FLOAT_MODES[mode])
+    out_features, in_features = weight.shape
+    if mode == "int4" and Int4Linear.supports(out_features, in_features):
+        if isinstance(weight, QuantizedTensor) and weight.qtype in GGUF_INT4_TYPES:
+            return Int4Linear.from_gguf(weight, bias)
+        return Int4Linear.from_float(_as_float(weight), bias)
+    if Int8Linear.supports(out_features, in_features):
+        _log_fallback(mode, "int8", weight.shape)
+        return Int8Linear.from_float(_as_float(weight), bias)
+    _log_fallback(mode, "bf16", weight.shape)
+    return DenseLinear(_as_float(weight), bias, torch.bfloat16)
+
+
+def _as_float(weight: Weight) -> torch.Tensor:
+    return weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
+
+
+def _log_fallback(mode: str, used: str, shape: tuple[int, ...]) -> None:
+    if mode != used:
+        logger.info("weight of shape %s does not fit the %s kernel; using %s", tuple(shape), mode, used)

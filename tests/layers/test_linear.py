@@ -1,0 +1,113 @@
+"""make_linear in every mode against an fp32 matmul with the gguf package's dequantized weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
+
+from kilotok.errors import InvalidRequestError
+from kilotok.layers.linear import DenseLinear, make_linear
+from kilotok.loader.tensor import QuantizedTensor
+from kilotok.quant.int4 import Int4Linear
+from kilotok.quant.int8 import Int8Linear
+
+OUT_FEATURES, IN_FEATURES = 48, 96
+
+# Relative error of the output norm each mode may show on a Q4_1 weight (whose int4 codes are reused):
+# fp32 only reorders sums; fp16 and bf16 round inputs and weights (2^-11 and 2^-8 relative), int8 adds
+# per-channel rounding of roughly 1/254 of a row's max per weight; int4 only rounds its scales to bf16.
+TOLERANCES = {"fp32": 1e-6, "fp16": 2e-3, "bf16": 1e-2, "int8": 2e-2, "int4": 1e-2}
+EXPECTED_TYPES = {
+    "fp32": DenseLinear,
+    "fp16": DenseLinear,
+    "bf16": DenseLinear,
+    "int8": Int8Linear,
+    "int4": Int4Linear,
+}
+
+
+def quantized_weight(qtype: GGMLQuantizationType, shape: tuple[int, int]) -> QuantizedTensor:
+    values = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return QuantizedTensor(qtype, quantize(values, qtype), shape)
+
+
+def reference(weight: QuantizedTensor) -> torch.Tensor:
+    return torch.from_numpy(dequantize(weight.data, weight.qtype)).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("mode", list(TOLERANCES))
+@pytest.mark.parametrize("as_blocks", [True, False], ids=["gguf", "float"])
+def test_every_mode_matches_the_fp32_matmul(mode: str, as_blocks: bool) -> None:
+    weight = quantized_weight(GGMLQuantizationType.Q4_1, (OUT_FEATURES, IN_FEATURES))
+    dense = reference(weight)
+    bias = torch.randn(OUT_FEATURES, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(5, IN_FEATURES, generator=torch.Generator().manual_seed(2)).bfloat16()
+    expected = x.float() @ dense.T + bias
+
+    layer = make_linear(weight if as_blocks else dense, bias, mode)
+    out = layer(x).float()
+
+    assert isinstance(layer, EXPECTED_TYPES[mode])
+    assert (layer.in_features, layer.out_features) == (IN_FEATURES, OUT_FEATURES)
+    assert ((out - expected).norm() / expected.norm()).item() < TOLERANCES[mode]
+
+
+@pytest.mark.parametrize(
+    ("mode", "dtype"), [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)]
+)
+def test_float_modes_store_and_compute_in_their_dtype(mode: str, dtype: torch.dtype) -> None:
+    layer = make_linear(torch.randn(16, 32), None, mode)
+
+    out = layer(torch.randn(1, 32))
+
+    assert layer.weight.dtype == out.dtype == dtype
+    assert not layer.weight.requires_grad
+
+
+def test_int4_requantizes_other_block_types() -> None:
+    weight = quantized_weight(GGMLQuantizationType.Q8_0, (OUT_FEATURES, IN_FEATURES))
+    x = torch.randn(3, IN_FEATURES).bfloat16()
+    expected = x.float() @ reference(weight).T
+
+    layer = make_linear(weight, None, "int4")
+
+    assert isinstance(layer, Int4Linear)
+    # 4-bit min/max rounding of Gaussian weights: error about 8% of a weight's spread, averaged down by K.
+    assert ((layer(x).float() - expected).norm() / expected.norm()).item() < 0.15
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape", "fallback"),
+    [("int4", (24, 64), Int8Linear), ("int4", (16, 40), DenseLinear), ("int8", (16, 40), DenseLinear)],
+)
+def test_shapes_the_kernels_cannot_hold_fall_back(mode: str, shape: tuple[int, int], fallback: type) -> None:
+    weight = torch.randn(shape)
+    x = torch.randn(2, shape[1])
+
+    layer = make_linear(weight, None, mode)
+
+    assert isinstance(layer, fallback)
+    torch.testing.assert_close(layer(x).float(), x @ weight.T, atol=0.1, rtol=0.05)
+
+
+def test_weight_bytes_per_mode() -> None:
+    weight, bias = torch.randn(OUT_FEATURES, IN_FEATURES), torch.randn(OUT_FEATURES)
+    weights = OUT_FEATURES * IN_FEATURES
+    expected = {
+        "fp32": 4 * (weights + OUT_FEATURES),
+        "fp16": 2 * (weights + OUT_FEATURES),
+        "bf16": 2 * (weights + OUT_FEATURES),
+        "int8": weights + 2 * OUT_FEATURES + 2 * OUT_FEATURES,
+        "int4": weights // 2 + 2 * 2 * weights // 32 + 2 * OUT_FEATURES,
+    }
+
+    for mode, size in expected.items():
+        assert make_linear(weight, bias, mode).weight_bytes == size, mode
+
+
+def test_unknown_mode_is_a_clear_error() -> None:
+    with pytest.raises(InvalidRequestError, match="int4"):
+        make_linear(torch.randn(16, 32), None, "int3")
