@@ -46,8 +46,11 @@ class LLM:
         """Run every prompt to completion (batched together) and return outputs in prompt order."""
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(params, len(prompt_list))
-        seqs = [self.engine.add_request(self.encode(p), sp) for p, sp in zip(prompt_list, params_list,
-                                                                              strict=True)]
+        # Every prompt is checked before any is queued, so one bad prompt leaves nothing half-submitted.
+        prompt_ids = [self.encode(p) for p in prompt_list]
+        for ids in prompt_ids:
+            self.engine.validate_prompt(ids)
+        seqs = [self.engine.add_request(ids, sp) for ids, sp in zip(prompt_ids, params_list, strict=True)]
         final: dict[int, RequestOutput] = {}
         with tqdm(total=len(seqs), desc="generating", disable=not use_tqdm) as bar:
             while self.engine.has_unfinished():

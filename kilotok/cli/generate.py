@@ -36,10 +36,7 @@ def register(subparsers) -> None:
 
 
 def read_prompts(args: argparse.Namespace) -> list:
-    if args.prompt is not None:
-        records = [{"prompt": args.prompt}]
-    else:
-        records = _read_jsonl(args.prompts_file)
+    records = [{"prompt": args.prompt}] if args.prompt is not None else _read_jsonl(args.prompts_file)
     prompts = []
     for record in records:
         if "messages" in record:

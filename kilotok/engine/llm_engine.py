@@ -37,13 +37,13 @@ class LLMEngine:
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
-        self._check_prompt(prompt_token_ids)
+        self.validate_prompt(prompt_token_ids)
         seq = Sequence(list(prompt_token_ids), params)
         self.outputs.start(seq)
         self.scheduler.add(seq)
         return seq
 
-    def _check_prompt(self, prompt_token_ids: list[int]) -> None:
+    def validate_prompt(self, prompt_token_ids: list[int]) -> None:
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty: give at least one token")
         if len(prompt_token_ids) >= self.max_model_len:

@@ -16,6 +16,7 @@ class TextState:
     text: str = ""
     emitted: int = 0
     """Characters of `text` already handed out as stream deltas."""
+    stopped_by_string: bool = False
 
 
 class OutputProcessor:
@@ -47,8 +48,15 @@ class OutputProcessor:
     def append(self, seq: Sequence, token_id: int, now: float) -> str | None:
         """Record one sampled token; returns the finish reason if the request is now done."""
         seq.append_token(token_id, now)
-        params = seq.params
         state = self.states[seq.seq_id]
+        reason = self._finish_reason(seq, token_id, state)
+        if reason is not None and not state.stopped_by_string:
+            # The detokenizer holds back a half-written character; a finished request has no more bytes.
+            state.text += state.detokenizer.flush()
+        return reason
+
+    def _finish_reason(self, seq: Sequence, token_id: int, state: TextState) -> str | None:
+        params = seq.params
         if not params.ignore_eos and token_id in self.tokenizer.eos_token_ids:
             return "stop"
         if params.stop_token_ids and token_id in params.stop_token_ids:
@@ -56,6 +64,7 @@ class OutputProcessor:
         previous_len = len(state.text)
         state.text += state.detokenizer.add(token_id)
         if params.stop and self._truncate_at_stop_string(state, previous_len, params):
+            state.stopped_by_string = True
             return "stop"
         if seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
             return "length"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from paged_forward import BLOCK_SIZE, attach_cache, paged_step
 
 from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.loader.checkpoint import Checkpoint
@@ -12,7 +13,6 @@ from kilotok.models.builder import build_model
 
 transformers = pytest.importorskip("transformers")
 
-BLOCK_SIZE = 4
 
 
 def _random_pair(tie: bool, rope_scaling: dict | None, seed: int = 0):
@@ -29,37 +29,9 @@ def _random_pair(tie: bool, rope_scaling: dict | None, seed: int = 0):
             if "norm" in name:
                 param.add_(torch.randn_like(param) * 0.2)
     weights = {name: t.clone() for name, t in reference.state_dict().items()}
-    checkpoint = Checkpoint(config_from_hf(hf_config.to_dict()), weights, tokenizer=None, path=None, name="rand")
+    config = config_from_hf(hf_config.to_dict())
+    checkpoint = Checkpoint(config, weights, tokenizer=None, path=None, name="random")
     return reference, build_model(checkpoint, "fp32", progress=False)
-
-
-def _attach_cache(model, num_blocks: int) -> None:
-    config = model.config
-    for layer in model.layers:
-        shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape)
-        layer.self_attn.v_cache = torch.zeros(shape)
-
-
-def _step(model, seqs: list[list[int]], cached: list[int], tables: list[list[int]]) -> list[torch.Tensor]:
-    """Feed each sequence's tokens from `cached[b]` on, in one ragged forward; logits per new token."""
-    ids, positions, slots, starts = [], [], [], [0]
-    for tokens, start, table in zip(seqs, cached, tables, strict=True):
-        for p in range(start, len(tokens)):
-            ids.append(tokens[p])
-            positions.append(p)
-            slots.append(table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE)
-        starts.append(starts[-1] + len(tokens) - start)
-    width = max(len(t) for t in tables)
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
-        context_lens=torch.tensor([len(t) for t in seqs], dtype=torch.int32),
-        query_start_loc=torch.tensor(starts, dtype=torch.int32),
-    )
-    hidden, _ = model(torch.tensor(ids), torch.tensor(positions), meta)
-    logits = model.compute_logits(hidden)
-    return [logits[starts[b] : starts[b + 1]] for b in range(len(seqs))]
 
 
 @pytest.mark.parametrize(
@@ -74,12 +46,12 @@ def _step(model, seqs: list[list[int]], cached: list[int], tables: list[list[int
 @torch.inference_mode()
 def test_ragged_prefill_then_decode_matches_transformers(tie, rope_scaling):
     reference, model = _random_pair(tie, rope_scaling)
-    _attach_cache(model, num_blocks=64)
+    attach_cache(model, num_blocks=64)
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 97, (n,), generator=generator).tolist() for n in (5, 11, 2)]
     # Scattered, non-contiguous blocks so a wrong block-table lookup cannot pass by accident.
     tables = [[7, 3, 20, 9, 30], [1, 40, 2, 15, 33, 5], [50, 12, 44]]
-    ours = _step(model, prompts, [0, 0, 0], tables)
+    ours = paged_step(model, prompts, [0, 0, 0], tables)
     for prompt, got in zip(prompts, ours, strict=True):
         expected = reference(torch.tensor([prompt])).logits[0]
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -88,7 +60,7 @@ def test_ragged_prefill_then_decode_matches_transformers(tie, rope_scaling):
         cached = [len(p) for p in prompts]
         for prompt, logits in zip(prompts, ours, strict=True):
             prompt.append(int(logits[-1].argmax()))
-        ours = _step(model, prompts, cached, tables)
+        ours = paged_step(model, prompts, cached, tables)
         for prompt, got in zip(prompts, ours, strict=True):
             expected = reference(torch.tensor([prompt])).logits[0, -1:]
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -99,10 +71,10 @@ def test_tree_mask_attends_only_to_ancestors():
     """Verifying a draft tree: each node must see exactly its ancestors, so its logits equal those of
     the plain sequence prefix + the node's own branch."""
     reference, model = _random_pair(False, None, seed=3)
-    _attach_cache(model, num_blocks=32)
+    attach_cache(model, num_blocks=32)
     prefix = [5, 17, 33, 2, 8, 61]
     table = [4, 9, 1, 6]
-    _step(model, [prefix], [0], [table])
+    paged_step(model, [prefix], [0], [table])
     # Tree: node0 -> (node1, node2); node1 -> node3. Positions follow depth, slots follow node order.
     nodes = [11, 23, 42, 7]
     parents = [-1, 0, 0, 1]

@@ -1,0 +1,175 @@
+"""`kilotok bench latency`: single-user speed (TTFT, decode and prefill rates) at batch 1, greedy decoding.
+
+Every engine gets the same prompt token ids (kilotok's chat template), a warmup run, then one timed run
+per prompt. With --compare the baselines run in the same process on the same weights, because speeds
+on these machines move from session to session and only a side-by-side run compares fairly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kilotok.bench.baselines import EngineRunner, PromptMeasurement
+from kilotok.bench.latency_report import KILOTOK_ENGINE, LatencyReport, format_report
+from kilotok.bench.machine import machine_info
+from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
+from kilotok.errors import InvalidRequestError
+
+CLI_HELP = "time TTFT and decode speed at batch 1, optionally against transformers and llama.cpp"
+# Speculative decoding methods the bench can switch on, each with the extra LLM(...) options it needs;
+# EAGLE-3 plugs in as one more entry.
+SPEC_LLM_OPTIONS: dict[str, dict[str, object]] = {"none": {}}
+SPEC_METHODS = tuple(SPEC_LLM_OPTIONS)
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    model: str = "smollm2-135m"
+    dtype: str = "auto"
+    max_tokens: int = 128
+    num_prompts: int = len(BENCH_PROMPTS)
+    warmup: int = 1
+    compare: bool = False
+    spec: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 2:
+            raise InvalidRequestError(
+                f"--max-tokens must be at least 2 to time decoding, got {self.max_tokens}"
+            )
+        if self.warmup < 0:
+            raise InvalidRequestError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.spec not in SPEC_METHODS:
+            raise InvalidRequestError(f"--spec must be one of {', '.join(SPEC_METHODS)}, got {self.spec!r}")
+        bench_prompts(self.num_prompts)
+
+
+class KilotokRunner:
+    """kilotok's LLM behind the same interface as the baselines."""
+
+    def __init__(self, settings: LatencySettings) -> None:
+        import kilotok
+        from kilotok import LLM, SamplingParams
+
+        # The name stays plain whatever --spec is: the report's header names the method, ratios key on it.
+        self.name = KILOTOK_ENGINE
+        self.version = kilotok.__version__
+        # The reference's EOS ids decide where the agreement check stops; kilotok adds none of its own.
+        self.stop_token_ids: frozenset[int] = frozenset()
+        self._sampling_params = SamplingParams
+        spec_options = SPEC_LLM_OPTIONS[settings.spec]
+        self.llm = LLM(settings.model, dtype=settings.dtype, progress=False, **spec_options)
+
+    def measure(self, prompt_token_ids: list[int], max_tokens: int) -> PromptMeasurement:
+        params = self._sampling_params(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        output = self.llm.generate([{"prompt_token_ids": prompt_token_ids}], params)[0]
+        return PromptMeasurement(
+            num_prompt_tokens=output.num_prompt_tokens,
+            ttft_s=output.ttft_s,
+            decode_tokens_per_s=output.decode_tokens_per_s,
+            token_ids=list(output.token_ids),
+        )
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def time_engine(
+    runner: EngineRunner, prompt_ids: list[list[int]], max_tokens: int, warmup: int
+) -> list[PromptMeasurement]:
+    """Warm up on the first prompt (compilation, allocator, caches), then time each prompt once."""
+    for _ in range(warmup):
+        runner.measure(prompt_ids[0], max_tokens)
+    runs = []
+    for index, ids in enumerate(prompt_ids, start=1):
+        run = runner.measure(ids, max_tokens)
+        _log(f"  {runner.name}: prompt {index}/{len(prompt_ids)} ({run.num_prompt_tokens} tokens): "
+             f"TTFT {run.ttft_s * 1000:.1f} ms, decode {run.decode_tokens_per_s:.1f} tok/s")
+        runs.append(run)
+    return runs
+
+
+def _baseline_factories(
+    settings: LatencySettings, prompt_ids: list[list[int]]
+) -> list[Callable[[], EngineRunner]]:
+    """The baselines to load one after another (each is freed before the next loads)."""
+    from kilotok.bench.baselines.model_files import resolve_model_files
+    from kilotok.bench.baselines.transformers_runner import TransformersRunner
+
+    files = resolve_model_files(settings.model)
+    factories: list[Callable[[], EngineRunner]] = [lambda: TransformersRunner(files)]
+    if files.gguf_path is None:
+        _log("llama.cpp skipped: it needs a GGUF file, and this model is a Hugging Face folder")
+    elif importlib.util.find_spec("llama_cpp") is None:
+        _log("llama.cpp skipped: llama_cpp is not installed (bash scripts/build-llama-cpp.sh)")
+    else:
+        from kilotok.bench.baselines.llama_cpp_runner import LlamaCppRunner
+
+        context = max(map(len, prompt_ids)) + settings.max_tokens + 16
+        threads = len(os.sched_getaffinity(0))
+        factories.append(lambda: LlamaCppRunner(files.gguf_path, context, threads))
+    return factories
+
+
+def run_latency(settings: LatencySettings) -> LatencyReport:
+    conversations = bench_prompts(settings.num_prompts)
+    # Taken first, so the load average is other processes', not this run's own model loading.
+    machine = machine_info()
+    _log(f"loading kilotok ({settings.model}, {settings.dtype})")
+    kilotok_runner = KilotokRunner(settings)
+    prompt_ids = [kilotok_runner.llm.tokenizer.encode_chat(messages) for messages in conversations]
+    report = LatencyReport(machine, asdict(settings))
+    _time_into_report(report, kilotok_runner, prompt_ids, settings)
+    # One engine in memory at a time, so no engine's timing pays for another's resident weights.
+    del kilotok_runner
+    if settings.compare:
+        for make_runner in _baseline_factories(settings, prompt_ids):
+            _time_into_report(report, make_runner(), prompt_ids, settings)
+    return report
+
+
+def _time_into_report(
+    report: LatencyReport, runner: EngineRunner, prompt_ids: list[list[int]], settings: LatencySettings
+) -> None:
+    _log(f"timing {runner.name}")
+    runs = time_engine(runner, prompt_ids, settings.max_tokens, settings.warmup)
+    report.record(runner.name, runner.version, runner.stop_token_ids, runs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = LatencySettings()
+    parser.add_argument("--model", default=defaults.model, help="model name, GGUF file or HF folder")
+    parser.add_argument("--dtype", default=defaults.dtype, help="kilotok compute dtype (default: auto)")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help="tokens generated per prompt, EOS ignored (default: %(default)s)")
+    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts,
+                        help=f"how many of the {len(BENCH_PROMPTS)} fixed prompts to run (default: all)")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup,
+                        help="untimed runs per engine before timing (default: %(default)s)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time transformers eager fp32 and, when installed, llama.cpp")
+    parser.add_argument("--spec", choices=SPEC_METHODS, default=defaults.spec,
+                        help="speculative decoding method (default: none)")
+    parser.add_argument("--json-out", type=Path, help="also write the full results to this JSON file")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    settings = LatencySettings(
+        model=args.model, dtype=args.dtype, max_tokens=args.max_tokens, num_prompts=args.num_prompts,
+        warmup=args.warmup, compare=args.compare, spec=args.spec,
+    )
+    report = run_latency(settings)
+    print(format_report(report))
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        _log(f"wrote {args.json_out}")
+    return 0

@@ -1,0 +1,220 @@
+"""`kilotok bench latency`: the statistics, the report's shape and the CLI, on made-up measurements.
+
+Nothing here times anything: speed depends on the machine, so speed is never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kilotok.bench import latency
+from kilotok.bench.baselines import PromptMeasurement, measurement_from_token_times
+from kilotok.bench.baselines.model_files import resolve_model_files
+from kilotok.bench.latency_report import (
+    AGREEMENT_TOKENS,
+    KILOTOK_ENGINE,
+    REFERENCE_ENGINE,
+    LatencyReport,
+    format_report,
+    percentile,
+    summarize,
+    tokens_agree,
+)
+from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
+from kilotok.cli import bench as bench_cli
+from kilotok.errors import InvalidRequestError, ModelNotFoundError
+
+EOS = 2
+MACHINE = {"cpu_model": "Test CPU", "cpu_flags": ["avx2"], "logical_cpus": 2, "torch_threads": 2,
+           "torch_version": "0.0", "python_version": "3.11", "load_average_1m": 0.25}
+SETTINGS = {"model": "m", "dtype": "auto", "num_prompts": 3, "max_tokens": 40, "spec": "none"}
+
+
+def run(ttft_s: float, decode: float, prompt_tokens: int = 20, tokens: list[int] | None = None):
+    return PromptMeasurement(prompt_tokens, ttft_s, decode, tokens if tokens is not None else list(range(40)))
+
+
+@pytest.mark.parametrize("percent", [0, 10, 37.5, 50, 90, 100])
+@pytest.mark.parametrize("values", [[3.0], [5.0, 1.0], [9.0, 2.0, 7.0, 4.0, 4.0, 11.0, 0.5]])
+def test_percentile_matches_numpy(values, percent):
+    assert percentile(values, percent) == pytest.approx(np.percentile(values, percent))
+
+
+def test_percentile_of_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        percentile([], 10)
+
+
+def test_measurement_from_token_times_excludes_first_token_from_decode_rate():
+    measured = measurement_from_token_times([7] * 30, 10.0, [10.5, 10.6, 10.7, 10.9], [1, 2, 3, 4])
+    assert measured.ttft_s == pytest.approx(0.5)
+    assert measured.decode_tokens_per_s == pytest.approx(3 / 0.4)
+    assert measured.prefill_tokens_per_s == pytest.approx(30 / 0.5)
+    assert measured.num_prompt_tokens == 30 and measured.token_ids == [1, 2, 3, 4]
+
+
+def test_measurement_needs_two_tokens():
+    with pytest.raises(ValueError):
+        measurement_from_token_times([1], 0.0, [0.1], [5])
+
+
+def test_summarize_uses_medians_and_p10():
+    runs = [run(0.1, 50.0, 10), run(0.3, 70.0, 60), run(0.2, 20.0, 30), run(0.5, 90.0, 50)]
+    summary = summarize("x", runs)
+    assert summary.num_prompts == 4
+    assert summary.median_ttft_s == pytest.approx(0.25)
+    assert summary.median_decode_tokens_per_s == pytest.approx(60.0)
+    assert summary.p10_decode_tokens_per_s == pytest.approx(np.percentile([50, 70, 20, 90], 10))
+    assert summary.median_prefill_tokens_per_s == pytest.approx(statistics.median([100, 200, 150, 100]))
+
+
+def test_tokens_agree_checks_only_the_leading_window():
+    reference = list(range(100, 200))
+    assert tokens_agree(list(reference), reference, frozenset({EOS}))
+    late_difference = reference[:AGREEMENT_TOKENS] + [0] * 10
+    assert tokens_agree(late_difference, reference, frozenset({EOS}))
+    early_difference = reference[:5] + [0] + reference[6:]
+    assert not tokens_agree(early_difference, reference, frozenset({EOS}))
+
+
+def test_tokens_agree_stops_at_the_candidates_eos():
+    """The reference masks EOS to reach its fixed length, so only the part before EOS can be compared."""
+    reference = list(range(100, 200))
+    stopped = reference[:10] + [EOS] + [0] * 30
+    assert tokens_agree(stopped, reference, frozenset({EOS}))
+    assert not tokens_agree(stopped, reference, frozenset())
+
+
+def make_report() -> LatencyReport:
+    report = LatencyReport(dict(MACHINE), dict(SETTINGS))
+    reference_tokens = list(range(100, 140))
+    report.record(KILOTOK_ENGINE, "0.1.0", frozenset(), [
+        run(0.05, 100.0, tokens=reference_tokens),
+        run(0.05, 80.0, tokens=[0] + reference_tokens[1:]),
+        run(0.05, 120.0, tokens=reference_tokens),
+    ])
+    report.record(REFERENCE_ENGINE, "5.0", frozenset({EOS}),
+                  [run(0.2, 25.0, tokens=reference_tokens) for _ in range(3)])
+    report.record("llama.cpp", "0.3", frozenset({EOS}), [run(0.1, 50.0, tokens=reference_tokens)] * 3)
+    return report
+
+
+def test_report_counts_agreement_against_transformers_only():
+    agreement = {s.engine: s.prompts_agreeing_with_reference for s in make_report().summaries()}
+    assert agreement == {KILOTOK_ENGINE: 2, REFERENCE_ENGINE: None, "llama.cpp": 3}
+
+
+def test_ratios_read_as_kilotok_speed_over_baseline_speed():
+    ratios = make_report().ratios()
+    assert set(ratios) == {REFERENCE_ENGINE, "llama.cpp"}
+    assert ratios[REFERENCE_ENGINE]["decode"] == pytest.approx(100.0 / 25.0)
+    assert ratios[REFERENCE_ENGINE]["ttft"] == pytest.approx(0.2 / 0.05)
+    assert ratios["llama.cpp"]["p10_decode"] == pytest.approx(np.percentile([100, 80, 120], 10) / 50.0)
+    assert ratios["llama.cpp"]["prefill"] == pytest.approx((20 / 0.05) / (20 / 0.1))
+
+
+def test_report_without_kilotok_has_no_ratios():
+    report = LatencyReport(dict(MACHINE), dict(SETTINGS))
+    report.record("llama.cpp", "0.3", frozenset(), [run(0.1, 50.0)])
+    assert report.ratios() == {}
+    assert "kilotok / baseline" not in format_report(report)
+
+
+def test_printed_report_has_machine_one_row_per_engine_and_ratios():
+    text = format_report(make_report())
+    assert "Test CPU" in text and "torch 0.0" in text and "load average before the run 0.25" in text
+    rows = {line.split("  ")[0].strip(): line for line in text.splitlines()}
+    assert rows[KILOTOK_ENGINE].split()[-1] == "2/3"
+    assert rows[KILOTOK_ENGINE].split()[2] == "100.0"
+    assert "4.00x" in rows[REFERENCE_ENGINE] and "2.00x" in rows["llama.cpp"]
+
+
+def test_json_report_round_trips_with_all_sections():
+    data = json.loads(json.dumps(make_report().to_json()))
+    assert set(data) == {"machine", "settings", "versions", "summaries", "ratios_kilotok_over_baseline",
+                         "per_prompt"}
+    assert [s["engine"] for s in data["summaries"]] == [KILOTOK_ENGINE, REFERENCE_ENGINE, "llama.cpp"]
+    first = data["per_prompt"][KILOTOK_ENGINE][0]
+    assert first["prefill_tokens_per_s"] == pytest.approx(400.0) and len(first["token_ids"]) == 40
+
+
+def test_prompts_are_chats_ending_with_a_user_turn():
+    assert len(BENCH_PROMPTS) >= 8
+    for conversation in bench_prompts():
+        assert conversation[-1]["role"] == "user"
+        assert all(m["role"] in {"system", "user", "assistant"} and m["content"] for m in conversation)
+    assert len(bench_prompts(3)) == 3
+    with pytest.raises(InvalidRequestError):
+        bench_prompts(len(BENCH_PROMPTS) + 1)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kilotok")
+    bench_cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_cli_parses_latency_options():
+    args = parse(["bench", "latency", "--model", "x.gguf", "--max-tokens", "64", "--num-prompts", "2",
+                  "--warmup", "0", "--compare", "--json-out", "out/r.json", "--spec", "none"])
+    assert (args.model, args.max_tokens, args.num_prompts, args.warmup) == ("x.gguf", 64, 2, 0)
+    assert args.compare and args.json_out == Path("out/r.json") and args.run is latency.run_from_args
+    defaults = parse(["bench", "latency"])
+    assert (defaults.max_tokens, defaults.warmup, defaults.compare, defaults.spec) == (128, 1, False, "none")
+
+
+@pytest.mark.parametrize("argv", [["bench"], ["bench", "latency", "--spec", "eagle3"]])
+def test_cli_rejects_missing_kind_and_unknown_spec(argv):
+    with pytest.raises(SystemExit):
+        parse(argv)
+
+
+@pytest.mark.parametrize("bad", [{"max_tokens": 1}, {"warmup": -1}, {"num_prompts": 0}, {"spec": "x"}])
+def test_settings_reject_bad_values(bad):
+    with pytest.raises(InvalidRequestError):
+        latency.LatencySettings(**bad)
+
+
+class FakeRunner:
+    name, version, stop_token_ids = KILOTOK_ENGINE, "test", frozenset()
+
+    def __init__(self, settings=None):
+        self.calls: list[list[int]] = []
+        self.llm = argparse.Namespace(tokenizer=argparse.Namespace(encode_chat=lambda m: [len(m)] * 4))
+
+    def measure(self, prompt_token_ids, max_tokens):
+        self.calls.append(prompt_token_ids)
+        return run(0.1, 10.0 * len(self.calls), len(prompt_token_ids), [1] * max_tokens)
+
+
+def test_time_engine_warms_up_on_the_first_prompt_then_times_each_once():
+    runner = FakeRunner()
+    runs = latency.time_engine(runner, [[1], [2, 2], [3, 3, 3]], max_tokens=5, warmup=2)
+    assert runner.calls == [[1], [1], [1], [2, 2], [3, 3, 3]]
+    assert [r.decode_tokens_per_s for r in runs] == [30.0, 40.0, 50.0]
+
+
+def test_cli_run_writes_report_and_json(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(latency, "KilotokRunner", FakeRunner)
+    out = tmp_path / "sub" / "latency.json"
+    args = parse(["bench", "latency", "--num-prompts", "3", "--max-tokens", "8", "--json-out", str(out)])
+    assert args.run(args) == 0
+    assert KILOTOK_ENGINE in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["settings"]["num_prompts"] == 3 and len(data["per_prompt"][KILOTOK_ENGINE]) == 3
+    assert data["machine"]["torch_threads"] >= 1 and data["machine"]["cpu_model"]
+
+
+def test_model_files_resolve_alias_gguf_and_folder(default_gguf_path, tmp_path):
+    alias = resolve_model_files("smollm2-135m")
+    assert alias.gguf_path == default_gguf_path
+    assert resolve_model_files(str(default_gguf_path)) == alias
+    assert resolve_model_files(str(tmp_path)).gguf_path is None
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_files(str(tmp_path / "missing.gguf"))

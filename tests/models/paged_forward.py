@@ -1,0 +1,38 @@
+"""Runs our model directly on a hand-built paged KV cache, for comparisons with the reference."""
+
+from __future__ import annotations
+
+import torch
+
+from kilotok.engine.attention_metadata import AttentionMetadata
+
+BLOCK_SIZE = 4
+
+
+def attach_cache(model, num_blocks: int) -> None:
+    config = model.config
+    for layer in model.layers:
+        shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
+        layer.self_attn.k_cache = torch.zeros(shape)
+        layer.self_attn.v_cache = torch.zeros(shape)
+
+
+def paged_step(model, seqs: list[list[int]], cached: list[int], tables: list[list[int]]) -> list[torch.Tensor]:
+    """Feed each sequence's tokens from `cached[b]` on, in one ragged forward; logits per new token."""
+    ids, positions, slots, starts = [], [], [], [0]
+    for tokens, start, table in zip(seqs, cached, tables, strict=True):
+        for p in range(start, len(tokens)):
+            ids.append(tokens[p])
+            positions.append(p)
+            slots.append(table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE)
+        starts.append(starts[-1] + len(tokens) - start)
+    width = max(len(t) for t in tables)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
+        context_lens=torch.tensor([len(t) for t in seqs], dtype=torch.int32),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32),
+    )
+    hidden, _ = model(torch.tensor(ids), torch.tensor(positions), meta)
+    logits = model.compute_logits(hidden)
+    return [logits[starts[b] : starts[b + 1]] for b in range(len(seqs))]
