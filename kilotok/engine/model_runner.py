@@ -34,6 +34,7 @@ class ModelRunner:
             self._decode_forward = torch.compile(self._forward_logits, dynamic=False,
                                                  options={"cpp.threads": 1})
         self._compile_failed = not compile_decode
+        self._warm_buckets: set[int] = set()
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
         # One tensor per layer and per K/V, not views of one big buffer: a compiled step that writes into
@@ -92,16 +93,25 @@ class ModelRunner:
     def _run_decode(self, input_ids, positions, meta) -> torch.Tensor:
         if self._compile_failed:
             return self._forward_logits(input_ids, positions, meta)
-        try:
+        bucket = input_ids.shape[0]
+        if bucket in self._warm_buckets:
             # Guards that only re-check the (unchanging) model's parameters cost ~1 ms a step; the ones
-            # that tell batch buckets apart are still evaluated.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return self._decode_forward(input_ids, positions, meta)
+            # that tell batch buckets apart are still evaluated. A step that would need a new graph
+            # raises instead, and goes on to the ordinary path below.
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    return self._decode_forward(input_ids, positions, meta)
+            except RuntimeError:
+                pass
+        try:
+            logits = self._decode_forward(input_ids, positions, meta)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             print(f"kilotok: torch.compile unavailable ({type(error).__name__}: {error}); running eager",
                   file=sys.stderr)
             self._compile_failed = True
             return self._forward_logits(input_ids, positions, meta)
+        self._warm_buckets.add(bucket)
+        return logits
 
     def _prepare(self, seqs: list[Sequence], padded_batch: int):
         input_ids: list[int] = []
