@@ -8,7 +8,7 @@ import sys
 
 from kilotok.errors import KilotokError
 
-SUBCOMMANDS = ("generate", "chat", "bench")
+SUBCOMMANDS = ("generate", "chat", "bench", "train-draft")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"kilotok.cli.{name}").register(subparsers)
+        importlib.import_module(f"kilotok.cli.{name.replace('-', '_')}").register(subparsers)
     return parser
 
 

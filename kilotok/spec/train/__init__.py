@@ -1,0 +1,1 @@
+"""`kilotok train-draft`: self-distillation data, target features, training-time-test training, evaluation."""
