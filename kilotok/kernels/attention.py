@@ -53,26 +53,6 @@ def decode_attention(
     return attended.reshape(batch, num_heads, head_dim).to(q.dtype)
 
 
-@torch.library.custom_op("kilotok::paged_attention", mutates_args=())
-def _paged_attention_op(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    context_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    tree_mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    return paged_attention_reference(q, k_cache, v_cache, block_tables, context_lens, query_start_loc,
-                                     tree_mask, scale)
-
-
-@_paged_attention_op.register_fake
-def _(q, k_cache, v_cache, block_tables, context_lens, query_start_loc, tree_mask, scale):
-    return torch.empty_like(q)
-
-
 def paged_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -109,6 +89,11 @@ def paged_attention_reference(
         )
         out[starts[b] : starts[b + 1]] = attended.transpose(0, 1)
     return out
+
+
+# Registered as an op so torch.compile treats the reference as one opaque call with a known output shape.
+_paged_attention_op = torch.library.custom_op("kilotok::paged_attention", mutates_args=())(paged_attention_reference)
+_paged_attention_op.register_fake(lambda q, *_: torch.empty_like(q))
 
 
 def _new_token_mask(num_new: int, context_len: int, tree_mask: torch.Tensor | None, device) -> torch.Tensor:
