@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,9 +24,8 @@ from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
 from kilotok.errors import InvalidRequestError
 
 CLI_HELP = "time TTFT and decode speed at batch 1, optionally against transformers and llama.cpp"
-# Speculative decoding methods the bench can switch on, each with the extra LLM(...) options it needs;
-# EAGLE-3 plugs in as one more entry.
-SPEC_LLM_OPTIONS: dict[str, dict[str, object]] = {"none": {}}
+# Speculative decoding methods the bench can switch on, each with the extra LLM(...) options it needs.
+SPEC_LLM_OPTIONS: dict[str, dict[str, object]] = {"none": {}, "ngram": {"spec": "ngram"}, "eagle3": {"spec": "eagle3"}}
 SPEC_METHODS = tuple(SPEC_LLM_OPTIONS)
 
 
@@ -66,10 +66,13 @@ class KilotokRunner:
         self._sampling_params = SamplingParams
         spec_options = SPEC_LLM_OPTIONS[settings.spec]
         self.llm = LLM(settings.model, dtype=settings.dtype, progress=False, **spec_options)
+        self.acceptance_lengths: list[float] = []
+        """One per measured run, warmup included (1.0 without speculation)."""
 
     def measure(self, prompt_token_ids: list[int], max_tokens: int) -> PromptMeasurement:
         params = self._sampling_params(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         output = self.llm.generate([{"prompt_token_ids": prompt_token_ids}], params)[0]
+        self.acceptance_lengths.append(output.acceptance_length)
         return PromptMeasurement(
             num_prompt_tokens=output.num_prompt_tokens,
             ttft_s=output.ttft_s,
@@ -128,6 +131,10 @@ def run_latency(settings: LatencySettings) -> LatencyReport:
     prompt_ids = [kilotok_runner.llm.tokenizer.encode_chat(messages) for messages in conversations]
     report = LatencyReport(machine, asdict(settings))
     _time_into_report(report, kilotok_runner, prompt_ids, settings)
+    timed = kilotok_runner.acceptance_lengths[settings.warmup:]
+    # Tokens per target forward beside tokens/s: the settings record carries it into the JSON and header.
+    report.settings["acceptance_lengths"] = timed
+    report.settings["median_acceptance_length"] = statistics.median(timed)
     # One engine in memory at a time, so no engine's timing pays for another's resident weights.
     del kilotok_runner
     if settings.compare:
@@ -168,6 +175,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     report = run_latency(settings)
     print(format_report(report))
+    print(f"kilotok acceptance length (tokens per target forward, median over prompts): "
+          f"{report.settings['median_acceptance_length']:.2f}")
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")

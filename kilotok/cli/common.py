@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kilotok.engine.sampling_params import SamplingParams
+from kilotok.spec.config import SPEC_METHODS, SpecConfig
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,26 @@ def engine_settings(args: argparse.Namespace) -> dict:
         "kv_cache_gb": args.kv_cache_gb,
         "compile": not args.no_compile,
     }
+
+
+def add_spec_args(parser: argparse.ArgumentParser) -> None:
+    defaults = SpecConfig()
+    group = parser.add_argument_group("speculative decoding (lossless: the output distribution is unchanged)")
+    group.add_argument("--spec", choices=SPEC_METHODS, default="none",
+                       help="ngram: prompt lookup; eagle3: a trained draft head (default: %(default)s)")
+    group.add_argument("--draft", default=None,
+                       help="EAGLE-3 head folder (default: the head shipped for the model)")
+    group.add_argument("--spec-depth", type=int, default=defaults.depth,
+                       help="longest draft path (default: %(default)s)")
+    group.add_argument("--spec-topk", type=int, default=defaults.topk,
+                       help="EAGLE-3 branching per node and level (default: %(default)s)")
+    group.add_argument("--spec-tree-size", type=int, default=defaults.tree_size,
+                       help="most draft tokens verified per step (default: %(default)s)")
+
+
+def spec_config(args: argparse.Namespace) -> SpecConfig:
+    return SpecConfig(method=args.spec, draft=args.draft, depth=args.spec_depth, topk=args.spec_topk,
+                      tree_size=args.spec_tree_size)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float) -> None:

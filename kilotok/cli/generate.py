@@ -7,12 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from kilotok.cli.common import add_model_args, add_sampling_args, engine_settings, sampling_params
+from kilotok.cli.common import (
+    add_model_args,
+    add_sampling_args,
+    add_spec_args,
+    engine_settings,
+    sampling_params,
+    spec_config,
+)
 from kilotok.errors import InvalidRequestError
 
 EXAMPLES = """examples:
   kilotok generate --prompt "Write a haiku about the sea." --chat
   kilotok generate --prompts-file prompts.jsonl --max-tokens 64 --json > out.jsonl
+  kilotok generate --prompt "Repeat this list: ..." --spec ngram
 
 A prompts file holds one JSON object per line: {"prompt": "..."} or {"messages": [{"role": ..., "content": ...}]}.
 """
@@ -31,6 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per prompt on stdout and nothing else")
     add_model_args(parser)
+    add_spec_args(parser)
     add_sampling_args(parser, default_temperature=0.0)
     parser.set_defaults(run=run)
 
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = sampling_params(args)
     prompts = read_prompts(args)
-    llm = LLM(args.model, progress=True, **engine_settings(args))
+    llm = LLM(args.model, progress=True, spec=spec_config(args), **engine_settings(args))
     outputs = llm.generate(prompts, params, use_tqdm=len(prompts) > 1)
     for output in outputs:
         if args.json:
@@ -80,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(output.text, flush=True)
             print(f"[{output.num_output_tokens} tokens, finish={output.finish_reason}, "
-                  f"ttft {output.ttft_s * 1000:.0f} ms, {output.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+                  f"ttft {output.ttft_s * 1000:.0f} ms, {output.decode_tokens_per_s:.1f} tok/s, "
+                  f"acceptance length {output.acceptance_length:.2f}]", file=sys.stderr)
     return 0

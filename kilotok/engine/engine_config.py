@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
+from kilotok.spec.config import SpecConfig
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,11 @@ class EngineConfig:
     compile: bool = True
     """torch.compile the decode step; falls back to eager where compiling fails."""
     progress: bool = True
+    spec: SpecConfig | str | None = None
+    """Speculative decoding: a SpecConfig, a method name ("ngram", "eagle3") or None for none."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", SpecConfig.of(self.spec))
         checks = {
             "block_size": self.block_size >= 1,
             "kv_cache_gb": self.kv_cache_gb > 0,

@@ -15,6 +15,9 @@ from kilotok.engine.sequence import Sequence
 from kilotok.errors import InvalidRequestError
 from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model, resolve_weight_mode
+from kilotok.spec.decoder import SpeculativeDecoder
+from kilotok.spec.factory import build_drafter
+from kilotok.spec.metrics import SpecStats
 
 
 class LLMEngine:
@@ -33,7 +36,17 @@ class LLMEngine:
             2, int(config.kv_cache_gb * 2**30) // ModelRunner.kv_bytes_per_block(model, config.block_size))
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.runner = ModelRunner(model, num_blocks, config.block_size, self.max_model_len, config.compile)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.drafter = build_drafter(config.spec, model, self.model_name)
+        self.speculator = None
+        lookahead = 0
+        if self.drafter is not None:
+            self.runner.collect_aux_hidden(tuple(self.drafter.aux_layer_ids))
+            self.speculator = SpeculativeDecoder(self.runner, self.drafter, self.max_model_len)
+            lookahead = config.spec.max_draft_nodes
+        self.spec_stats = SpecStats()
+        """Speculative decoding counters summed over every finished request."""
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   lookahead, self.max_model_len)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
@@ -65,7 +78,12 @@ class LLMEngine:
     def abort(self, seq: Sequence) -> None:
         if not seq.is_finished:
             self.scheduler.finish(seq, "abort")
+        self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
         self.outputs.release(seq)
+        if self.drafter is not None:
+            self.drafter.release(seq)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -75,17 +93,44 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        tokens = self.runner.run(batch.seqs, batch.is_prefill).tolist()
-        now = time.perf_counter()
-        updates = []
-        for seq, token_id in zip(batch.seqs, tokens, strict=True):
-            reason = self.outputs.append(seq, token_id, now)
-            if reason is not None:
-                self.scheduler.finish(seq, reason)
-            updates.append((seq, self._output(seq)))
+        if self.speculator is None:
+            tokens = self.runner.run(batch.seqs, batch.is_prefill).tolist()
+            self._append(batch.seqs, [[token] for token in tokens])
+        elif batch.is_prefill:
+            tokens, aux = self.runner.prefill(batch.seqs)
+            self._append(batch.seqs, [[token] for token in tokens.tolist()])
+            for row, seq in enumerate(batch.seqs):
+                if not seq.is_finished:
+                    self.drafter.start(seq, None if aux is None else aux[row])
+        else:
+            self._speculative_step(batch.seqs)
+        updates = [(seq, self._output(seq)) for seq in batch.seqs]
+        for seq in batch.seqs:
             if seq.is_finished:
-                self.outputs.release(seq)
+                self._release(seq)
         return updates
+
+    def _speculative_step(self, seqs: list[Sequence]) -> None:
+        results = self.speculator.step(seqs)
+        before = [seq.num_output_tokens for seq in seqs]
+        self._append(seqs, [result.tokens for result in results])
+        for seq, result, count in zip(seqs, results, before, strict=True):
+            seq.spec_stats.record(result.drafted, result.max_depth, result.accepted, seq.num_output_tokens - count)
+            if seq.is_finished:
+                self.spec_stats.merge(seq.spec_stats)
+            else:
+                self.drafter.advance(seq, result.aux_hidden)
+
+    def _append(self, seqs: list[Sequence], new_tokens: list[list[int]]) -> None:
+        """Append each sequence's new tokens one at a time, so a stop rule cuts a speculative step short
+        exactly where plain decoding would have stopped."""
+        now = time.perf_counter()
+        for seq, tokens in zip(seqs, new_tokens, strict=True):
+            for token_id in tokens:
+                reason = self.outputs.append(seq, token_id, now)
+                if reason is not None:
+                    self.scheduler.finish(seq, reason)
+                    break
 
     def _output(self, seq: Sequence) -> RequestOutput:
         first = seq.first_token_time or seq.arrival_time
@@ -102,4 +147,8 @@ class LLMEngine:
             decode_tokens_per_s=decode_rate,
             e2e_s=last - seq.arrival_time,
             delta_text=self.outputs.take_delta(seq),
+            acceptance_length=seq.spec_stats.acceptance_length,
+            drafted_tokens=seq.spec_stats.drafted_tokens,
+            accepted_tokens=seq.spec_stats.accepted_tokens,
+            target_forwards=seq.spec_stats.target_forwards,
         )

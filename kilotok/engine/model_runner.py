@@ -13,6 +13,8 @@ from kilotok.engine.block_manager import PADDING_BLOCK
 from kilotok.engine.sequence import Sequence
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.llama import LlamaForCausalLM
+from kilotok.spec.tree import DraftTree
+from kilotok.spec.verify_inputs import build_verify_inputs, verify_width
 
 DECODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -35,6 +37,17 @@ class ModelRunner:
                                                  options={"cpp.threads": 1})
         self._compile_failed = not compile_decode
         self._warm_buckets: set[int] = set()
+        self._aux_order: list[int] = []
+
+    def collect_aux_hidden(self, layer_ids: tuple[int, ...]) -> None:
+        """Have forwards also return the hidden states entering `layer_ids`, concatenated in that order
+        (an id may repeat; the model itself collects each layer once, in layer order)."""
+        unique = sorted(set(layer_ids))
+        self.model.aux_hidden_layers = tuple(unique)
+        self._aux_order = [unique.index(layer) for layer in layer_ids]
+
+    def _concat_aux(self, aux: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([aux[index] for index in self._aux_order], dim=-1)
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
         # One tensor per layer and per K/V, not views of one big buffer: a compiled step that writes into
@@ -56,18 +69,59 @@ class ModelRunner:
     def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
         """Process every uncached token of `seqs` and sample one next token per sequence: [B] int64."""
         if is_prefill:
-            input_ids, positions, meta, last_rows = self._prepare(seqs, padded_batch=len(seqs))
-            hidden, _ = self.model(input_ids, positions, meta)
-            logits = self.model.compute_logits(hidden[last_rows])
-        else:
-            padded = next((b for b in DECODE_BATCH_BUCKETS if b >= len(seqs)), len(seqs))
-            input_ids, positions, meta, _ = self._prepare(seqs, padded_batch=padded)
-            meta.kv_gather_index, meta.kv_valid = self._decode_key_window(seqs, padded)
-            logits = self._run_decode(input_ids, positions, meta)[: len(seqs)]
+            return self.prefill(seqs)[0]
+        padded = next((b for b in DECODE_BATCH_BUCKETS if b >= len(seqs)), len(seqs))
+        input_ids, positions, meta, _ = self._prepare(seqs, padded_batch=padded)
+        meta.kv_gather_index, meta.kv_valid = self._decode_key_window(seqs, padded)
+        logits = self._run_decode(input_ids, positions, meta)[: len(seqs)]
+        return self._sample(seqs, logits)
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Like `run` for a prefill batch; also returns, when the model collects them, each sequence's
+        auxiliary hidden states [new tokens, k * d] (the aux layers' inputs concatenated)."""
+        input_ids, positions, meta, last_rows = self._prepare(seqs, padded_batch=len(seqs))
+        hidden, aux = self.model(input_ids, positions, meta)
+        logits = self.model.compute_logits(hidden[last_rows])
+        lengths = [len(seq) - seq.num_cached_tokens for seq in seqs]
+        aux_rows = list(self._concat_aux(aux).split(lengths)) if aux else None
+        return self._sample(seqs, logits), aux_rows
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         for seq in seqs:
             seq.num_cached_tokens = len(seq)
         sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)
         return self.sampler(logits, sampling, [seq.generator for seq in seqs])
+
+    @torch.inference_mode()
+    def verify(self, seqs: list[Sequence], trees: list[DraftTree]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward over each sequence's last token (the root, not yet cached) and its draft tree
+        (see spec/verify_inputs.py). Returns the logits [B, width, V] (row 0 the root's, row i + 1 node
+        i's, then padding) and, when the model collects them, the auxiliary hidden states
+        [B, width, k * d]; the caller keeps the accepted K/V (`copy_kv`) and sets num_cached_tokens."""
+        width = verify_width(trees)
+        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, self.block_size,
+                                                         self.max_blocks_per_seq, self.device)
+        # Eager: a compiled verify step needs a graph per tree width (minutes each on these CPUs), and
+        # its fused kernels round differently from the compiled decode step's anyway.
+        hidden, aux = self.model(input_ids, positions, meta)
+        logits = self.model.compute_logits(hidden)
+        aux_rows = self._concat_aux(aux).view(len(seqs), width, -1) if aux else None
+        return logits.view(len(seqs), width, -1), aux_rows
+
+    def slot_of(self, seq: Sequence, position: int) -> int:
+        return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def copy_kv(self, src_slots: list[int], dst_slots: list[int]) -> None:
+        """Copy every layer's keys and values from cache slots `src_slots` to `dst_slots`."""
+        if not src_slots:
+            return
+        src = torch.tensor(src_slots, dtype=torch.int64, device=self.device)
+        dst = torch.tensor(dst_slots, dtype=torch.int64, device=self.device)
+        for layer in self.model.layers:
+            for cache in (layer.self_attn.k_cache, layer.self_attn.v_cache):
+                flat = cache.view(-1, *cache.shape[2:])
+                flat.index_copy_(0, dst, flat.index_select(0, src))
 
     def _decode_key_window(self, seqs: list[Sequence], padded_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat cache slots of every key each decoding sequence attends to, padded to the longest."""
@@ -123,8 +177,7 @@ class ModelRunner:
             start, end = seq.num_cached_tokens, len(seq)
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            slots.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                         for p in range(start, end))
+            slots.extend(self.slot_of(seq, p) for p in range(start, end))
             query_start_loc.append(query_start_loc[-1] + end - start)
             block_tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
         context_lens = [len(seq) for seq in seqs]

@@ -21,6 +21,12 @@ class RequestOutput:
     e2e_s: float
     delta_text: str = ""
     """Text added since the previous update, for streaming."""
+    acceptance_length: float = 1.0
+    """Speculative decoding: tokens emitted per target forward while decoding (1.0 without it)."""
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    target_forwards: int = 0
+    """Decode forwards of the target (verify steps with speculation)."""
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -21,10 +21,14 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 lookahead_slots: int = 0, max_model_len: int | None = None) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # Speculative decoding writes a draft tree past the sequence's end before it knows what stays.
+        self.lookahead_slots = lookahead_slots
+        self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()
 
@@ -63,16 +67,21 @@ class Scheduler:
         scheduled: list[Sequence] = []
         while self.running:
             seq = self.running.popleft()
-            while not self.block_manager.can_grow(seq, len(seq)):
+            needed = self._decode_slots(seq)
+            while not self.block_manager.can_grow(seq, needed):
                 victim = self.running.pop() if self.running else seq
                 self.preempt(victim)
                 if victim is seq:
                     break
             else:
-                self.block_manager.grow(seq, len(seq))
+                self.block_manager.grow(seq, needed)
                 scheduled.append(seq)
         self.running.extend(scheduled)
         return scheduled
+
+    def _decode_slots(self, seq: Sequence) -> int:
+        wanted = len(seq) + self.lookahead_slots
+        return wanted if self.max_model_len is None else max(len(seq), min(wanted, self.max_model_len))
 
     def preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kilotok.engine.sampling_params import SamplingParams
+from kilotok.spec.metrics import SpecStats
 
 _next_seq_id = itertools.count()
 
@@ -35,6 +36,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     last_token_time: float | None = None
+    spec_stats: SpecStats = field(default_factory=SpecStats)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

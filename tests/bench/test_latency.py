@@ -169,7 +169,7 @@ def test_cli_parses_latency_options():
     assert (defaults.max_tokens, defaults.warmup, defaults.compare, defaults.spec) == (128, 1, False, "none")
 
 
-@pytest.mark.parametrize("argv", [["bench"], ["bench", "latency", "--spec", "eagle3"]])
+@pytest.mark.parametrize("argv", [["bench"], ["bench", "latency", "--spec", "medusa"]])
 def test_cli_rejects_missing_kind_and_unknown_spec(argv):
     with pytest.raises(SystemExit):
         parse(argv)
@@ -186,10 +186,12 @@ class FakeRunner:
 
     def __init__(self, settings=None):
         self.calls: list[list[int]] = []
+        self.acceptance_lengths: list[float] = []
         self.llm = argparse.Namespace(tokenizer=argparse.Namespace(encode_chat=lambda m: [len(m)] * 4))
 
     def measure(self, prompt_token_ids, max_tokens):
         self.calls.append(prompt_token_ids)
+        self.acceptance_lengths.append(1.0 + len(self.calls))
         return run(0.1, 10.0 * len(self.calls), len(prompt_token_ids), [1] * max_tokens)
 
 
@@ -208,6 +210,9 @@ def test_cli_run_writes_report_and_json(monkeypatch, tmp_path, capsys):
     assert KILOTOK_ENGINE in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["settings"]["num_prompts"] == 3 and len(data["per_prompt"][KILOTOK_ENGINE]) == 3
+    # The warmup run's acceptance length is left out; the median of the timed runs (3, 4, 5) is reported.
+    assert data["settings"]["acceptance_lengths"] == [3.0, 4.0, 5.0]
+    assert data["settings"]["median_acceptance_length"] == 4.0
     assert data["machine"]["torch_threads"] >= 1 and data["machine"]["cpu_model"]
 
 

@@ -1,0 +1,67 @@
+"""The inputs of a verify forward: each sequence's root (its last, uncached token) and draft tree.
+
+Attention goes through the gathered key window that decode steps use, with one window per row: a
+node's window lists the cached prefix, then the root and the node's ancestors down to itself, in
+position order. Every row therefore attends to exactly the keys, in exactly the order, that a plain
+decode step at that node's position would, and computes them with the same kernel, which is what
+keeps speculative greedy output identical to plain greedy output in reduced precision too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kilotok.engine.attention_metadata import AttentionMetadata
+from kilotok.engine.block_manager import PADDING_BLOCK
+from kilotok.engine.sequence import Sequence
+from kilotok.spec.tree import DraftTree
+
+
+def verify_width(trees: list[DraftTree]) -> int:
+    """Rows per sequence: the root plus the largest tree (smaller trees are padded)."""
+    return 1 + max(len(tree) for tree in trees)
+
+
+def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int, block_size: int,
+                        max_blocks: int, device: torch.device):
+    """(input_ids [B * width], positions [B * width], AttentionMetadata). Node i of a tree writes its
+    K/V at the slot of position len(seq) + i; its RoPE position is the root's plus its depth. Padding
+    rows write into the padding block and attend only to that slot."""
+    padding_slot = PADDING_BLOCK * block_size
+    offsets = torch.arange(block_size, dtype=torch.int64)
+    rows = len(seqs) * width
+    window = max(len(seq) for seq in seqs) + width - 1
+    gather = torch.full((rows, window), padding_slot, dtype=torch.int64)
+    valid = torch.zeros((rows, window), dtype=torch.bool)
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    block_tables = torch.full((len(seqs), max_blocks), PADDING_BLOCK, dtype=torch.int32)
+    for b, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
+        root = len(seq) - 1
+        padding = width - 1 - len(tree)
+        table = torch.tensor(seq.block_table, dtype=torch.int64)
+        block_tables[b, : len(table)] = table.to(torch.int32)
+        all_slots = (table[:, None] * block_size + offsets).flatten()
+        node_slots = all_slots[root : root + len(tree) + 1]
+        input_ids += [seq.token_ids[-1], *tree.tokens] + [0] * padding
+        positions += [root] + [root + depth for depth in tree.depths] + [root] * padding
+        slots += node_slots.tolist() + [padding_slot] * padding
+        mask = tree.ancestor_mask(len(tree) + 1)
+        for r in range(len(tree) + 1):
+            row = b * width + r
+            seen = node_slots[mask[r]]
+            gather[row, :root] = all_slots[:root]
+            gather[row, root : root + len(seen)] = seen
+            valid[row, : root + len(seen)] = True
+        valid[b * width + len(tree) + 1 : (b + 1) * width, 0] = True
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        block_tables=block_tables.to(device),
+        context_lens=torch.tensor([len(seq) + width - 1 for seq in seqs], dtype=torch.int32, device=device),
+        query_start_loc=torch.arange(0, (len(seqs) + 1) * width, width, dtype=torch.int32, device=device),
+        kv_gather_index=gather.to(device),
+        kv_valid=valid.to(device),
+    )
+    ids = torch.tensor(input_ids, dtype=torch.int64, device=device)
+    return ids, torch.tensor(positions, dtype=torch.int64, device=device), meta
