@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -25,6 +26,16 @@ class LLM:
     def __init__(self, model: str = "smollm2-135m", **engine_settings) -> None:
         self.engine = LLMEngine(replace(EngineConfig(), model=model, **engine_settings))
         self.tokenizer = self.engine.tokenizer
+        if self.engine.config.compile:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile the single-sequence decode step now, so the first request's timings measure decoding,
+        not the compiler (about a minute on two cores the first time; cached on disk after that)."""
+        if self.engine.config.progress:
+            print("kilotok: preparing the compiled decode step (cached after the first run)", file=sys.stderr)
+        warm_up = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+        self.generate({"prompt_token_ids": [self.tokenizer.bos_token_id or 0]}, warm_up)
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
