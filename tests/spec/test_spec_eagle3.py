@@ -8,24 +8,13 @@ import json
 import pytest
 import torch
 from test_spec_engine import _chi_square_p_value, _exact_joint, _greedy_params, _prompts
-from tiny_engine import VOCAB, random_head_folder, random_reference, tiny_llm
+from tiny_engine import VOCAB, random_head_folder, tiny_llm
 
 from kilotok import SamplingParams
 from kilotok.errors import ModelFormatError
 from kilotok.spec.config import SpecConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return random_reference()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

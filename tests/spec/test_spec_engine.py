@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_engine import EOS, VOCAB, RandomTreeDrafter, random_reference, tiny_llm, use_drafter
+from tiny_engine import EOS, VOCAB, RandomTreeDrafter, tiny_llm, use_drafter
 
 from kilotok import SamplingParams
 from kilotok.spec.config import SpecConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops are microseconds long: OpenMP barriers across threads cost more than they
-    save, over ten times more on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return random_reference()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prompts(count: int, seed: int) -> list[dict]:
