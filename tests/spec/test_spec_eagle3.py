@@ -7,8 +7,14 @@ import json
 
 import pytest
 import torch
-from test_spec_engine import _chi_square_p_value, _exact_joint, _greedy_params, _prompts
-from tiny_engine import VOCAB, random_head_folder, tiny_llm
+from test_spec_engine import (
+    _chi_square_p_value,
+    _exact_joint,
+    _first_three_token_counts,
+    _greedy_params,
+    _prompts,
+)
+from tiny_engine import random_head_folder, tiny_llm
 
 from kilotok import SamplingParams
 from kilotok.errors import ModelFormatError
@@ -47,9 +53,7 @@ def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, h
                     spec=_eagle3(head_folder))
     params = [SamplingParams(max_tokens=4, ignore_eos=True, seed=seed, **settings) for seed in range(samples)]
     outputs = spec.generate([{"prompt_token_ids": prompt}] * samples, params)
-    counts = torch.zeros(VOCAB, VOCAB, VOCAB)
-    for output in outputs:
-        counts[tuple(output.token_ids[:3])] += 1
+    counts = _first_three_token_counts(outputs)
     joint = _exact_joint(reference, prompt, settings)
     assert counts[joint == 0].sum() == 0
     assert _chi_square_p_value(counts, joint) > 1e-3

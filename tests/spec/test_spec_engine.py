@@ -88,6 +88,14 @@ def _filtered(logits: torch.Tensor, temperature: float, top_k: int, top_p: float
     return probs
 
 
+def _first_three_token_counts(outputs) -> torch.Tensor:
+    """How often each (token 1, token 2, token 3) continuation was sampled: [VOCAB, VOCAB, VOCAB]."""
+    counts = torch.zeros(VOCAB, VOCAB, VOCAB)
+    for output in outputs:
+        counts[tuple(output.token_ids[:3])] += 1
+    return counts
+
+
 def _exact_joint(reference, prompt: list[int], settings: dict) -> torch.Tensor:
     """P(x1, x2, x3 | prompt) [V, V, V] from transformers' logits over every two-token continuation."""
     pairs = torch.cartesian_prod(torch.arange(VOCAB), torch.arange(VOCAB))
@@ -127,9 +135,7 @@ def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, s
     use_drafter(spec, RandomTreeDrafter(VOCAB, max_nodes=6, seed=1))
     params = [SamplingParams(max_tokens=4, ignore_eos=True, seed=seed, **settings) for seed in range(samples)]
     outputs = spec.generate([{"prompt_token_ids": prompt}] * samples, params)
-    counts = torch.zeros(VOCAB, VOCAB, VOCAB)
-    for output in outputs:
-        counts[tuple(output.token_ids[:3])] += 1
+    counts = _first_three_token_counts(outputs)
     joint = _exact_joint(reference, prompt, settings)
     assert counts[joint == 0].sum() == 0, "sampled a continuation the target gives probability 0"
     assert _chi_square_p_value(counts, joint) > 1e-3
