@@ -6,12 +6,15 @@ transformers' batched greedy generate on the same weights, the features from its
 states entering each layer, and the final normed state), and training from kilotok's own trainer.
 
 Usage (on the GPU machine): python scripts/gpu/train_eagle3.py MODEL.gguf PROMPTS.jsonl OUT_DIR BUDGET_S
+With INIT_FROM=HEAD_DIR the run continues from that head (its draft vocabulary kept) instead of starting
+from the target's last layer; LR sets the peak learning rate.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 
 from kilotok.loader.registry import load_checkpoint
-from kilotok.spec.eagle3.checkpoint import save_eagle3
+from kilotok.spec.eagle3.checkpoint import load_eagle3, read_training_record, save_eagle3
 from kilotok.spec.eagle3.config import Eagle3Config
 from kilotok.spec.eagle3.model import Eagle3DraftModel
 from kilotok.spec.train.eval import estimate_acceptance
@@ -31,10 +34,12 @@ from kilotok.spec.train.trainer import collate, ttt_loss, unroll
 START = time.perf_counter()
 # The CPU fallback exists only to try the script on a few prompts before spending GPU time.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-MAX_RESPONSE_TOKENS = int(__import__("os").environ.get("MAX_RESPONSE_TOKENS", 192))
+MAX_RESPONSE_TOKENS = int(os.environ.get("MAX_RESPONSE_TOKENS", 192))
 GENERATE_BATCH = 384
 BATCH = 12
 LIMIT = int(sys.argv[5]) if len(sys.argv) > 5 else None
+INIT_FROM = os.environ.get("INIT_FROM")
+LR = float(os.environ.get("LR", 1e-3))
 
 
 def log(message: str) -> None:
@@ -127,13 +132,19 @@ def main() -> None:
     train_records = [r for r in records if not r["held_out"]]
     held_records = [r for r in records if r["held_out"]]
 
-    config = Eagle3Config.for_target(checkpoint.config, 8192, None)
     embedding = dense_weight(checkpoint, "model.embed_tokens.weight")
     head_weight = target_head_weight(checkpoint)
     torch.manual_seed(0)
-    draft = Eagle3DraftModel(config, embedding)
-    draft.set_draft_vocab(draft_vocabulary(train_records, config.draft_vocab_size, config.target_vocab_size))
-    init_from_target(draft, checkpoint, head_weight, torch.Generator().manual_seed(0))
+    earlier_tokens = 0
+    if INIT_FROM:
+        draft = load_eagle3(INIT_FROM, checkpoint.config, embedding).float()
+        earlier_tokens = read_training_record(INIT_FROM).get("cumulative_tokens_seen", 0)
+        config = draft.config
+    else:
+        config = Eagle3Config.for_target(checkpoint.config, 8192, None)
+        draft = Eagle3DraftModel(config, embedding)
+        draft.set_draft_vocab(draft_vocabulary(train_records, config.draft_vocab_size, config.target_vocab_size))
+        init_from_target(draft, checkpoint, head_weight, torch.Generator().manual_seed(0))
     train = features(hf_model, train_records, config.aux_layer_ids)
     held = features(hf_model, held_records, config.aux_layer_ids)
     del hf_model
@@ -141,13 +152,13 @@ def main() -> None:
 
     draft.to(DEVICE)
     head_rows = head_weight[draft.draft_vocab_target_ids().cpu()].to(DEVICE)
-    probe_settings = FitSettings(batch_size=BATCH, lr=1e-3, warmup_steps=50)
+    probe_settings = FitSettings(batch_size=BATCH, lr=LR, warmup_steps=50)
     per_epoch = seconds_per_epoch(draft, train, head_rows, probe_settings)
     torch.cuda.empty_cache()
     remaining = budget_s - (time.perf_counter() - START) - 30
     epochs = max(1, int(remaining // per_epoch))
     log(f"{per_epoch:.1f} s per epoch: training {epochs} epochs")
-    settings = FitSettings(epochs=epochs, batch_size=BATCH, lr=1e-3, warmup_steps=50)
+    settings = FitSettings(epochs=epochs, batch_size=BATCH, lr=LR, warmup_steps=50)
     history = fit(draft, train, head_rows, settings)
     save_eagle3(copy.deepcopy(draft).cpu(), out_dir / "head")
     estimate = estimate_acceptance(draft, held, head_rows, settings.ttt_steps)
@@ -155,8 +166,9 @@ def main() -> None:
         "target_model": "smollm2-135m", "answers": "transformers greedy fp32 on the GPU, same GGUF weights",
         "train_prompts": len(train_records), "train_response_tokens": train.num_response_tokens,
         "max_response_tokens": MAX_RESPONSE_TOKENS, "epochs": epochs,
-        "tokens_seen": train.num_response_tokens * epochs, "cumulative_tokens_seen": train.num_response_tokens * epochs,
-        "init_from": "target last layer", "fit": settings.__dict__, "epoch_loss": history.epoch_loss,
+        "tokens_seen": train.num_response_tokens * epochs,
+        "cumulative_tokens_seen": earlier_tokens + train.num_response_tokens * epochs,
+        "init_from": INIT_FROM or "target last layer", "fit": settings.__dict__, "epoch_loss": history.epoch_loss,
         "epoch_step0_accuracy": history.epoch_accuracy, "held_out_prompts": len(held_records),
         "held_out_positions": estimate.positions, "held_out_acceptance_length": estimate.acceptance_length,
         "held_out_step_accuracy": list(estimate.step_accuracy), "wall_time_s": round(time.perf_counter() - START, 1),
