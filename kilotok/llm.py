@@ -34,7 +34,10 @@ class LLM:
         not the compiler (about a minute on two cores the first time; cached on disk after that)."""
         if self.engine.config.progress:
             print("kilotok: preparing the compiled decode step (cached after the first run)", file=sys.stderr)
-        warm_up = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+        # Long enough for full-size draft trees, so speculation's verify graph is compiled here too.
+        spec = self.engine.config.spec
+        extra = spec.depth + spec.max_draft_nodes if spec.enabled else 0
+        warm_up = SamplingParams(temperature=0.0, max_tokens=3 + extra, ignore_eos=True)
         self.generate({"prompt_token_ids": [self.tokenizer.bos_token_id or 0]}, warm_up)
 
     def encode(self, prompt: Prompt) -> list[int]:
@@ -61,8 +64,8 @@ class LLM:
         params_list = _as_params_list(params, len(prompt_list))
         # Every prompt is checked before any is queued, so one bad prompt leaves nothing half-submitted.
         prompt_ids = [self.encode(p) for p in prompt_list]
-        for ids in prompt_ids:
-            self.engine.validate_prompt(ids)
+        for ids, sp in zip(prompt_ids, params_list, strict=True):
+            self.engine.validate_prompt(ids, sp)
         seqs = [self.engine.add_request(ids, sp) for ids, sp in zip(prompt_ids, params_list, strict=True)]
         final: dict[int, RequestOutput] = {}
         with tqdm(total=len(seqs), desc="generating", disable=not use_tqdm) as bar:

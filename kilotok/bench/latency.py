@@ -21,7 +21,9 @@ from kilotok.bench.baselines import EngineRunner, PromptMeasurement
 from kilotok.bench.latency_report import KILOTOK_ENGINE, LatencyReport, format_report
 from kilotok.bench.machine import machine_info
 from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
+from kilotok.cli.common import add_spec_args, spec_config
 from kilotok.errors import InvalidRequestError
+from kilotok.spec.config import SpecConfig
 
 CLI_HELP = "time TTFT and decode speed at batch 1, optionally against transformers and llama.cpp"
 # Speculative decoding methods the bench can switch on, each with the extra LLM(...) options it needs.
@@ -38,6 +40,8 @@ class LatencySettings:
     warmup: int = 1
     compare: bool = False
     spec: str = "none"
+    spec_config: SpecConfig | None = None
+    """The full speculative settings (tree shape, draft head); None: the method's defaults."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 2:
@@ -64,7 +68,7 @@ class KilotokRunner:
         # The reference's EOS ids decide where the agreement check stops; kilotok adds none of its own.
         self.stop_token_ids: frozenset[int] = frozenset()
         self._sampling_params = SamplingParams
-        spec_options = SPEC_LLM_OPTIONS[settings.spec]
+        spec_options = {"spec": settings.spec_config} if settings.spec_config else SPEC_LLM_OPTIONS[settings.spec]
         self.llm = LLM(settings.model, dtype=settings.dtype, progress=False, **spec_options)
         self.acceptance_lengths: list[float] = []
         """One per measured run, warmup included (1.0 without speculation)."""
@@ -163,8 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untimed runs per engine before timing (default: %(default)s)")
     parser.add_argument("--compare", action="store_true",
                         help="also time transformers eager fp32 and, when installed, llama.cpp")
-    parser.add_argument("--spec", choices=SPEC_METHODS, default=defaults.spec,
-                        help="speculative decoding method (default: none)")
+    add_spec_args(parser)
     parser.add_argument("--json-out", type=Path, help="also write the full results to this JSON file")
 
 
@@ -172,6 +175,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = LatencySettings(
         model=args.model, dtype=args.dtype, max_tokens=args.max_tokens, num_prompts=args.num_prompts,
         warmup=args.warmup, compare=args.compare, spec=args.spec,
+        spec_config=spec_config(args) if args.spec != "none" else None,
     )
     report = run_latency(settings)
     print(format_report(report))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_KINDS = ("latency",)
+BENCH_KINDS = ("latency", "serve", "moe", "spec-policy")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     for kind in BENCH_KINDS:
-        module = importlib.import_module(f"kilotok.bench.{kind}")
+        module = importlib.import_module(f"kilotok.bench.{kind.replace('-', '_')}")
         parser = kinds.add_parser(
             kind, help=module.CLI_HELP, description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,

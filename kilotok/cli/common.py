@@ -13,9 +13,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="smollm2-135m",
                        help="a model alias (smollm2-135m), a .gguf file or a Hugging Face folder "
                             "(default: %(default)s)")
-    group.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8", "int4"],
-                       help="weight format; auto runs a GGUF's 4-bit weights as stored (int4), else bf16. "
-                            "int8/int4 are weight-only with bf16 activations (default: %(default)s)")
+    group.add_argument("--dtype", default="auto",
+                       choices=["auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8", "fp8-tensor", "fp8-channel",
+                                "fp8-block"],
+                       help="weight format; auto runs a GGUF's 4-bit weights (int4) and FP8 checkpoints as stored, "
+                            "else bf16. int8/int4 are weight-only (bf16/fp32 activations). fp8-tensor/-channel/-block "
+                            "quantize weights to E4M3 per tensor, per output channel or in 128x128 blocks, and "
+                            "activations per token (per 128 group for blocks); fp8 keeps stored FP8 weights and "
+                            "quantizes the rest in blocks (default: %(default)s)")
     group.add_argument("--max-model-len", type=int, default=None,
                        help="context window in tokens (default: the model's)")
     group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
@@ -45,11 +50,14 @@ def add_spec_args(parser: argparse.ArgumentParser) -> None:
                        help="EAGLE-3 branching per node and level (default: %(default)s)")
     group.add_argument("--spec-tree-size", type=int, default=defaults.tree_size,
                        help="most draft tokens verified per step (default: %(default)s)")
+    group.add_argument("--spec-policy", default=None, metavar="FILE",
+                       help="tree shape by batch size, from `kilotok bench spec-policy` (default: the "
+                            "configured tree up to batch 4, none above)")
 
 
 def spec_config(args: argparse.Namespace) -> SpecConfig:
     return SpecConfig(method=args.spec, draft=args.draft, depth=args.spec_depth, topk=args.spec_topk,
-                      tree_size=args.spec_tree_size)
+                      tree_size=args.spec_tree_size, policy=args.spec_policy)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float) -> None:

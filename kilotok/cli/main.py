@@ -8,7 +8,7 @@ import sys
 
 from kilotok.errors import KilotokError
 
-SUBCOMMANDS = ("generate", "chat", "bench", "train-draft")
+SUBCOMMANDS = ("generate", "chat", "bench", "train-draft", "eval", "serve", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:

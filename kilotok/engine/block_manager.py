@@ -1,25 +1,36 @@
-"""Fixed-size KV-cache blocks: a free list, and each sequence's block table.
+"""Fixed-size KV-cache blocks: reference-counted, shared through the prefix cache, and each sequence's
+block table.
 
 Block 0 is never handed out: padded rows of a static-shape decode batch write their throw-away keys
-and values there.
+and values there. A sequence only ever writes at positions from its num_cached_tokens on, and a block
+is shared only once every one of its positions is below that mark in the sequence that computed it, so
+shared blocks are read-only.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from kilotok.engine.prefix_cache import PrefixCache, block_hashes
 from kilotok.engine.sequence import Sequence
 
 PADDING_BLOCK = 0
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         if num_blocks < 2:
             raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.free_blocks: deque[int] = deque(range(1, num_blocks))
+        """Unreferenced blocks that hold nothing worth keeping."""
+        self.ref_counts = [0] * num_blocks
+        self.prefix_cache = PrefixCache() if enable_prefix_caching else None
+        self.prefix_query_tokens = 0
+        """Tokens of every sequence admitted while the prefix cache was on (cumulative)."""
+        self.prefix_hit_tokens = 0
+        """Of those, tokens whose KV came from the prefix cache instead of being computed (cumulative)."""
 
     @property
     def num_usable_blocks(self) -> int:
@@ -27,24 +38,86 @@ class BlockManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_blocks)
+        """Blocks that can be handed out now: never-cached free ones and evictable cached ones."""
+        evictable = self.prefix_cache.num_evictable if self.prefix_cache else 0
+        return len(self.free_blocks) + evictable
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def can_allocate(self, num_tokens: int) -> bool:
-        return self.blocks_needed(num_tokens) <= len(self.free_blocks)
+    def cached_prefix(self, seq: Sequence) -> list[int]:
+        """The cached blocks holding the leading full blocks of a sequence that has no blocks yet. The
+        last token is always left to compute, since its logits give the next token."""
+        if self.prefix_cache is None or seq.block_table:
+            return []
+        num_full = (len(seq) - 1) // self.block_size
+        block_hashes(seq.token_ids, self.block_size, seq.block_hashes, num_full)
+        blocks = []
+        for key in seq.block_hashes[:num_full]:
+            block = self.prefix_cache.lookup(key)
+            if block is None:
+                break
+            blocks.append(block)
+        return blocks
+
+    def can_admit(self, seq: Sequence, num_tokens: int, prefix: list[int]) -> bool:
+        """Whether `seq` (no blocks yet) can start with `prefix` reused and room for `num_tokens`."""
+        fresh = max(0, self.blocks_needed(num_tokens) - len(prefix))
+        revived = sum(1 for block in prefix if self.prefix_cache.is_evictable(block))
+        return fresh + revived <= self.num_free_blocks
+
+    def admit(self, seq: Sequence, num_tokens: int, prefix: list[int]) -> None:
+        """Give a sequence with no blocks the cached `prefix` (its KV counts as computed) and fresh blocks
+        up to `num_tokens` tokens; callers check can_admit first."""
+        if self.prefix_cache is not None:
+            self.prefix_query_tokens += len(seq)
+            self.prefix_hit_tokens += len(prefix) * self.block_size
+        # The prefix blocks are claimed before any fresh block is taken, so none of them can be evicted
+        # to make room for the rest.
+        for block in prefix:
+            if self.ref_counts[block] == 0:
+                self.prefix_cache.reuse(block)
+            self.ref_counts[block] += 1
+        seq.block_table = list(prefix)
+        seq.num_cached_tokens = len(prefix) * self.block_size
+        seq.num_registered_blocks = len(prefix)
+        self.grow(seq, num_tokens)
+
+    def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
+        return self.blocks_needed(num_tokens) - len(seq.block_table) <= self.num_free_blocks
 
     def grow(self, seq: Sequence, num_tokens: int) -> None:
         """Give `seq` enough blocks to hold `num_tokens` tokens in all (callers check can_grow first)."""
-        missing = self.blocks_needed(num_tokens) - len(seq.block_table)
-        for _ in range(missing):
-            seq.block_table.append(self.free_blocks.popleft())
+        for _ in range(self.blocks_needed(num_tokens) - len(seq.block_table)):
+            block = self.free_blocks.popleft() if self.free_blocks else self.prefix_cache.evict()
+            self.ref_counts[block] = 1
+            seq.block_table.append(block)
 
-    def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
-        return self.blocks_needed(num_tokens) - len(seq.block_table) <= len(self.free_blocks)
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Offer the sequence's newly completed blocks to the prefix cache. Only tokens both computed and
+        kept count: a speculative step may have cached K/V for tokens a stop rule then cut off."""
+        if self.prefix_cache is None:
+            return
+        num_full = min(seq.num_cached_tokens, len(seq), len(seq.block_table) * self.block_size) // self.block_size
+        if num_full <= seq.num_registered_blocks:
+            return
+        block_hashes(seq.token_ids, self.block_size, seq.block_hashes, num_full)
+        for index in range(seq.num_registered_blocks, num_full):
+            self.prefix_cache.insert(seq.block_hashes[index], seq.block_table[index])
+        seq.num_registered_blocks = num_full
 
     def free(self, seq: Sequence) -> None:
-        self.free_blocks.extend(seq.block_table)
+        """Drop the sequence's blocks; cached ones stay findable until their space is needed."""
+        self.register_full_blocks(seq)
+        # Tail blocks are released first, so they are evicted before the more widely shared head blocks.
+        for block in reversed(seq.block_table):
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] > 0:
+                continue
+            if self.prefix_cache is not None and self.prefix_cache.is_cached(block):
+                self.prefix_cache.release(block)
+            else:
+                self.free_blocks.append(block)
         seq.block_table.clear()
         seq.num_cached_tokens = 0
+        seq.num_registered_blocks = 0

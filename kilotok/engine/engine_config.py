@@ -12,7 +12,10 @@ from kilotok.spec.config import SpecConfig
 class EngineConfig:
     model: str = "smollm2-135m"
     dtype: str = "auto"
-    """auto, fp32, bf16, fp16, int8 or int4 (weight-only; activations in bf16)."""
+    """auto, fp32, bf16, fp16, int8 (weight-only; bf16 activations) or int4 (weight-only; fp32
+    activations), or FP8 (E4M3) weights and activations: fp8-tensor, fp8-channel, fp8-block, fp8 (stored
+    FP8 kept, the rest in blocks); see quant/fp8_modes.py. auto keeps a GGUF's 4-bit and a checkpoint's
+    FP8 weights as stored, else bf16."""
     block_size: int = 16
     kv_cache_gb: float = 1.0
     kv_cache_blocks: int | None = None
@@ -21,6 +24,10 @@ class EngineConfig:
     """Defaults to the model's context window."""
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 4096
+    """New tokens per step: every decoding sequence's next token plus chunks of prompts being prefilled."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV blocks of earlier requests' identical leading tokens (skipped with an EAGLE-3 drafter,
+    which needs the target's hidden states at every prompt position)."""
     compile: bool = True
     """torch.compile the decode step; falls back to eager where compiling fails."""
     progress: bool = True

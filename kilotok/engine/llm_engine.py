@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from kilotok.engine.block_manager import BlockManager
 from kilotok.engine.engine_config import EngineConfig
 from kilotok.engine.model_runner import ModelRunner
 from kilotok.engine.output_processor import OutputProcessor
 from kilotok.engine.outputs import RequestOutput
 from kilotok.engine.sampling_params import SamplingParams
-from kilotok.engine.scheduler import Scheduler
+from kilotok.engine.scheduler import ScheduledBatch, Scheduler
 from kilotok.engine.sequence import Sequence
 from kilotok.errors import InvalidRequestError
 from kilotok.loader.registry import load_checkpoint
@@ -34,29 +36,37 @@ class LLMEngine:
                                  model.config.max_position_embeddings)
         num_blocks = config.kv_cache_blocks or max(
             2, int(config.kv_cache_gb * 2**30) // ModelRunner.kv_bytes_per_block(model, config.block_size))
-        self.block_manager = BlockManager(num_blocks, config.block_size)
         self.runner = ModelRunner(model, num_blocks, config.block_size, self.max_model_len, config.compile)
         self.drafter = build_drafter(config.spec, model, self.model_name)
+        # Cached prompt blocks come without the target hidden states an EAGLE-3 drafter starts from.
+        needs_prompt_features = self.drafter is not None and bool(self.drafter.aux_layer_ids)
+        self.block_manager = BlockManager(num_blocks, config.block_size,
+                                          config.enable_prefix_caching and not needs_prompt_features)
+        self._prompt_aux: dict[int, list[torch.Tensor]] = {}
+        """Aux hidden states of the chunks of prompts being prefilled, for drafter.start at the end."""
         self.speculator = None
         lookahead = 0
         if self.drafter is not None:
             self.runner.collect_aux_hidden(tuple(self.drafter.aux_layer_ids))
-            self.speculator = SpeculativeDecoder(self.runner, self.drafter, self.max_model_len)
+            self.speculator = SpeculativeDecoder(self.runner, self.drafter, config.spec.tree_policy(),
+                                                 self.max_model_len)
             lookahead = config.spec.max_draft_nodes
         self.spec_stats = SpecStats()
         """Speculative decoding counters summed over every finished request."""
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   lookahead, self.max_model_len)
+                                   lookahead, self.max_model_len, mix_prefill_and_decode=self.speculator is None)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
-        self.validate_prompt(prompt_token_ids)
+        self.validate_prompt(prompt_token_ids, params)
         seq = Sequence(list(prompt_token_ids), params)
         self.outputs.start(seq)
         self.scheduler.add(seq)
         return seq
 
-    def validate_prompt(self, prompt_token_ids: list[int]) -> None:
+    def validate_prompt(self, prompt_token_ids: list[int], params: SamplingParams | None = None) -> None:
+        """Raise InvalidRequestError for a prompt the engine cannot serve; with `params`, also for a
+        request that would outgrow the whole KV cache (it could never finish, even alone)."""
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty: give at least one token")
         if len(prompt_token_ids) >= self.max_model_len:
@@ -64,24 +74,32 @@ class LLMEngine:
                 f"the prompt has {len(prompt_token_ids)} tokens but the context window is {self.max_model_len}:"
                 " shorten the prompt so there is room for at least one output token"
             )
-        capacity = self.block_manager.num_usable_blocks * self.block_manager.block_size
-        if len(prompt_token_ids) + 1 > capacity:
-            raise InvalidRequestError(
-                f"the prompt needs {len(prompt_token_ids) + 1} KV-cache slots but the whole cache holds "
-                f"{capacity}: raise kv_cache_gb or shorten the prompt"
-            )
+        self._check_fits_cache(len(prompt_token_ids), params)
         vocab_size = self.model_config.vocab_size
         bad = [t for t in prompt_token_ids if not 0 <= t < vocab_size]
         if bad:
             raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
 
+    def _check_fits_cache(self, num_prompt_tokens: int, params: SamplingParams | None) -> None:
+        max_tokens = params.max_tokens if params is not None else 1
+        num_slots = min(num_prompt_tokens + max_tokens + self.scheduler.lookahead_slots, self.max_model_len)
+        capacity = self.block_manager.num_usable_blocks * self.block_manager.block_size
+        if num_slots > capacity:
+            raise InvalidRequestError(
+                f"the request needs up to {num_slots} KV-cache slots ({num_prompt_tokens} prompt tokens, "
+                f"max_tokens={max_tokens}) but the whole cache holds {capacity}: raise kv_cache_gb or "
+                "kv_cache_blocks, lower max_tokens or shorten the prompt"
+            )
+
     def abort(self, seq: Sequence) -> None:
+        """Stop a request now: its KV blocks are freed at once (cached prefix blocks stay reusable)."""
         if not seq.is_finished:
             self.scheduler.finish(seq, "abort")
         self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
         self.outputs.release(seq)
+        self._prompt_aux.pop(seq.seq_id, None)
         if self.drafter is not None:
             self.drafter.release(seq)
 
@@ -89,26 +107,43 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[tuple[Sequence, RequestOutput]]:
-        """Run one scheduled batch; returns an update for every sequence that took part in it."""
+        """Run one scheduled batch; returns an update for every sequence that gained tokens in it (a
+        prompt still being prefilled in chunks has none yet)."""
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        if self.speculator is None:
-            tokens = self.runner.run(batch.seqs, batch.is_prefill).tolist()
+        if batch.is_prefill:
+            self._prefill_step(batch)
+        elif self.speculator is None:
+            tokens = self.runner.run(batch.seqs, is_prefill=False).tolist()
             self._append(batch.seqs, [[token] for token in tokens])
-        elif batch.is_prefill:
-            tokens, aux = self.runner.prefill(batch.seqs)
-            self._append(batch.seqs, [[token] for token in tokens.tolist()])
-            for row, seq in enumerate(batch.seqs):
-                if not seq.is_finished:
-                    self.drafter.start(seq, None if aux is None else aux[row])
         else:
             self._speculative_step(batch.seqs)
-        updates = [(seq, self._output(seq)) for seq in batch.seqs]
-        for seq in batch.seqs:
+        updated = batch.sampled_seqs
+        updates = [(seq, self._output(seq)) for seq in updated]
+        for seq in updated:
             if seq.is_finished:
                 self._release(seq)
         return updates
+
+    def _prefill_step(self, batch: ScheduledBatch) -> None:
+        """Chunks of prompts, mixed with decoding sequences' next tokens when there is no speculation."""
+        starts = [seq.num_cached_tokens for seq in batch.seqs]
+        tokens, aux = self.runner.prefill(batch.seqs, batch.num_new_tokens)
+        sampled = batch.sampled_seqs
+        self._append(sampled, [[token] for token in tokens.tolist()])
+        if self.drafter is None:
+            return
+        for row, (seq, start, sample) in enumerate(zip(batch.seqs, starts, batch.samples, strict=True)):
+            chunks = self._prompt_aux.setdefault(seq.seq_id, [])
+            if start == 0:
+                chunks.clear()  # a recompute after preemption starts over
+            if aux is not None:
+                chunks.append(aux[row])
+            if sample:
+                self._prompt_aux.pop(seq.seq_id)
+                if not seq.is_finished:
+                    self.drafter.start(seq, torch.cat(chunks) if chunks else None)
 
     def _speculative_step(self, seqs: list[Sequence]) -> None:
         results = self.speculator.step(seqs)

@@ -11,12 +11,18 @@ import torch
 from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.engine.block_manager import PADDING_BLOCK
 from kilotok.engine.sequence import Sequence
+from kilotok.kernels.attention import aligned_window
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.llama import LlamaForCausalLM
 from kilotok.spec.tree import DraftTree
 from kilotok.spec.verify_inputs import build_verify_inputs, verify_width
 
 DECODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _bucket(rows: int) -> int:
+    """The decode graph size that `rows` query rows are padded to."""
+    return next((b for b in DECODE_BATCH_BUCKETS if b >= rows), rows)
 
 
 class ModelRunner:
@@ -33,6 +39,9 @@ class ModelRunner:
             # At batch 1 the fused elementwise kernels are tiny: spreading them over OpenMP threads costs
             # more in barriers than it saves (measured 2x slower with 2 threads). Matrix products still
             # use every thread through ATen.
+            # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
+            # bucket per engine would pass its default limit of 8 and silently fall back to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
             self._decode_forward = torch.compile(self._forward_logits, dynamic=False,
                                                  options={"cpp.threads": 1})
         self._compile_failed = not compile_decode
@@ -70,22 +79,32 @@ class ModelRunner:
         """Process every uncached token of `seqs` and sample one next token per sequence: [B] int64."""
         if is_prefill:
             return self.prefill(seqs)[0]
-        padded = next((b for b in DECODE_BATCH_BUCKETS if b >= len(seqs)), len(seqs))
+        padded = _bucket(len(seqs))
         input_ids, positions, meta, _ = self._prepare(seqs, padded_batch=padded)
         meta.kv_gather_index, meta.kv_valid = self._decode_key_window(seqs, padded)
-        logits = self._run_decode(input_ids, positions, meta)[: len(seqs)]
-        return self._sample(seqs, logits)
+        logits, _ = self._run_decode(input_ids, positions, meta)
+        return self._sample(seqs, logits[: len(seqs)])
 
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Like `run` for a prefill batch; also returns, when the model collects them, each sequence's
-        auxiliary hidden states [new tokens, k * d] (the aux layers' inputs concatenated)."""
-        input_ids, positions, meta, last_rows = self._prepare(seqs, padded_batch=len(seqs))
+    def prefill(self, seqs: list[Sequence], num_new_tokens: list[int] | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Like `run` for a prefill batch, where a sequence may run only a chunk: sequence i runs
+        num_new_tokens[i] tokens from its num_cached_tokens on (default: all the rest). Returns the next
+        token [S] of the S sequences whose chunk reaches their end, in batch order (the others have no
+        logits to sample yet), and, when the model collects them, each sequence's auxiliary hidden
+        states [new tokens, k * d] (the aux layers' inputs concatenated)."""
+        counts = num_new_tokens or [len(seq) - seq.num_cached_tokens for seq in seqs]
+        ends = [seq.num_cached_tokens + count for seq, count in zip(seqs, counts, strict=True)]
+        input_ids, positions, meta, last_rows = self._prepare(seqs, len(seqs), ends)
         hidden, aux = self.model(input_ids, positions, meta)
-        logits = self.model.compute_logits(hidden[last_rows])
-        lengths = [len(seq) - seq.num_cached_tokens for seq in seqs]
-        aux_rows = list(self._concat_aux(aux).split(lengths)) if aux else None
-        return self._sample(seqs, logits), aux_rows
+        aux_rows = list(self._concat_aux(aux).split(counts)) if aux else None
+        complete = [row for row, (seq, end) in enumerate(zip(seqs, ends, strict=True)) if end == len(seq)]
+        for seq, end in zip(seqs, ends, strict=True):
+            seq.num_cached_tokens = end
+        if not complete:
+            return torch.empty(0, dtype=torch.int64, device=self.device), aux_rows
+        logits = self.model.compute_logits(hidden[last_rows[complete]])
+        return self._sample([seqs[row] for row in complete], logits), aux_rows
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         for seq in seqs:
@@ -100,14 +119,24 @@ class ModelRunner:
         i's, then padding) and, when the model collects them, the auxiliary hidden states
         [B, width, k * d]; the caller keeps the accepted K/V (`copy_kv`) and sets num_cached_tokens."""
         width = verify_width(trees)
-        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, self.block_size,
+        rows = len(seqs) * width
+        padded_rows = self._verify_bucket(rows)
+        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, padded_rows, self.block_size,
                                                          self.max_blocks_per_seq, self.device)
-        # Eager: a compiled verify step needs a graph per tree width (minutes each on these CPUs), and
-        # its fused kernels round differently from the compiled decode step's anyway.
-        hidden, aux = self.model(input_ids, positions, meta)
-        logits = self.model.compute_logits(hidden)
-        aux_rows = self._concat_aux(aux).view(len(seqs), width, -1) if aux else None
-        return logits.view(len(seqs), width, -1), aux_rows
+        torch._dynamo.mark_dynamic(meta.kv_gather_index, 1)
+        torch._dynamo.mark_dynamic(meta.kv_valid, 1)
+        # Every row is a decode query over its own key window, so verification runs the compiled decode
+        # graph of its row bucket: no extra graphs to build, and the same kernels as plain decoding.
+        logits, aux = self._run_decode(input_ids, positions, meta)
+        aux_rows = None if aux is None else aux[:rows].view(len(seqs), width, -1)
+        return logits[:rows].view(len(seqs), width, -1), aux_rows
+
+    def _verify_bucket(self, rows: int) -> int:
+        """A compiled graph already built for up to 4x the rows beats compiling a new one (a minute on
+        two cores): trees cut short near max_tokens would otherwise each compile their own size."""
+        bucket = _bucket(rows)
+        warm = [b for b in self._warm_buckets if bucket <= b <= 4 * bucket]
+        return min(warm, default=bucket)
 
     def slot_of(self, seq: Sequence, position: int) -> int:
         return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
@@ -125,7 +154,7 @@ class ModelRunner:
 
     def _decode_key_window(self, seqs: list[Sequence], padded_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat cache slots of every key each decoding sequence attends to, padded to the longest."""
-        window = max(len(seq) for seq in seqs)
+        window = aligned_window(max(len(seq) for seq in seqs))
         index = torch.full((padded_batch, window), PADDING_BLOCK * self.block_size, dtype=torch.int64)
         valid = torch.zeros((padded_batch, window), dtype=torch.bool)
         valid[len(seqs):, 0] = True
@@ -140,11 +169,12 @@ class ModelRunner:
         return index, valid
 
     def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                        meta: AttentionMetadata) -> torch.Tensor:
-        hidden, _ = self.model(input_ids, positions, meta)
-        return self.model.compute_logits(hidden)
+                        meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of every row and, when the model collects them, the rows' auxiliary hidden states."""
+        hidden, aux = self.model(input_ids, positions, meta)
+        return self.model.compute_logits(hidden), (self._concat_aux(aux) if aux else None)
 
-    def _run_decode(self, input_ids, positions, meta) -> torch.Tensor:
+    def _run_decode(self, input_ids, positions, meta) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._compile_failed:
             return self._forward_logits(input_ids, positions, meta)
         bucket = input_ids.shape[0]
@@ -158,29 +188,32 @@ class ModelRunner:
             except RuntimeError:
                 pass
         try:
-            logits = self._decode_forward(input_ids, positions, meta)
+            outputs = self._decode_forward(input_ids, positions, meta)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             print(f"kilotok: torch.compile unavailable ({type(error).__name__}: {error}); running eager",
                   file=sys.stderr)
             self._compile_failed = True
             return self._forward_logits(input_ids, positions, meta)
         self._warm_buckets.add(bucket)
-        return logits
+        return outputs
 
-    def _prepare(self, seqs: list[Sequence], padded_batch: int):
+    def _prepare(self, seqs: list[Sequence], padded_batch: int, ends: list[int] | None = None):
+        """Flat inputs for each sequence's tokens from num_cached_tokens to its end (`ends`, default the
+        whole sequence), padded with one-token rows to `padded_batch` sequences."""
+        ends = ends or [len(seq) for seq in seqs]
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_start_loc = [0]
         block_tables = torch.full((padded_batch, self.max_blocks_per_seq), PADDING_BLOCK, dtype=torch.int32)
-        for row, seq in enumerate(seqs):
-            start, end = seq.num_cached_tokens, len(seq)
+        for row, (seq, end) in enumerate(zip(seqs, ends, strict=True)):
+            start = seq.num_cached_tokens
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             slots.extend(self.slot_of(seq, p) for p in range(start, end))
             query_start_loc.append(query_start_loc[-1] + end - start)
             block_tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
-        context_lens = [len(seq) for seq in seqs]
+        context_lens = list(ends)
         for _ in range(padded_batch - len(seqs)):
             # Padding rows attend to one slot of the reserved block and write their K/V there.
             input_ids.append(0)

@@ -45,6 +45,8 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
+    speculate: bool = True
+    """Let the engine's speculative decoding draft for this request (output is the same either way)."""
 
     def __post_init__(self) -> None:
         self._check_sampling_knobs()

@@ -1,13 +1,24 @@
-"""Chooses which sequences run in the next step: first come, first served; prefill before decode.
+"""Chooses the work of the next step: continuous batching with chunked prefill under a token budget.
 
-A step is either a prefill (new prompts, up to a token budget) or a decode of every running sequence.
-When the cache runs out of blocks, the most recently admitted sequence is preempted: its blocks are
-freed and it is queued again at the front, to recompute its tokens later.
+Every step is planned afresh, so requests join and leave the running batch at any step. A step holds
+up to `max_num_batched_tokens` new tokens: first the next token of every decoding sequence, then chunks
+of the prompts still being prefilled (oldest first), then chunks of waiting prompts, admitted first
+come, first served while there is budget, room in the batch and KV blocks. A prompt longer than what is
+left of the budget is prefilled over several steps while the others keep decoding; a waiting prompt
+whose leading blocks are in the prefix cache starts after them.
+
+With `mix_prefill_and_decode` off (speculative decoding, whose verify step takes only decoding
+sequences), a step is either prefill chunks or a decode of every running sequence, prefill first.
+
+When the cache runs out of blocks, the most recently admitted sequence not yet given work this step is
+preempted: its blocks are freed (full ones stay in the prefix cache) and it is queued again at the
+front, to recompute its tokens later.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kilotok.engine.block_manager import BlockManager
@@ -17,20 +28,32 @@ from kilotok.engine.sequence import Sequence, SequenceStatus
 @dataclass
 class ScheduledBatch:
     seqs: list[Sequence]
+    num_new_tokens: list[int]
+    """Tokens each sequence runs this step, from its num_cached_tokens on."""
+    samples: list[bool]
+    """Whether each sequence's tokens reach its end, so the step samples its next token."""
     is_prefill: bool
+    """False when every sequence decodes exactly one token: the compiled decode step runs the batch."""
+
+    @property
+    def sampled_seqs(self) -> list[Sequence]:
+        return [seq for seq, sample in zip(self.seqs, self.samples, strict=True) if sample]
 
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 lookahead_slots: int = 0, max_model_len: int | None = None) -> None:
+                 lookahead_slots: int = 0, max_model_len: int | None = None,
+                 mix_prefill_and_decode: bool = True) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # Speculative decoding writes a draft tree past the sequence's end before it knows what stays.
         self.lookahead_slots = lookahead_slots
         self.max_model_len = max_model_len
+        self.mix_prefill_and_decode = mix_prefill_and_decode
         self.waiting: deque[Sequence] = deque()
-        self.running: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        """Admitted sequences, oldest admission first."""
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -39,53 +62,89 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch | None:
-        prefill = self._schedule_prefill()
-        if prefill:
-            return ScheduledBatch(prefill, is_prefill=True)
-        decode = self._schedule_decode()
-        return ScheduledBatch(decode, is_prefill=False) if decode else None
+        for seq in self.running:
+            self.block_manager.register_full_blocks(seq)
+        if self.mix_prefill_and_decode:
+            plan = self._plan(self.max_num_batched_tokens, lambda seq: True)
+        else:
+            plan = self._plan(self.max_num_batched_tokens, lambda seq: not seq.prefilled)
+            if not plan:
+                plan = self._plan(len(self.running), lambda seq: seq.prefilled, admit=False)
+        return self._batch(plan) if plan else None
 
-    def _schedule_prefill(self) -> list[Sequence]:
-        scheduled: list[Sequence] = []
-        num_tokens = 0
-        while self.waiting and len(self.running) + len(scheduled) < self.max_num_seqs:
-            seq = self.waiting[0]
-            new_tokens = len(seq) - seq.num_cached_tokens
-            # A single prompt larger than the budget still runs alone, so it never waits forever.
-            over_budget = scheduled and num_tokens + new_tokens > self.max_num_batched_tokens
-            if over_budget or not self.block_manager.can_grow(seq, len(seq)):
+    def _plan(self, budget: int, wanted: Callable[[Sequence], bool], admit: bool = True) -> list[tuple[Sequence, int]]:
+        """(sequence, new tokens) pairs under `budget`: wanted running sequences, decoding ones first,
+        then, when `admit`, waiting ones."""
+        candidates = [seq for seq in self.running if wanted(seq)]
+        ordered = [seq for seq in candidates if seq.prefilled] + [seq for seq in candidates if not seq.prefilled]
+        plan: list[tuple[Sequence, int]] = []
+        planned: set[int] = set()
+        for seq in ordered:
+            if budget == 0:
                 break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = min(len(seq) - seq.num_cached_tokens, budget)
+            if self._reserve(seq, self._slots(seq, num_new), planned):
+                plan.append((seq, num_new))
+                planned.add(seq.seq_id)
+                budget -= num_new
+        if admit:
+            self._admit_waiting(plan, budget)
+        return plan
+
+    def _admit_waiting(self, plan: list[tuple[Sequence, int]], budget: int) -> None:
+        manager = self.block_manager
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            prefix = manager.cached_prefix(seq)
+            num_cached = len(prefix) * manager.block_size
+            num_new = min(len(seq) - num_cached, budget)
+            if not manager.can_admit(seq, num_cached + num_new, prefix):
+                break  # first come, first served: no later request overtakes this one
             self.waiting.popleft()
-            self.block_manager.grow(seq, len(seq))
+            manager.admit(seq, num_cached + num_new, prefix)
             seq.status = SequenceStatus.RUNNING
-            scheduled.append(seq)
-            num_tokens += new_tokens
-        self.running.extend(scheduled)
-        return scheduled
+            self.running.append(seq)
+            plan.append((seq, num_new))
+            budget -= num_new
 
-    def _schedule_decode(self) -> list[Sequence]:
-        scheduled: list[Sequence] = []
-        while self.running:
-            seq = self.running.popleft()
-            needed = self._decode_slots(seq)
-            while not self.block_manager.can_grow(seq, needed):
-                victim = self.running.pop() if self.running else seq
-                self.preempt(victim)
-                if victim is seq:
-                    break
-            else:
-                self.block_manager.grow(seq, needed)
-                scheduled.append(seq)
-        self.running.extend(scheduled)
-        return scheduled
-
-    def _decode_slots(self, seq: Sequence) -> int:
+    def _slots(self, seq: Sequence, num_new: int) -> int:
+        end = seq.num_cached_tokens + num_new
+        if not seq.prefilled or not self.lookahead_slots:
+            return end
         wanted = len(seq) + self.lookahead_slots
         return wanted if self.max_model_len is None else max(len(seq), min(wanted, self.max_model_len))
 
+    def _reserve(self, seq: Sequence, num_slots: int, planned: set[int]) -> bool:
+        """Grow `seq` to `num_slots`, preempting the newest sequences not planned for this step until it
+        fits; False if `seq` itself had to go."""
+        while not self.block_manager.can_grow(seq, num_slots):
+            victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in planned), seq)
+            self.preempt(victim)
+            if victim is seq:
+                return False
+        self.block_manager.grow(seq, num_slots)
+        return True
+
+    def _batch(self, plan: list[tuple[Sequence, int]]) -> ScheduledBatch:
+        seqs = [seq for seq, _ in plan]
+        num_new = [count for _, count in plan]
+        samples = [seq.num_cached_tokens + count == len(seq) for seq, count in plan]
+        was_prefilled = [seq.prefilled for seq in seqs]
+        for seq, sample in zip(seqs, samples, strict=True):
+            seq.prefilled = seq.prefilled or sample
+        if self.mix_prefill_and_decode:
+            is_prefill = not all(count == 1 and sample for count, sample in zip(num_new, samples, strict=True))
+        else:
+            is_prefill = not all(was_prefilled)
+        return ScheduledBatch(seqs, num_new, samples, is_prefill)
+
     def preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
+        self.running.remove(seq)
         seq.status = SequenceStatus.WAITING
+        seq.prefilled = False
         self.waiting.appendleft(seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:

@@ -30,6 +30,13 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     """Tokens whose keys and values are already in the KV cache."""
+    block_hashes: list[bytes] = field(default_factory=list)
+    """Prefix-cache chain keys of the sequence's leading full blocks of tokens, computed as needed."""
+    num_registered_blocks: int = 0
+    """Leading blocks of block_table already offered to (or taken from) the prefix cache."""
+    prefilled: bool = False
+    """Every token but the last is in the KV cache since the sequence was last (re)admitted, so it can
+    decode; a prompt, or a recompute after preemption, may take several chunked steps to get there."""
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     generator: torch.Generator | None = None

@@ -22,14 +22,42 @@ def store_kv(
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    attention_chunk_size: int = 0,
 ) -> torch.Tensor:
-    """q: [T, Hq, D] -> [T, Hq, D]. Keys are each sequence's cached tokens, new ones included."""
+    """q: [T, Hq, D] -> [T, Hq, D]. Keys are each sequence's cached tokens, new ones included.
+
+    With `attention_chunk_size` C > 0 (Llama 4's local layers), a query at position p sees only the keys
+    of its own chunk, positions C * (p // C) .. p."""
     if meta.kv_gather_index is not None:
-        return decode_attention(q, k_cache, v_cache, meta.kv_gather_index, meta.kv_valid, scale)
+        kv_valid = meta.kv_valid
+        if attention_chunk_size:
+            kv_valid = chunked_window_mask(kv_valid, attention_chunk_size)
+        return decode_attention(q, k_cache, v_cache, meta.kv_gather_index, kv_valid, scale)
     return torch.ops.kilotok.paged_attention(
-        q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, meta.tree_mask, scale
+        q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, meta.tree_mask, scale,
+        attention_chunk_size,
     )
+
+
+def chunked_window_mask(kv_valid: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Restrict a gathered key window [B, L] to each row's own chunk. Window entry j holds key position j
+    and the valid entries are a prefix ending at the query's own key, so the query's position is the
+    number of valid entries minus one (padding rows, with only entry 0 valid, keep it)."""
+    query_positions = kv_valid.sum(dim=-1, keepdim=True) - 1
+    key_positions = torch.arange(kv_valid.shape[1], device=kv_valid.device)
+    return kv_valid & (key_positions >= query_positions // chunk * chunk)
+
+
+KEY_WINDOW_ALIGN = 64
+
+
+def aligned_window(num_keys: int) -> int:
+    """Length of a gathered key window holding `num_keys` keys. Windows are padded (with masked keys) to a
+    multiple of KEY_WINDOW_ALIGN because a compiled reduction's vector lanes and tail loop depend on the
+    length: with aligned lengths a query's valid keys sum in the same order whether its window is its own
+    (plain decode) or a longer one shared with draft-tree rows, and masked keys only add exact zeros."""
+    return -(-num_keys // KEY_WINDOW_ALIGN) * KEY_WINDOW_ALIGN
 
 
 def decode_attention(
@@ -41,15 +69,19 @@ def decode_attention(
     scale: float,
 ) -> torch.Tensor:
     """One new token per sequence, q: [B, Hq, D]. Pure tensor ops over a gathered [B, L] key window, so
-    a compiled decode step fuses it; the window length is the only dynamic shape."""
+    a compiled decode step fuses it; the window length is the only dynamic shape.
+
+    Products are written as multiply-and-sum rather than einsum: einsum picks a matrix-product layout
+    by batch size, which changes the rounding, and each row must come out bit-identical whether it is
+    decoded alone or verified beside a draft tree's other rows."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    keys = k_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float()
-    values = v_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float()
-    grouped_q = q.float().view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = torch.einsum("bhgd,blhd->bhgl", grouped_q, keys) * scale
+    keys = k_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float().transpose(1, 2)
+    values = v_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float().transpose(1, 2)
+    grouped_q = q.float().view(batch, num_kv_heads, num_heads // num_kv_heads, 1, head_dim)
+    scores = (grouped_q * keys[:, :, None]).sum(dim=-1) * scale
     scores = scores.masked_fill(~kv_valid[:, None, None, :], float("-inf"))
-    attended = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), values)
+    attended = (scores.softmax(dim=-1)[..., None] * values[:, :, None]).sum(dim=3)
     return attended.reshape(batch, num_heads, head_dim).to(q.dtype)
 
 
@@ -62,6 +94,7 @@ def paged_attention_reference(
     query_start_loc: torch.Tensor,
     tree_mask: torch.Tensor | None,
     scale: float,
+    attention_chunk_size: int = 0,
 ) -> torch.Tensor:
     """One sequence at a time: gather its blocks, then SDPA with a causal or tree mask."""
     block_size = k_cache.shape[1]
@@ -77,8 +110,9 @@ def paged_attention_reference(
         keys = k_cache[blocks].flatten(0, 1)[:context_len]
         values = v_cache[blocks].flatten(0, 1)[:context_len]
         mask = None
-        if num_new > 1:
-            mask = _new_token_mask(num_new, context_len, None if tree_mask is None else tree_mask[b], q.device)
+        if num_new > 1 or attention_chunk_size:
+            mask = _new_token_mask(num_new, context_len, None if tree_mask is None else tree_mask[b], q.device,
+                                   attention_chunk_size)
         attended = F.scaled_dot_product_attention(
             queries.transpose(0, 1),
             keys.transpose(0, 1).to(q.dtype),
@@ -96,13 +130,20 @@ _paged_attention_op = torch.library.custom_op("kilotok::paged_attention", mutate
 _paged_attention_op.register_fake(lambda q, *_: torch.empty_like(q))
 
 
-def _new_token_mask(num_new: int, context_len: int, tree_mask: torch.Tensor | None, device) -> torch.Tensor:
-    """[num_new, context_len] bool: every new token sees the whole cached prefix, and the new tokens
-    see each other causally (or as the draft tree says)."""
+def _new_token_mask(num_new: int, context_len: int, tree_mask: torch.Tensor | None, device,
+                    attention_chunk_size: int = 0) -> torch.Tensor:
+    """[num_new, context_len] bool: every new token sees the whole cached prefix (or, with a chunk size,
+    the part in its own chunk), and the new tokens see each other causally (or as the draft tree says)."""
     prefix_len = context_len - num_new
     mask = torch.ones(num_new, context_len, dtype=torch.bool, device=device)
     if tree_mask is None:
         mask[:, prefix_len:] = torch.ones(num_new, num_new, dtype=torch.bool, device=device).tril()
     else:
         mask[:, prefix_len:] = tree_mask
+    if attention_chunk_size:
+        # A new token's position is the prefix length plus its depth (its visible new tokens minus one).
+        depths = mask[:, prefix_len:].sum(dim=-1) - 1
+        key_positions = torch.cat((torch.arange(prefix_len, device=device), prefix_len + depths))
+        chunk_starts = (prefix_len + depths) // attention_chunk_size * attention_chunk_size
+        mask &= key_positions[None, :] >= chunk_starts[:, None]
     return mask

@@ -2,6 +2,7 @@
 
 Only configs whose math is exactly Llama's are accepted. Mistral qualifies when its sliding window never
 takes effect; Qwen2 does not (bias on q/k/v but not on o_proj, which Llama's `attention_bias` cannot say).
+The mixture-of-experts families add their own fields (loader/hf_moe_config.py).
 """
 
 from __future__ import annotations
@@ -10,13 +11,26 @@ from typing import Any
 
 from kilotok.config import ModelConfig, RopeScaling
 from kilotok.errors import ModelFormatError
+from kilotok.loader.hf_moe_config import FAMILY_FIELDS, llama4_text_config
+from kilotok.loader.hf_quant import check_quantization_config
 
-SUPPORTED_HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+SUPPORTED_HF_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Llama4ForCausalLM": "llama4_text",
+    "Llama4ForConditionalGeneration": "llama4",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+}
+# kilotok's architecture for each Hugging Face model type (the multimodal Llama 4 runs its text model).
+ARCHITECTURE_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "llama4_text": "llama4", "mixtral": "mixtral",
+                              "qwen3_moe": "qwen3_moe"}
 
 # transformers' own defaults for fields a config.json may leave out.
 DEFAULT_ROPE_THETA = 10000.0
 DEFAULT_RMS_NORM_EPS = 1e-6
-DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32}
+DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "llama4_text": 4096 * 32, "mixtral": 4096 * 32,
+                         "qwen3_moe": 32768}
 
 LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -24,14 +38,16 @@ LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original
 def config_from_hf(config: dict[str, Any]) -> ModelConfig:
     """Build a ModelConfig from the parsed contents of a Hugging Face `config.json`."""
     model_type = _check_architecture(config)
+    if model_type == "llama4":
+        config = llama4_text_config(config)
+        model_type = "llama4_text"
     _reject_unsupported_features(config)
     hidden_size = _required_int(config, "hidden_size")
     num_heads = _required_int(config, "num_attention_heads")
     max_positions = int(config.get("max_position_embeddings") or DEFAULT_MAX_POSITIONS[model_type])
     _check_sliding_window(config, max_positions)
     rope_theta, rope_scaling = _rope_settings(config)
-    return ModelConfig(
-        architecture="llama",
+    fields = dict(
         vocab_size=_required_int(config, "vocab_size"),
         hidden_size=hidden_size,
         intermediate_size=_required_int(config, "intermediate_size"),
@@ -49,6 +65,9 @@ def config_from_hf(config: dict[str, Any]) -> ModelConfig:
         bos_token_id=config.get("bos_token_id"),
         eos_token_ids=_token_ids(config.get("eos_token_id")),
     )
+    if model_type in FAMILY_FIELDS:
+        fields.update(FAMILY_FIELDS[model_type](config))
+    return ModelConfig(architecture=ARCHITECTURE_OF_MODEL_TYPE[model_type], **fields)
 
 
 def _check_architecture(config: dict[str, Any]) -> str:
@@ -68,13 +87,7 @@ def _check_architecture(config: dict[str, Any]) -> str:
 
 
 def _reject_unsupported_features(config: dict[str, Any]) -> None:
-    quantization = config.get("quantization_config")
-    if quantization:
-        method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
-        raise ModelFormatError(
-            f"pre-quantized Hugging Face checkpoints ({method}) are not supported; "
-            "use the unquantized model folder or a .gguf file"
-        )
+    check_quantization_config(config.get("quantization_config"))
     activation = config.get("hidden_act", "silu")
     if activation != "silu":
         raise ModelFormatError(f"unsupported hidden_act {activation!r}; Llama models use 'silu'")
@@ -83,6 +96,8 @@ def _reject_unsupported_features(config: dict[str, Any]) -> None:
 def _check_sliding_window(config: dict[str, Any], max_positions: int) -> None:
     """A window at least as long as the context never masks anything, so such models are plain Llama."""
     window = config.get("sliding_window")
+    if config.get("use_sliding_window") is False:
+        return
     if window is not None and window < max_positions:
         raise ModelFormatError(
             f"sliding window attention (sliding_window={window} < max_position_embeddings={max_positions}) "

@@ -12,10 +12,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from kilotok.config import ModelConfig
+from kilotok.config import MOE_ARCHITECTURES, ModelConfig
 from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.loader.hf_config import config_from_hf
+from kilotok.loader.hf_moe_names import check_ffn_tensors, text_model_names, variant_layer_shapes
+from kilotok.loader.hf_quant import attach_fp8_scales, read_quantization_config
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -30,7 +32,7 @@ def load_hf_folder(folder: Path, progress: bool = True) -> Checkpoint:
     """Load config, weights (under their stored Hugging Face names and dtypes) and tokenizer of a folder."""
     folder = Path(folder)
     config = read_hf_config(folder)
-    weights = load_hf_weights(folder, config, progress)
+    weights = attach_fp8_scales(load_hf_weights(folder, config, progress), read_quantization_config(folder))
     from kilotok.loader.tokenizer import tokenizer_from_hf_folder
 
     tokenizer = tokenizer_from_hf_folder(folder)
@@ -84,17 +86,28 @@ def expected_llama_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """`expected_llama_shapes`, with the feed-forward (and q/k norm) tensors of a mixture-of-experts family."""
+    shapes = expected_llama_shapes(config)
+    if config.architecture in MOE_ARCHITECTURES:
+        shapes = {name: shape for name, shape in shapes.items() if ".mlp." not in name}
+        shapes.update(variant_layer_shapes(config))
+    return shapes
+
+
 def load_hf_weights(folder: Path, config: ModelConfig, progress: bool = True) -> dict[str, torch.Tensor]:
     """Read every tensor of the folder's safetensors files after checking names and shapes against config."""
     shards = _locate_shards(folder)
     with ExitStack() as stack:
         handles = {shard: stack.enter_context(_open_shard(shard)) for shard in shards}
         owner = _tensor_owners(shards, handles)
-        _validate_tensors(config, owner, handles)
+        stored = text_model_names(owner)
+        owner = {name: owner[stored_name] for name, stored_name in stored.items()}
+        _validate_tensors(config, owner, handles, stored)
         weights = {}
         for name in tqdm(owner, desc=f"loading {folder.name}", unit="tensor", file=sys.stderr,
                          disable=not progress):
-            weights[name] = handles[owner[name]].get_tensor(name)
+            weights[name] = handles[owner[name]].get_tensor(stored[name])
     return weights
 
 
@@ -149,9 +162,13 @@ def _tensor_owners(shards: dict[Path, list[str] | None], handles: dict[Path, Any
     return owner
 
 
-def _validate_tensors(config: ModelConfig, owner: dict[str, Path], handles: dict[Path, Any]) -> None:
+def _validate_tensors(config: ModelConfig, owner: dict[str, Path], handles: dict[Path, Any],
+                      stored: dict[str, str]) -> None:
     """Fail on the first missing, misshapen or non-float tensor, before any weight is read."""
-    for name, expected in expected_llama_shapes(config).items():
+    shapes = expected_shapes(config)
+    if config.architecture in MOE_ARCHITECTURES:
+        check_ffn_tensors(config, owner, shapes)
+    for name, expected in shapes.items():
         if name not in owner:
             if name == LM_HEAD and config.tie_word_embeddings:
                 continue
@@ -160,7 +177,7 @@ def _validate_tensors(config: ModelConfig, owner: dict[str, Path], handles: dict
                 f"({config.num_layers} layers, attention_bias={config.attention_bias}, "
                 f"mlp_bias={config.mlp_bias}, tie_word_embeddings={config.tie_word_embeddings})"
             )
-        tensor = handles[owner[name]].get_slice(name)
+        tensor = handles[owner[name]].get_slice(stored[name])
         shape = tuple(tensor.get_shape())
         if shape != expected:
             raise ModelFormatError(

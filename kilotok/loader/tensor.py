@@ -43,3 +43,9 @@ class QuantizedTensor:
 
 
 Weight = torch.Tensor | QuantizedTensor
+
+
+def as_float(weight: Weight | object) -> torch.Tensor:
+    """A loaded weight as float32, whatever its stored format (raw GGUF blocks, FP8 with scales, ...):
+    every non-tensor weight type has `dequantize()`."""
+    return weight.float() if isinstance(weight, torch.Tensor) else weight.dequantize().float()

@@ -35,13 +35,7 @@ class Int8Linear(nn.Module):
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
         """Symmetric per-output-channel quantization: scale = max|w| / 127 over each row."""
         check_int8_shape(*weight.shape)
-        weight = weight.detach().float()
-        # Round the scale to bf16 first and quantize with that rounded scale, so the codes match the scale
-        # the kernel applies; |w| / scale stays below 127.5 (bf16 rounding is under 2^-9), so no clipping.
-        scales = (weight.abs().amax(dim=1) / 127).to(torch.bfloat16)
-        divisor = scales.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
-        codes = torch.round(weight / divisor).clamp_(-127, 127).to(torch.int8)
-        return cls(codes, scales, bias)
+        return cls(*quantize_int8_per_channel(weight), bias)
 
     @classmethod
     def from_gguf(cls, tensor: QuantizedTensor, bias: torch.Tensor | None = None) -> Int8Linear:
@@ -69,6 +63,17 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         has_bias = self.bias is not None
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={has_bias}"
+
+
+def quantize_int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 codes and bf16 scales: w ~ codes * scale[:, None], scale = max|row| / 127."""
+    weight = weight.detach().float()
+    # Round the scale to bf16 first and quantize with that rounded scale, so the codes match the scale
+    # the kernel applies; |w| / scale stays below 127.5 (bf16 rounding is under 2^-9), so no clipping.
+    scales = (weight.abs().amax(dim=1) / 127).to(torch.bfloat16)
+    divisor = scales.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+    codes = torch.round(weight / divisor).clamp_(-127, 127).to(torch.int8)
+    return codes, scales
 
 
 def check_int8_shape(out_features: int, in_features: int) -> None:

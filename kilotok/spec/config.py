@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
+from kilotok.spec.policy import SpecPolicy, TreeShape
 
 SPEC_METHODS = ("none", "ngram", "eagle3")
+
+DEFAULT_POLICY = SpecPolicy(((4, TreeShape(64, 64)),))
+"""Until `kilotok bench spec-policy` has measured a machine: the configured tree up to batch 4, none above."""
 
 
 @dataclass(frozen=True)
@@ -22,14 +26,17 @@ class SpecConfig:
     tree_size: int = 3
     """Most draft nodes verified per step (the root, the last sampled token, comes on top).
 
-    Defaults measured on the 2-CPU machine (int4, batch 1, first shipped head): while verification runs
-    eagerly each extra row costs ~2-3 ms against a ~13 ms compiled decode step, so the small chain beat
-    every wider tree in tokens/s although wider trees accept more (depth 6, top-k 8, 32 nodes: 2.03
-    tokens per forward). Measure again when verification gets cheaper."""
+    Defaults measured on the 2-CPU machine (AMD Zen 4, batch 1): verification runs the compiled decode
+    graph of its row count, and the int4 matrix kernel's cost grows with the rows (decode step with 1, 2,
+    8, 16 rows: 10.7, 14.0, 32.0, 57.8 ms; bf16 22.7, -, 36.8, 52.7 ms), so the smallest tree wins in
+    int4. Wider trees accept more (depth 5, top-k 2, 8 nodes: about 2.5 tokens per forward)."""
     ngram_min: int = 2
     """Shortest context tail prompt lookup matches. Single-token matches propose too many wrong chains:
     on the bench's chat prompts min 1 decoded slower than no speculation, min 2 about as fast."""
     ngram_max: int = 3
+    policy: str | None = None
+    """JSON table of tree shape by batch size (`kilotok bench spec-policy --out FILE`); None uses
+    DEFAULT_POLICY. Shapes never exceed depth and tree_size, which size the KV slots a step reserves."""
 
     def __post_init__(self) -> None:
         if self.method not in SPEC_METHODS:
@@ -55,6 +62,10 @@ class SpecConfig:
     def max_draft_nodes(self) -> int:
         """KV-cache slots a step needs beyond the sequence itself."""
         return self.depth if self.method == "ngram" else self.tree_size
+
+    def tree_policy(self) -> SpecPolicy:
+        policy = SpecPolicy.load(self.policy) if self.policy else DEFAULT_POLICY
+        return policy.capped(TreeShape(self.depth, self.max_draft_nodes))
 
     @classmethod
     def of(cls, spec: SpecConfig | str | None) -> SpecConfig:

@@ -18,6 +18,7 @@ from kilotok.engine.model_runner import ModelRunner
 from kilotok.engine.sequence import Sequence
 from kilotok.layers.sampler import SamplingTensors, processed_probs
 from kilotok.spec.drafter import Drafter
+from kilotok.spec.policy import SpecPolicy
 from kilotok.spec.tree import DraftTree
 from kilotok.spec.verify import Verdict, verify_greedy, verify_sampled
 
@@ -34,13 +35,14 @@ class SpecStepResult:
 
 
 class SpeculativeDecoder:
-    def __init__(self, runner: ModelRunner, drafter: Drafter, max_model_len: int) -> None:
+    def __init__(self, runner: ModelRunner, drafter: Drafter, policy: SpecPolicy, max_model_len: int) -> None:
         self.runner = runner
         self.drafter = drafter
+        self.policy = policy
         self.max_model_len = max_model_len
 
     def step(self, seqs: list[Sequence]) -> list[SpecStepResult]:
-        trees = self._fitted_trees(seqs, self.drafter.propose(seqs))
+        trees = self._fitted_trees(seqs, self._draft(seqs))
         if not any(trees) and not self.drafter.aux_layer_ids:
             # Nothing to verify and no features wanted: the (compiled) plain decode step is cheaper.
             tokens = self.runner.run(seqs, is_prefill=False).tolist()
@@ -55,6 +57,15 @@ class SpeculativeDecoder:
             results.append(SpecStepResult(verdict.tokens(tree), len(tree), tree.max_depth, len(verdict.accepted),
                                           None if aux is None else aux[row, rows]))
         return results
+
+    def _draft(self, seqs: list[Sequence]) -> list[DraftTree]:
+        """Trees for the sequences that speculate, at the size the policy gives this batch; empty trees
+        for the rest (they still verify their root, so the drafter keeps their features)."""
+        shape = self.policy.shape_for(len(seqs))
+        drafting = [seq for seq in seqs if seq.params.speculate] if shape is not None else []
+        proposed = dict(zip((seq.seq_id for seq in drafting), self.drafter.propose(drafting, shape), strict=True)
+                        ) if drafting else {}
+        return [proposed.get(seq.seq_id, DraftTree()) for seq in seqs]
 
     def _fitted_trees(self, seqs: list[Sequence], trees: list[DraftTree]) -> list[DraftTree]:
         """Trim trees so that no node (padding included) lies past the context window or the blocks the

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 
 from kilotok.engine.sequence import Sequence
+from kilotok.spec.policy import TreeShape
 from kilotok.spec.tree import DraftTree
 
 
@@ -21,8 +22,8 @@ class Drafter(Protocol):
         with the newly sampled token, and `aux_hidden` [len(seq) - 1, k * d] holds the target features
         of every earlier position."""
 
-    def propose(self, seqs: list[Sequence]) -> list[DraftTree]:
-        """One tree per sequence, rooted at its last token."""
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        """One tree per sequence, rooted at its last token, no deeper or larger than `shape`."""
 
     def advance(self, seq: Sequence, aux_hidden: torch.Tensor | None) -> None:
         """After a verify step: `seq.token_ids` gained the accepted tokens and the bonus token, and

@@ -25,6 +25,7 @@ from kilotok.models.llama import LlamaForCausalLM
 from kilotok.spec.config import SpecConfig
 from kilotok.spec.eagle3.checkpoint import default_draft_path, load_eagle3
 from kilotok.spec.eagle3.model import Eagle3DraftModel
+from kilotok.spec.policy import TreeShape
 from kilotok.spec.tree import ROOT, DraftTree
 
 
@@ -59,11 +60,9 @@ class _Candidate:
 
 
 class Eagle3Drafter:
-    def __init__(self, head: Eagle3DraftModel, depth: int, topk: int, tree_size: int) -> None:
+    def __init__(self, head: Eagle3DraftModel, topk: int) -> None:
         self.head = head
-        self.depth = depth
         self.topk = min(topk, head.config.draft_vocab_size)
-        self.tree_size = tree_size
         self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
         self.states: dict[int, _DraftState] = {}
 
@@ -76,7 +75,7 @@ class Eagle3Drafter:
                 "(train it with `kilotok train-draft`), or use --spec ngram"
             )
         head = load_eagle3(folder, model.config, model.embed_tokens.weight)
-        return cls(head, spec.depth, spec.topk, spec.tree_size)
+        return cls(head, spec.topk)
 
     @torch.inference_mode()
     def start(self, seq: Sequence, aux_hidden: torch.Tensor | None) -> None:
@@ -107,15 +106,15 @@ class Eagle3Drafter:
         self.states[seq.seq_id] = _DraftState(past_k, past_v, out.logits[0, -1], out.hidden[0, -1])
 
     @torch.inference_mode()
-    def propose(self, seqs: list[Sequence]) -> list[DraftTree]:
-        return [self._grow(self.states[seq.seq_id]) for seq in seqs]
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        return [self._grow(self.states[seq.seq_id], shape) for seq in seqs]
 
-    def _grow(self, state: _DraftState) -> DraftTree:
+    def _grow(self, state: _DraftState, shape: TreeShape) -> DraftTree:
         candidates: list[_Candidate] = []
         frontier = self._children(candidates, ROOT, 0.0, 1, state.logits, state.hidden, [])
         spec_k: list[torch.Tensor] = []
         spec_v: list[torch.Tensor] = []
-        for depth in range(2, self.depth + 1):
+        for depth in range(2, shape.depth + 1):
             frontier = sorted(frontier, key=lambda i: -candidates[i].score)[: self.topk]
             out = self._expand(state, [candidates[i] for i in frontier], spec_k, spec_v, depth - 1)
             columns = sum(k.shape[1] for k in spec_k)
@@ -128,7 +127,7 @@ class Eagle3Drafter:
                 next_frontier += self._children(candidates, index, node.score, depth, out.logits[0, row],
                                                 out.hidden[0, row], ancestors)
             frontier = next_frontier
-        return self._best_tree(candidates)
+        return self._best_tree(candidates, shape.tree_size)
 
     def _children(self, candidates: list[_Candidate], parent: int, score: float, depth: int,
                   logits: torch.Tensor, feature: torch.Tensor, ancestors: list[int]) -> list[int]:
@@ -159,10 +158,10 @@ class Eagle3Drafter:
         past_v = torch.cat([state.past_v, *spec_v], dim=1)
         return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0))
 
-    def _best_tree(self, candidates: list[_Candidate]) -> DraftTree:
+    def _best_tree(self, candidates: list[_Candidate], tree_size: int) -> DraftTree:
         """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
         ranked = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, candidates[i].depth, i))
-        chosen = sorted(ranked[: self.tree_size], key=lambda i: (candidates[i].depth, i))
+        chosen = sorted(ranked[:tree_size], key=lambda i: (candidates[i].depth, i))
         index_of = {old: new for new, old in enumerate(chosen)}
         index_of[ROOT] = ROOT
         return DraftTree([candidates[i].token for i in chosen], [index_of[candidates[i].parent] for i in chosen])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from kilotok.engine.sequence import Sequence
+from kilotok.spec.policy import TreeShape
 from kilotok.spec.tree import DraftTree
 
 
@@ -19,8 +20,9 @@ class NgramDrafter:
         self.max_ngram = max_ngram
         self.num_tokens = num_tokens
 
-    def propose(self, seqs: list[Sequence]) -> list[DraftTree]:
-        return [DraftTree.chain(self.lookup(seq.token_ids)) for seq in seqs]
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        length = min(shape.depth, shape.tree_size)
+        return [DraftTree.chain(self.lookup(seq.token_ids)[:length]) for seq in seqs]
 
     def lookup(self, tokens: list[int]) -> list[int]:
         """The tokens that followed the latest earlier match of the longest matching tail (longest first,

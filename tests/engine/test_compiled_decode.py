@@ -15,7 +15,7 @@ def test_compiled_greedy_decode_equals_eager():
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     eager = LLM("smollm2-135m", dtype="fp32", compile=False, progress=False, kv_cache_gb=0.1)
     compiled = LLM("smollm2-135m", dtype="fp32", compile=True, progress=False, kv_cache_gb=0.1)
-    # Three prompts decode as a padded batch of 4, then one prompt alone: two compiled batch buckets.
+    # Three prompts decode as a padded batch of 4, then one prompt alone (padded to 2): two graphs.
     expected = [o.token_ids for o in eager.generate(PROMPTS, params)]
     assert [o.token_ids for o in compiled.generate(PROMPTS, params)] == expected
     assert compiled.generate(PROMPTS[1], params)[0].token_ids == expected[1]

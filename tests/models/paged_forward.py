@@ -36,3 +36,28 @@ def paged_step(model, seqs: list[list[int]], cached: list[int], tables: list[lis
     hidden, _ = model(torch.tensor(ids), torch.tensor(positions), meta)
     logits = model.compute_logits(hidden)
     return [logits[starts[b] : starts[b + 1]] for b in range(len(seqs))]
+
+
+def decode_step(model, seqs: list[list[int]], tables: list[list[int]]) -> torch.Tensor:
+    """Each sequence's last token through the gathered key window, as the engine's decode steps run it;
+    logits [B, V]."""
+    window = max(len(tokens) for tokens in seqs)
+    gather = torch.zeros(len(seqs), window, dtype=torch.int64)
+    valid = torch.zeros(len(seqs), window, dtype=torch.bool)
+    for b, (tokens, table) in enumerate(zip(seqs, tables, strict=True)):
+        slots = [table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(len(tokens))]
+        gather[b, : len(tokens)] = torch.tensor(slots)
+        valid[b, : len(tokens)] = True
+    width = max(len(t) for t in tables)
+    meta = AttentionMetadata(
+        slot_mapping=gather[torch.arange(len(seqs)), valid.sum(-1) - 1],
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
+        context_lens=torch.tensor([len(t) for t in seqs], dtype=torch.int32),
+        query_start_loc=torch.arange(len(seqs) + 1, dtype=torch.int32),
+        kv_gather_index=gather,
+        kv_valid=valid,
+    )
+    ids = torch.tensor([tokens[-1] for tokens in seqs])
+    positions = torch.tensor([len(tokens) - 1 for tokens in seqs])
+    hidden, _ = model(ids, positions, meta)
+    return model.compute_logits(hidden)

@@ -19,6 +19,7 @@ from tiny_engine import random_head_folder, tiny_llm
 from kilotok import SamplingParams
 from kilotok.errors import ModelFormatError
 from kilotok.spec.config import SpecConfig
+from kilotok.spec.policy import TreeShape
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,7 +109,7 @@ def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, he
     for _ in range(6):
         engine.step()
         recorded.clear()
-        tree = drafter.propose([seq])[0]
+        tree = drafter.propose([seq], TreeShape(depth=3, tree_size=3))[0]
         drafted = [drafter.states[seq.seq_id].logits] + [out.logits[0, 0] for out in recorded]
         steps, chain = _oracle_chain(reference, drafter.head, seq.token_ids, depth=3)
         torch.testing.assert_close(torch.stack(drafted), torch.stack(steps), atol=1e-4, rtol=1e-4)

@@ -12,6 +12,7 @@ from kilotok.engine import llm_engine
 from kilotok.llm import LLM
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.loader.hf_config import config_from_hf
+from kilotok.spec.policy import SpecPolicy, TreeShape
 from kilotok.spec.tree import DraftTree
 
 transformers = pytest.importorskip("transformers")
@@ -50,7 +51,12 @@ def tiny_llm(monkeypatch: pytest.MonkeyPatch, reference, **settings) -> LLM:
     checkpoint = Checkpoint(config, weights, tokenizer=StubTokenizer(), path=None, name="tiny-random")
     monkeypatch.setattr(llm_engine, "load_checkpoint", lambda model, progress: checkpoint)
     defaults = {"dtype": "fp32", "compile": False, "progress": False, "kv_cache_blocks": 512, "block_size": 4}
-    return LLM("tiny-random", **(defaults | settings))
+    llm = LLM("tiny-random", **(defaults | settings))
+    if llm.engine.speculator is not None:
+        # Draft at every batch size: the statistical tests verify hundreds of sequences in one batch.
+        spec = llm.engine.config.spec
+        llm.engine.speculator.policy = SpecPolicy.fixed(TreeShape(spec.depth, spec.max_draft_nodes))
+    return llm
 
 
 class RandomTreeDrafter:
@@ -66,17 +72,18 @@ class RandomTreeDrafter:
         self.max_nodes = max_nodes
         self.seed = seed
 
-    def propose(self, seqs) -> list[DraftTree]:
-        return [self._tree(random.Random(f"{self.seed}:{seq.token_ids}")) for seq in seqs]
+    def propose(self, seqs, shape: TreeShape) -> list[DraftTree]:
+        max_nodes = min(self.max_nodes, shape.tree_size)
+        return [self._tree(random.Random(f"{self.seed}:{seq.token_ids}"), max_nodes) for seq in seqs]
 
-    def _tree(self, rng: random.Random) -> DraftTree:
+    def _tree(self, rng: random.Random, max_nodes: int) -> DraftTree:
         """Up to three distinct random children per node, breadth first, until max_nodes."""
         tokens: list[int] = []
         parents: list[int] = []
         frontier = [-1]
-        while frontier and len(tokens) < self.max_nodes:
+        while frontier and len(tokens) < max_nodes:
             parent = frontier.pop(0)
-            width = min(rng.randint(1, 3), self.max_nodes - len(tokens))
+            width = min(rng.randint(1, 3), max_nodes - len(tokens))
             for token in rng.sample(range(self.vocab), width):
                 frontier.append(len(tokens))
                 tokens.append(token)

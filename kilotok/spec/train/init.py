@@ -2,8 +2,9 @@
 
 The draft layer predicts from a late-layer feature, which is what the target's last decoder layer does,
 so that layer's attention (on the feature half of the 2d input), MLP and norms are a far better start than
-noise; the LM head starts as the target's head rows for the draft vocabulary, and `fc` starts by passing
-the highest fused layer through. This matters when the data is small (see the field notes).
+noise (a mixture-of-experts target gives the MLP of its last dense layer, if it has one); the LM head starts
+as the target's head rows for the draft vocabulary, and `fc` starts by passing the highest fused layer
+through. This matters when the data is small (see the field notes).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from kilotok.loader.checkpoint import Checkpoint
+from kilotok.loader.hf_moe_names import last_dense_mlp
 from kilotok.loader.tensor import QuantizedTensor
 from kilotok.spec.eagle3.model import Eagle3DraftModel
 
@@ -40,15 +42,16 @@ def init_from_target(draft: Eagle3DraftModel, checkpoint: Checkpoint, head_weigh
         projection[:, d:] = dense_weight(checkpoint, f"{prefix}self_attn.{name}.weight")
     copies = {
         layer.self_attn.o_proj.weight: "self_attn.o_proj.weight",
-        layer.mlp.gate_proj.weight: "mlp.gate_proj.weight",
-        layer.mlp.up_proj.weight: "mlp.up_proj.weight",
-        layer.mlp.down_proj.weight: "mlp.down_proj.weight",
         layer.hidden_norm.weight: "input_layernorm.weight",
         layer.input_layernorm.weight: "input_layernorm.weight",
         layer.post_attention_layernorm.weight: "post_attention_layernorm.weight",
     }
     for parameter, name in copies.items():
         parameter.copy_(dense_weight(checkpoint, prefix + name))
+    mlp = last_dense_mlp(checkpoint.config)
+    if mlp is not None:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            getattr(layer.mlp, name).weight.copy_(dense_weight(checkpoint, f"{mlp}{name}.weight"))
     draft.norm.weight.copy_(dense_weight(checkpoint, "model.norm.weight"))
     draft.lm_head.weight.copy_(head_weight[draft.draft_vocab_target_ids()])
     draft.fc.weight.zero_()

@@ -1,0 +1,1 @@
+"""Accuracy measurements of a model as kilotok runs it: perplexity on a text, greedy agreement with fp32."""

@@ -1,0 +1,104 @@
+"""Greedy agreement: the same chat prompts answered greedily in two weight formats, compared token by
+token (the metric is defined in agreement_metrics.py).
+
+Prompts come from one of two sets, neither drawn from MT-bench, HumanEval or GSM8K:
+- held-out: the first user turns of the ShareGPT conversations that were held out from EAGLE-3 draft
+  training (data/smollm2-135m-distill/held_out.jsonl.gz, in file order);
+- bench: kilotok's own latency prompts (kilotok/bench/prompts.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
+from kilotok.engine.sampling_params import SamplingParams
+from kilotok.errors import InvalidRequestError, KilotokError
+from kilotok.eval.agreement_metrics import agreement_counts
+
+PROMPT_SETS = ("held-out", "bench")
+DEFAULT_NUM_PROMPTS = 16
+HELD_OUT_FILE = Path(__file__).resolve().parents[2] / "data" / "smollm2-135m-distill" / "held_out.jsonl.gz"
+# The engine's KV cache only needs the prompts plus their answers; the default 1 GiB would be wasted.
+KV_CACHE_GB = 0.25
+
+Conversation = list[dict[str, str]]
+
+
+def held_out_prompts(count: int) -> list[Conversation]:
+    if not HELD_OUT_FILE.is_file():
+        raise KilotokError(f"{HELD_OUT_FILE} is missing: it ships with the kilotok repository; "
+                           "use --prompts bench for the built-in prompts")
+    prompts: list[Conversation] = []
+    with gzip.open(HELD_OUT_FILE, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            if len(prompts) == count:
+                break
+            prompts.append([{"role": "user", "content": json.loads(line)["prompt"]}])
+    if len(prompts) < count:
+        raise InvalidRequestError(f"--num-prompts {count} is more than the {len(prompts)} held-out prompts")
+    return prompts
+
+
+def load_prompt_set(name: str, count: int) -> list[Conversation]:
+    if count < 1:
+        raise InvalidRequestError(f"--num-prompts must be at least 1, got {count}")
+    if name == "held-out":
+        return held_out_prompts(count)
+    if name == "bench":
+        if count > len(BENCH_PROMPTS):
+            raise InvalidRequestError(f"--num-prompts {count} is more than the {len(BENCH_PROMPTS)} bench prompts")
+        return bench_prompts(count)
+    raise InvalidRequestError(f"unknown prompt set {name!r}; choose one of {', '.join(PROMPT_SETS)}")
+
+
+def greedy_answers(model: str, dtype: str, prompts: list[Conversation], max_tokens: int,
+                   progress: bool) -> list[list[int]]:
+    from kilotok.llm import LLM
+
+    llm = LLM(model, dtype=dtype, compile=False, kv_cache_gb=KV_CACHE_GB, progress=progress)
+    outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    return [output.token_ids for output in outputs]
+
+
+@dataclass(frozen=True)
+class AgreementReport:
+    model: str
+    dtype: str
+    reference_dtype: str
+    prompts: str
+    num_prompts: int
+    max_tokens: int
+    compared_tokens: int
+    prefix_agreement: float
+    positionwise_agreement: float
+    identical_answers: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_agreement(model: str = "smollm2-135m", dtypes: Sequence[str] = ("bf16",), reference_dtype: str = "fp32",
+                       max_tokens: int = 128, prompts: str = "held-out", num_prompts: int = DEFAULT_NUM_PROMPTS,
+                       progress: bool = True) -> list[AgreementReport]:
+    """Answer the prompts greedily in `reference_dtype` once, then in each of `dtypes`, and compare."""
+    if max_tokens < 1:
+        raise InvalidRequestError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if not dtypes:
+        raise InvalidRequestError("--dtype needs at least one weight format")
+    conversations = load_prompt_set(prompts, num_prompts)
+    references = greedy_answers(model, reference_dtype, conversations, max_tokens, progress)
+    reports = []
+    for dtype in dtypes:
+        counts = agreement_counts(references, greedy_answers(model, dtype, conversations, max_tokens, progress))
+        reports.append(AgreementReport(
+            model=model, dtype=dtype, reference_dtype=reference_dtype, prompts=prompts, num_prompts=num_prompts,
+            max_tokens=max_tokens, compared_tokens=counts.compared_tokens,
+            prefix_agreement=counts.prefix_agreement, positionwise_agreement=counts.positionwise_agreement,
+            identical_answers=counts.identical_answers,
+        ))
+    return reports

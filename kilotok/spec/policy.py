@@ -1,0 +1,84 @@
+"""How much to speculate at each batch size.
+
+A draft tree pays for itself when the target forward is memory-bound: at batch 1 verifying a few extra
+rows costs little more than decoding one. As the batch grows the forward turns compute-bound, extra rows
+cost their full price, and speculation stops paying. The policy is a table from batch size to tree
+shape (or none), measured on the machine by `kilotok bench spec-policy` and stored as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kilotok.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    depth: int
+    """Longest draft path."""
+    tree_size: int
+    """Most draft nodes per sequence."""
+
+
+@dataclass(frozen=True)
+class SpecPolicy:
+    limits: tuple[tuple[int, TreeShape | None], ...]
+    """(largest batch size, shape) rows in increasing batch size; past the last row: no speculation."""
+
+    def __post_init__(self) -> None:
+        batch_sizes = [batch for batch, _ in self.limits]
+        if batch_sizes != sorted(set(batch_sizes)) or any(b < 1 for b in batch_sizes):
+            raise InvalidRequestError(f"spec policy batch sizes {batch_sizes} must be positive and increasing")
+
+    @classmethod
+    def fixed(cls, shape: TreeShape) -> SpecPolicy:
+        """The same tree at every batch size."""
+        return cls(((1 << 30, shape),))
+
+    def shape_for(self, batch_size: int) -> TreeShape | None:
+        return next((shape for batch, shape in self.limits if batch_size <= batch), None)
+
+    def capped(self, largest: TreeShape) -> SpecPolicy:
+        """The policy with no tree deeper or larger than `largest` (the KV slots the scheduler reserves)."""
+        return SpecPolicy(tuple(
+            (batch, None if shape is None else TreeShape(min(shape.depth, largest.depth),
+                                                         min(shape.tree_size, largest.tree_size)))
+            for batch, shape in self.limits
+        ))
+
+    def to_json(self) -> dict:
+        return {"limits": [{"max_batch_size": batch, "depth": shape.depth if shape else 0,
+                            "tree_size": shape.tree_size if shape else 0} for batch, shape in self.limits]}
+
+    @classmethod
+    def from_json(cls, record: dict) -> SpecPolicy:
+        try:
+            rows = [(int(row["max_batch_size"]), int(row["depth"]), int(row["tree_size"]))
+                    for row in record["limits"]]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidRequestError(
+                f"a spec policy needs 'limits': [{{max_batch_size, depth, tree_size}}, ...] ({error})"
+            ) from error
+        return cls(tuple((batch, TreeShape(depth, size) if depth > 0 and size > 0 else None)
+                         for batch, depth, size in rows))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SpecPolicy:
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidRequestError(
+                f"spec policy file {path} does not exist: write one with `kilotok bench spec-policy --out {path}`"
+            )
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as error:
+            raise InvalidRequestError(f"spec policy file {path} is not valid JSON: {error}") from error

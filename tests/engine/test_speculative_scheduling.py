@@ -1,0 +1,67 @@
+"""Scheduling with speculative decoding on the small random Llama: prompts prefilled in chunks hand the
+EAGLE-3 drafter the same features as one whole prefill, and outputs stay transformers' greedy ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_engine import random_head_folder, random_reference, tiny_llm
+from tiny_oracle import greedy_with_logits, random_prompt, record_calls
+
+from kilotok import SamplingParams
+from kilotok.spec.config import SpecConfig
+
+VOCAB = 32
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return random_reference(vocab=VOCAB, seed=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's ops take microseconds: OpenMP barriers would cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def test_chunked_prefill_starts_eagle3_drafts_from_every_prompt_position(monkeypatch, reference, tmp_path):
+    spec = SpecConfig("eagle3", draft=str(random_head_folder(reference, tmp_path)), depth=3, topk=2, tree_size=5)
+    prompts = [random_prompt(length, seed=length, vocab=VOCAB) for length in (12, 30)]
+    runs = {}
+    for budget in (4096, 5):
+        llm = tiny_llm(monkeypatch, reference, spec=spec, max_num_batched_tokens=budget)
+        # Cached prompt blocks would come without the target features the head starts from.
+        assert llm.engine.block_manager.prefix_cache is None
+        starts = record_calls(monkeypatch, llm.engine.drafter, "start")
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(10))
+        assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 10)[0] for p in prompts]
+        features = {tuple(args[0].prompt_token_ids): args[1] for args, _, _ in starts}
+        assert len(starts) == len(features) == len(prompts)
+        runs[budget] = (features, llm.engine.spec_stats)
+    (whole, whole_stats), (chunked, chunked_stats) = runs[4096], runs[5]
+    for prompt in prompts:
+        # One feature row for every prompt position, as the drafter contract says.
+        assert chunked[tuple(prompt)].shape[0] == len(prompt)
+        torch.testing.assert_close(chunked[tuple(prompt)], whole[tuple(prompt)], atol=1e-5, rtol=1e-5)
+    assert (chunked_stats.drafted_tokens, chunked_stats.accepted_tokens) == \
+        (whole_stats.drafted_tokens, whole_stats.accepted_tokens)
+
+
+def test_ngram_speculation_with_chunks_and_prefix_hits_keeps_greedy_output(monkeypatch, reference):
+    llm = tiny_llm(monkeypatch, reference, spec=SpecConfig("ngram", depth=4), max_num_batched_tokens=6,
+                   kv_cache_blocks=24)
+    pattern = random_prompt(5, seed=9, vocab=VOCAB)
+    prompts = [pattern * 4 + random_prompt(n, seed=n, vocab=VOCAB) for n in (1, 2, 3, 4)]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(12))
+    assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 12)[0] for p in prompts]
+    manager = llm.engine.block_manager
+    assert manager.prefix_hit_tokens > 0
+    assert manager.num_free_blocks == manager.num_usable_blocks and not any(manager.ref_counts)
