@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
     llm = LLM(args.model, progress=True, spec=spec_config(args), max_num_seqs=args.max_num_seqs,
               kv_cache_blocks=args.kv_cache_blocks, **engine_settings(args))
+    if llm.engine.config.compile:
+        print("kilotok: compiling the decode graphs for every batch size up to --max-num-seqs", file=sys.stderr)
+        spec = llm.engine.config.spec
+        llm.engine.runner.compile_buckets(args.max_num_seqs * (1 + (spec.max_draft_nodes if spec.enabled else 0)))
     app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key)
     print(f"kilotok: serving {args.served_model_name or args.model} on http://{args.host}:{args.port}/v1",
           file=sys.stderr)

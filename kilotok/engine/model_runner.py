@@ -11,7 +11,7 @@ import torch
 from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.engine.block_manager import PADDING_BLOCK
 from kilotok.engine.sequence import Sequence
-from kilotok.kernels.attention import aligned_window
+from kilotok.kernels.attention import KEY_WINDOW_ALIGN, aligned_window
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.llama import LlamaForCausalLM
 from kilotok.spec.tree import DraftTree
@@ -130,6 +130,31 @@ class ModelRunner:
         logits, aux = self._run_decode(input_ids, positions, meta)
         aux_rows = None if aux is None else aux[:rows].view(len(seqs), width, -1)
         return logits[:rows].view(len(seqs), width, -1), aux_rows
+
+    @torch.inference_mode()
+    def compile_buckets(self, max_rows: int) -> None:
+        """Build the compiled decode graph of every bucket up to `max_rows` now (a minute each on two cores),
+        so a server never stalls its running requests to compile one when the batch first grows."""
+        if self._compile_failed:
+            return
+        padding_slot = PADDING_BLOCK * self.block_size
+        for bucket in (b for b in DECODE_BATCH_BUCKETS if b < 2 * max_rows):
+            valid = torch.zeros((bucket, KEY_WINDOW_ALIGN), dtype=torch.bool, device=self.device)
+            valid[:, 0] = True
+            meta = AttentionMetadata(
+                slot_mapping=torch.full((bucket,), padding_slot, dtype=torch.int64, device=self.device),
+                block_tables=torch.full((bucket, self.max_blocks_per_seq), PADDING_BLOCK, dtype=torch.int32,
+                                        device=self.device),
+                context_lens=torch.ones(bucket, dtype=torch.int32, device=self.device),
+                query_start_loc=torch.arange(bucket + 1, dtype=torch.int32, device=self.device),
+                kv_gather_index=torch.full((bucket, KEY_WINDOW_ALIGN), padding_slot, dtype=torch.int64,
+                                           device=self.device),
+                kv_valid=valid,
+            )
+            torch._dynamo.mark_dynamic(meta.kv_gather_index, 1)
+            torch._dynamo.mark_dynamic(meta.kv_valid, 1)
+            zeros = torch.zeros(bucket, dtype=torch.int64, device=self.device)
+            self._run_decode(zeros, zeros, meta)
 
     def _verify_bucket(self, rows: int) -> int:
         """A compiled graph already built for up to 4x the rows beats compiling a new one (a minute on
