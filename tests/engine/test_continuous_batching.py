@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 from tiny_engine import random_reference, tiny_llm
-from tiny_oracle import greedy_with_logits, random_prompt, record_calls
+from tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
 
-from kilotok import SamplingParams
 from kilotok.errors import InvalidRequestError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 32
 
@@ -21,17 +22,6 @@ def reference():
     return random_reference(vocab=VOCAB, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops take microseconds: OpenMP barriers would cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _greedy(max_tokens: int) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
 
 
 def _assert_idle(llm) -> None:
@@ -47,14 +37,14 @@ def test_chunked_prefill_matches_transformers(monkeypatch, reference, budget):
     prompts = [random_prompt(length, seed=length, vocab=VOCAB) for length in (5, 23, 41)]
     prefills = record_calls(monkeypatch, llm.engine.runner, "prefill")
     logits = record_calls(monkeypatch, llm.engine.runner.model, "compute_logits")
-    first = llm.generate({"prompt_token_ids": prompts[2]}, _greedy(6))[0]
+    first = llm.generate({"prompt_token_ids": prompts[2]}, greedy(6))[0]
     want_tokens, want_logits = greedy_with_logits(reference, prompts[2], 6)
     assert first.token_ids == want_tokens
     torch.testing.assert_close(logits[0][2][0], want_logits, atol=1e-4, rtol=1e-4)
     # The prompt really ran in chunks no larger than the budget (a last chunk of one token is a decode).
     assert len(prefills) >= math.ceil(41 / budget) - 1
     assert all(sum(kwargs.get("num_new_tokens") or args[1]) <= budget for args, kwargs, _ in prefills)
-    together = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(8))
+    together = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(8))
     assert [o.token_ids for o in together] == [greedy_with_logits(reference, p, 8)[0] for p in prompts]
     _assert_idle(llm)
 
@@ -64,11 +54,11 @@ def test_decoding_continues_while_a_long_prompt_prefills(monkeypatch, reference)
     llm = tiny_llm(monkeypatch, reference, max_num_batched_tokens=budget)
     engine = llm.engine
     short, long = random_prompt(3, seed=1, vocab=VOCAB), random_prompt(40, seed=2, vocab=VOCAB)
-    first = engine.add_request(short, _greedy(30))
+    first = engine.add_request(short, greedy(30))
     for _ in range(2):
         engine.step()
     decodes = record_calls(monkeypatch, engine.runner, "run")
-    second = engine.add_request(long, _greedy(5))
+    second = engine.add_request(long, greedy(5))
     steps = 0
     while second.num_output_tokens == 0:
         updated = [seq for seq, _ in engine.step()]
@@ -91,11 +81,11 @@ def test_a_prefix_cache_hit_gives_the_cold_output(monkeypatch, reference):
     manager = llm.engine.block_manager
     system = random_prompt(21, seed=5, vocab=VOCAB)
     first, second = system + [1, 2], system + [3, 4, 5]
-    llm.generate({"prompt_token_ids": first}, _greedy(4))
+    llm.generate({"prompt_token_ids": first}, greedy(4))
     queried, hit = manager.prefix_query_tokens, manager.prefix_hit_tokens
     prefills = record_calls(monkeypatch, llm.engine.runner, "prefill")
     logits = record_calls(monkeypatch, llm.engine.runner.model, "compute_logits")
-    output = llm.generate({"prompt_token_ids": second}, _greedy(8))[0]
+    output = llm.generate({"prompt_token_ids": second}, greedy(8))[0]
     want_tokens, want_logits = greedy_with_logits(reference, second, 8)
     assert output.token_ids == want_tokens
     torch.testing.assert_close(logits[0][2][0], want_logits, atol=1e-4, rtol=1e-4)
@@ -109,7 +99,7 @@ def test_a_prefix_cache_hit_gives_the_cold_output(monkeypatch, reference):
 def test_abort_frees_the_blocks_at_once(monkeypatch, reference):
     llm = tiny_llm(monkeypatch, reference, max_num_batched_tokens=8)
     engine = llm.engine
-    seq = engine.add_request(random_prompt(30, seed=7, vocab=VOCAB), _greedy(50))
+    seq = engine.add_request(random_prompt(30, seed=7, vocab=VOCAB), greedy(50))
     for _ in range(5):
         engine.step()
     assert seq.block_table and seq.num_output_tokens > 0
@@ -127,7 +117,7 @@ def test_preemption_under_a_tiny_cache_completes_every_request(monkeypatch, refe
     shared = random_prompt(9, seed=11, vocab=VOCAB)
     prompts = [shared[: 4 + n] + random_prompt(2 + 2 * n, seed=20 + n, vocab=VOCAB) for n in range(6)]
     preemptions = record_calls(monkeypatch, llm.engine.scheduler, "preempt")
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(16))
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(16))
     assert preemptions
     assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 16)[0] for p in prompts]
     _assert_idle(llm)
@@ -137,8 +127,8 @@ def test_a_request_larger_than_the_cache_is_rejected(monkeypatch, reference):
     llm = tiny_llm(monkeypatch, reference, kv_cache_blocks=12)  # 11 usable blocks of 4: 44 slots
     prompt = random_prompt(20, seed=13, vocab=VOCAB)
     with pytest.raises(InvalidRequestError, match="whole cache holds 44"):
-        llm.engine.add_request(prompt, _greedy(25))
+        llm.engine.add_request(prompt, greedy(25))
     assert not llm.engine.has_unfinished()
-    assert llm.generate({"prompt_token_ids": prompt}, _greedy(24))[0].token_ids == \
+    assert llm.generate({"prompt_token_ids": prompt}, greedy(24))[0].token_ids == \
         greedy_with_logits(reference, prompt, 24)[0]
     _assert_idle(llm)

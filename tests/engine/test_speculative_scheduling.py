@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_engine import random_head_folder, random_reference, tiny_llm
-from tiny_oracle import greedy_with_logits, random_prompt, record_calls
+from tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
 
-from kilotok import SamplingParams
 from kilotok.spec.config import SpecConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 32
 
@@ -19,17 +20,6 @@ def reference():
     return random_reference(vocab=VOCAB, seed=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops take microseconds: OpenMP barriers would cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _greedy(max_tokens: int) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
 
 
 def test_chunked_prefill_starts_eagle3_drafts_from_every_prompt_position(monkeypatch, reference, tmp_path):
@@ -41,7 +31,7 @@ def test_chunked_prefill_starts_eagle3_drafts_from_every_prompt_position(monkeyp
         # Cached prompt blocks would come without the target features the head starts from.
         assert llm.engine.block_manager.prefix_cache is None
         starts = record_calls(monkeypatch, llm.engine.drafter, "start")
-        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(10))
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(10))
         assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 10)[0] for p in prompts]
         features = {tuple(args[0].prompt_token_ids): args[1] for args, _, _ in starts}
         assert len(starts) == len(features) == len(prompts)
@@ -60,7 +50,7 @@ def test_ngram_speculation_with_chunks_and_prefix_hits_keeps_greedy_output(monke
                    kv_cache_blocks=24)
     pattern = random_prompt(5, seed=9, vocab=VOCAB)
     prompts = [pattern * 4 + random_prompt(n, seed=n, vocab=VOCAB) for n in (1, 2, 3, 4)]
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], _greedy(12))
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(12))
     assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 12)[0] for p in prompts]
     manager = llm.engine.block_manager
     assert manager.prefix_hit_tokens > 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from kilotok import SamplingParams
+
 
 @torch.no_grad()
 def greedy_with_logits(reference, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], torch.Tensor]:
@@ -35,3 +37,7 @@ def record_calls(monkeypatch, owner, name: str) -> list:
 
     monkeypatch.setattr(owner, name, recorded)
     return calls
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
