@@ -18,6 +18,7 @@ from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.kernels.attention import paged_attention, store_kv
 from kilotok.layers.norm import RMSNorm
 from kilotok.layers.rotary import RotaryEmbedding
+from kilotok.models.llama import LlamaAttention
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -39,17 +40,10 @@ def temperature_scales(positions: torch.Tensor, floor_scale: float, attn_scale: 
     return scales[:, None, None]
 
 
-class VariantAttention(nn.Module):
+class VariantAttention(LlamaAttention):
     def __init__(self, config: ModelConfig, layer_index: int, qkv_proj: nn.Module, o_proj: nn.Module,
                  rotary: RotaryEmbedding, q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None):
-        super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
-        self.head_dim = config.head_dim
-        self.scale = config.head_dim**-0.5
-        self.qkv_proj = qkv_proj
-        self.o_proj = o_proj
-        self.rotary = rotary
+        super().__init__(config, qkv_proj, o_proj, rotary)
         self.q_norm = q_norm
         self.k_norm = k_norm
         self.use_rope = layer_index not in config.nope_layers
@@ -58,9 +52,6 @@ class VariantAttention(nn.Module):
         self.chunk_size = config.attention_chunk_size if layer_index in config.chunked_layers else 0
         self.temperature = (config.floor_scale, config.attn_scale)
         self.tune_temperature = config.attn_temperature_tuning and not self.use_rope
-        # Filled by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D].
-        self.k_cache = torch.empty(0)
-        self.v_cache = torch.empty(0)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
