@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from kilotok.cli.common import add_model_args, add_spec_args, engine_settings, spec_config
 
@@ -57,9 +59,34 @@ def run(args: argparse.Namespace) -> int:
         print("kilotok: compiling the decode graphs for every batch size up to --max-num-seqs", file=sys.stderr)
         spec = llm.engine.config.spec
         llm.engine.runner.compile_buckets(args.max_num_seqs * (1 + (spec.max_draft_nodes if spec.enabled else 0)))
-    app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key)
+    app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key,
+                    start_engine_thread=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
     print(f"kilotok: serving {args.served_model_name or args.model} on http://{args.host}:{args.port}/v1",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    return _serve(server, app.state.kilotok.async_engine)
+
+
+def _serve(server, async_engine) -> int:
+    """HTTP on a thread of its own, the engine loop on this (the main) thread, which loaded and compiled the
+    model: see server/async_engine.py for why. SIGTERM and SIGINT start uvicorn's graceful shutdown, whose
+    end stops the engine loop."""
+
+    def serve_http() -> None:
+        try:
+            server.run()
+        finally:
+            async_engine.stop(timeout_s=0)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.handle_exit)
+    http = threading.Thread(target=serve_http, name="kilotok-http")
+    http.start()
+    async_engine.run()
+    http.join()
+    if not server.started:
+        print(f"kilotok: the server could not start on {server.config.host}:{server.config.port} "
+              "(see the error above)", file=sys.stderr)
+        return 1
     return 0

@@ -18,16 +18,19 @@ from kilotok.server.state import ServerState
 ENGINE_STOP_TIMEOUT_S = 30.0
 
 
-def build_app(engine: LLMEngine, served_model_name: str, api_key: str | None = None) -> FastAPI:
+def build_app(engine: LLMEngine, served_model_name: str, api_key: str | None = None,
+              start_engine_thread: bool = True) -> FastAPI:
     """An OpenAI-compatible app serving `engine` under `served_model_name`. Startup starts the engine
-    thread; shutdown (after uvicorn has let running responses finish) stops it, failing what is left."""
+    thread, unless the caller runs the loop itself (`app.state.kilotok.async_engine.run()`); shutdown
+    (after uvicorn has let running responses finish) stops the loop, failing what is left."""
     spec = engine.config.spec
     metrics = ServerMetrics(served_model_name, spec_depth=spec.depth if spec.enabled else 0)
     async_engine = AsyncEngine(engine, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async_engine.start()
+        if start_engine_thread:
+            async_engine.start()
         try:
             yield
         finally:

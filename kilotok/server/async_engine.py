@@ -1,9 +1,15 @@
-"""Runs an LLMEngine in its own thread, so HTTP work never delays a decode step, and connects it to asyncio.
+"""Runs an LLMEngine's loop on a thread apart from the event loop's, so HTTP work never delays a decode
+step, and connects it to asyncio.
 
-Every LLMEngine call happens on the engine thread. Requests and aborts reach it through a thread-safe
-queue of commands; outputs go back to the asyncio queue of the request group they belong to with
-`loop.call_soon_threadsafe`. One failing request, or one failing step, fails only the requests involved
-(with a 500-shaped error) and the loop keeps going.
+Every LLMEngine call happens on the engine thread: the loop's own thread (`start`), or the caller's
+(`run`). `kilotok serve` runs it on the main thread, where the model was loaded: torch's OpenMP threads
+belong to the thread that started them, and a second thread running parallel ops gets a second team, so
+on a machine with few cores the teams crowd each other out and OpenMP stops spin-waiting (a decode step
+took 1.4x as long from a new thread as from the loading thread on two cores).
+
+Requests and aborts reach the loop through a thread-safe queue of commands; outputs go back to the
+asyncio queue of the request group they belong to with `loop.call_soon_threadsafe`. One failing request,
+or one failing step, fails only the requests involved (with a 500-shaped error) and the loop keeps going.
 """
 
 from __future__ import annotations
@@ -52,22 +58,25 @@ class AsyncEngine:
         self._active: dict[int, EngineRequest] = {}
         """seq_id -> request, for requests the engine is running (engine thread only)."""
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._stopped = threading.Event()
 
     @property
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._running.is_set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kilotok-engine", daemon=True)
-        self._thread.start()
+        """Run the loop on a thread of its own."""
+        self._running.set()
+        threading.Thread(target=self.run, name="kilotok-engine", daemon=True).start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the loop; requests still running are aborted and their clients get a 503-shaped error."""
+        """Stop the loop and wait for it; requests still running are aborted and their clients get a
+        503-shaped error."""
         self._stopping.set()
         self._commands.put(("wake", None))
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._running.is_set():
+            self._stopped.wait(timeout_s)
 
     def generate(self, requests: list[tuple[list[int], SamplingParams]]) -> RequestGroup:
         """Submit sequences that belong together (the choices of one HTTP request) in one command, so the
@@ -83,7 +92,16 @@ class AsyncEngine:
         self._commands.put(("add", engine_requests))
         return group
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The engine loop, on the calling thread, until `stop`."""
+        self._running.set()
+        try:
+            self._loop()
+        finally:
+            self._running.clear()
+            self._stopped.set()
+
+    def _loop(self) -> None:
         while not self._stopping.is_set():
             self._drain_commands(block=not self.engine.has_unfinished())
             if self.engine.has_unfinished() and not self._stopping.is_set():
