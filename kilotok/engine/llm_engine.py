@@ -112,13 +112,15 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        if batch.is_prefill:
-            self._prefill_step(batch)
-        elif self.speculator is None:
-            tokens = self.runner.run(batch.seqs, is_prefill=False).tolist()
-            self._append(batch.seqs, [[token] for token in tokens])
-        else:
-            self._speculative_step(batch.seqs)
+        # Decoding rows and prompt chunks run as separate forwards: the decoding rows through the compiled
+        # decode step (or a speculative step), where the prefill path would attend sequence by sequence.
+        if batch.num_decodes and self.speculator is None:
+            tokens = self.runner.run(batch.decode_seqs, is_prefill=False).tolist()
+            self._append(batch.decode_seqs, [[token] for token in tokens])
+        elif batch.num_decodes:
+            self._speculative_step(batch.decode_seqs)
+        if batch.has_prefill:
+            self._prefill_step(batch.prefill_part())
         updated = batch.sampled_seqs
         updates = [(seq, self._output(seq)) for seq in updated]
         for seq in updated:

@@ -28,16 +28,31 @@ from kilotok.engine.sequence import Sequence, SequenceStatus
 @dataclass
 class ScheduledBatch:
     seqs: list[Sequence]
+    """Decoding sequences first, then those running prompt chunks."""
     num_new_tokens: list[int]
     """Tokens each sequence runs this step, from its num_cached_tokens on."""
     samples: list[bool]
     """Whether each sequence's tokens reach its end, so the step samples its next token."""
-    is_prefill: bool
-    """False when every sequence decodes exactly one token: the compiled decode step runs the batch."""
+    num_decodes: int
+    """How many leading sequences decode (their prompt was done before this step): the compiled decode
+    step, or a speculative step, runs them; the rest go through the prefill path."""
 
     @property
     def sampled_seqs(self) -> list[Sequence]:
         return [seq for seq, sample in zip(self.seqs, self.samples, strict=True) if sample]
+
+    @property
+    def decode_seqs(self) -> list[Sequence]:
+        return self.seqs[: self.num_decodes]
+
+    @property
+    def has_prefill(self) -> bool:
+        return self.num_decodes < len(self.seqs)
+
+    def prefill_part(self) -> ScheduledBatch:
+        """The prompt chunks of this step, as a batch of their own."""
+        rest = slice(self.num_decodes, None)
+        return ScheduledBatch(self.seqs[rest], self.num_new_tokens[rest], self.samples[rest], 0)
 
 
 class Scheduler:
@@ -131,14 +146,11 @@ class Scheduler:
         seqs = [seq for seq, _ in plan]
         num_new = [count for _, count in plan]
         samples = [seq.num_cached_tokens + count == len(seq) for seq, count in plan]
-        was_prefilled = [seq.prefilled for seq in seqs]
+        # _plan puts the decoding sequences first.
+        num_decodes = sum(1 for seq in seqs if seq.prefilled)
         for seq, sample in zip(seqs, samples, strict=True):
             seq.prefilled = seq.prefilled or sample
-        if self.mix_prefill_and_decode:
-            is_prefill = not all(count == 1 and sample for count, sample in zip(num_new, samples, strict=True))
-        else:
-            is_prefill = not all(was_prefilled)
-        return ScheduledBatch(seqs, num_new, samples, is_prefill)
+        return ScheduledBatch(seqs, num_new, samples, num_decodes)
 
     def preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -58,6 +58,7 @@ def test_decoding_continues_while_a_long_prompt_prefills(monkeypatch, reference)
     for _ in range(2):
         engine.step()
     decodes = record_calls(monkeypatch, engine.runner, "run")
+    prefills = record_calls(monkeypatch, engine.runner, "prefill")
     second = engine.add_request(long, greedy(5))
     steps = 0
     while second.num_output_tokens == 0:
@@ -66,11 +67,12 @@ def test_decoding_continues_while_a_long_prompt_prefills(monkeypatch, reference)
         steps += 1
     # Each step holds the short request's next token and a chunk of the rest of the budget.
     assert steps == math.ceil(len(long) / (budget - 1))
-    assert not decodes
+    # The short request decodes through the decode path while the long prompt's chunks go through prefill.
+    assert [call[0][0] for call in decodes] == [[first]] * steps
+    assert [call[0][0] for call in prefills] == [[second]] * steps
     while engine.has_unfinished():
         engine.step()
-    # Once both decode, the steps go through the decode path.
-    assert len(decodes) >= 4
+    assert any(call[0][0] == [first, second] for call in decodes)
     assert first.output_token_ids == greedy_with_logits(reference, short, 30)[0]
     assert second.output_token_ids == greedy_with_logits(reference, long, 5)[0]
     _assert_idle(llm)

@@ -36,7 +36,8 @@ def test_a_step_holds_every_decode_then_chunks_of_a_long_prompt():
     long = _add(scheduler, 25, first_token=100)
     batch = scheduler.schedule()
     assert batch.seqs == [*short, long] and batch.num_new_tokens == [1, 1, 8]
-    assert batch.samples == [True, True, False] and batch.is_prefill
+    assert batch.samples == [True, True, False] and batch.num_decodes == 2
+    assert batch.prefill_part().seqs == [long] and batch.prefill_part().num_new_tokens == [8]
     _run(batch)
     for _ in range(2):
         batch = scheduler.schedule()
@@ -44,8 +45,10 @@ def test_a_step_holds_every_decode_then_chunks_of_a_long_prompt():
         _run(batch)
     batch = scheduler.schedule()
     assert batch.num_new_tokens == [1, 1, 1] and batch.samples == [True, True, True]
-    # Every sequence now runs exactly its next token: a pure decode step.
-    assert not batch.is_prefill
+    # The long prompt's last chunk is one token: it still goes through the prefill path, for this step.
+    assert batch.num_decodes == 2 and batch.has_prefill
+    _run(batch)
+    assert not scheduler.schedule().has_prefill
 
 
 def test_the_head_of_the_queue_is_never_overtaken():
@@ -81,11 +84,11 @@ def test_speculative_mode_separates_prefill_and_decode_steps():
     chunks = []
     while not second.prefilled:
         batch = scheduler.schedule()
-        assert batch.seqs == [second] and batch.is_prefill
+        assert batch.seqs == [second] and batch.num_decodes == 0
         chunks.append(batch.num_new_tokens[0])
         _run(batch)
     assert chunks == [6, 4]
     batch = scheduler.schedule()
-    assert batch.seqs == [first, second] and not batch.is_prefill
+    assert batch.seqs == [first, second] and batch.decode_seqs == batch.seqs and not batch.has_prefill
     # Room for the draft tree written past each sequence's end.
     assert all(len(seq.block_table) * BLOCK >= len(seq) + 3 for seq in batch.seqs)
