@@ -153,8 +153,10 @@ class ModelRunner:
             )
             torch._dynamo.mark_dynamic(meta.kv_gather_index, 1)
             torch._dynamo.mark_dynamic(meta.kv_valid, 1)
-            zeros = torch.zeros(bucket, dtype=torch.int64, device=self.device)
-            self._run_decode(zeros, zeros, meta)
+            # Two tensors, not one passed twice: dynamo guards on aliasing, and a graph built for aliased
+            # inputs would be rebuilt at the first real step.
+            input_ids, positions = (torch.zeros(bucket, dtype=torch.int64, device=self.device) for _ in range(2))
+            self._run_decode(input_ids, positions, meta)
 
     def _verify_bucket(self, rows: int) -> int:
         """A compiled graph already built for up to 4x the rows beats compiling a new one (a minute on
