@@ -20,3 +20,14 @@ def test_compiled_greedy_decode_equals_eager():
     assert [o.token_ids for o in compiled.generate(PROMPTS, params)] == expected
     assert compiled.generate(PROMPTS[1], params)[0].token_ids == expected[1]
     assert not compiled.engine.runner._compile_failed
+
+
+def test_precompiled_buckets_serve_the_real_steps_without_recompiling():
+    import torch._dynamo.utils
+
+    llm = LLM("smollm2-135m", dtype="fp32", compile=True, progress=False, kv_cache_gb=0.1)
+    llm.engine.runner.compile_buckets(2)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    llm.generate(PROMPTS[:2], params)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
