@@ -41,6 +41,12 @@ class SpecPolicy:
     def shape_for(self, batch_size: int) -> TreeShape | None:
         return next((shape for batch, shape in self.limits if batch_size <= batch), None)
 
+    def max_verify_rows(self, max_batch_size: int) -> int:
+        """The most rows a verification forward can have with up to `max_batch_size` sequences: each
+        sequence's last token plus its draft tree."""
+        return max(batch * (1 + (shape.tree_size if shape else 0))
+                   for batch, shape in ((b, self.shape_for(b)) for b in range(1, max_batch_size + 1)))
+
     def capped(self, largest: TreeShape) -> SpecPolicy:
         """The policy with no tree deeper or larger than `largest` (the KV slots the scheduler reserves)."""
         return SpecPolicy(tuple(

@@ -24,6 +24,11 @@ def test_capping_never_exceeds_the_configured_tree():
     assert capped.shape_for(6) is None
 
 
+def test_verify_rows_peak_where_batch_times_tree_is_largest():
+    # 1 x 17, 4 x 7 = 28, 8 x 1, 16 x 2 = 32, then 32 sequences with no tree.
+    assert [POLICY.max_verify_rows(b) for b in (1, 4, 8, 16, 32)] == [17, 28, 28, 32, 32]
+
+
 def test_json_round_trip(tmp_path):
     path = POLICY.save(tmp_path / "policy.json")
     assert SpecPolicy.load(path) == POLICY
