@@ -27,6 +27,7 @@ class AttentionMetadata:
     true. The new tokens of every sequence then number n. None means causal order."""
     kv_gather_index: torch.Tensor | None = None
     """[B, L] int64, decode steps only: the flat cache slots of each sequence's keys in order, padded to
-    the longest sequence. With it, decode attention is plain tensor ops that torch.compile can fuse."""
+    the longest sequence and to a multiple of KEY_WINDOW_ALIGN (the compiled step gets it as [B, chunks,
+    VALUE_CHUNK]). With it, decode attention is plain tensor ops that torch.compile can fuse."""
     kv_valid: torch.Tensor | None = None
     """[B, L] bool: which entries of kv_gather_index are real keys rather than padding."""

@@ -5,13 +5,14 @@ a GPU the host can prepare the next step while this one runs."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import torch
 
 from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.engine.block_manager import PADDING_BLOCK
 from kilotok.engine.sequence import Sequence
-from kilotok.kernels.attention import KEY_WINDOW_ALIGN, aligned_window
+from kilotok.kernels.attention import KEY_WINDOW_ALIGN, VALUE_CHUNK, aligned_window
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.llama import LlamaForCausalLM
 from kilotok.spec.tree import DraftTree
@@ -123,8 +124,6 @@ class ModelRunner:
         padded_rows = self._verify_bucket(rows)
         input_ids, positions, meta = build_verify_inputs(seqs, trees, width, padded_rows, self.block_size,
                                                          self.max_blocks_per_seq, self.device)
-        torch._dynamo.mark_dynamic(meta.kv_gather_index, 1)
-        torch._dynamo.mark_dynamic(meta.kv_valid, 1)
         # Every row is a decode query over its own key window, so verification runs the compiled decode
         # graph of its row bucket: no extra graphs to build, and the same kernels as plain decoding.
         logits, aux = self._run_decode(input_ids, positions, meta)
@@ -151,8 +150,6 @@ class ModelRunner:
                                            device=self.device),
                 kv_valid=valid,
             )
-            torch._dynamo.mark_dynamic(meta.kv_gather_index, 1)
-            torch._dynamo.mark_dynamic(meta.kv_valid, 1)
             # Two tensors, not one passed twice: dynamo guards on aliasing, and a graph built for aliased
             # inputs would be rebuilt at the first real step.
             input_ids, positions = (torch.zeros(bucket, dtype=torch.int64, device=self.device) for _ in range(2))
@@ -191,8 +188,6 @@ class ModelRunner:
             index[row, : len(seq)] = slots.flatten()[: len(seq)]
             valid[row, : len(seq)] = True
         index, valid = index.to(self.device), valid.to(self.device)
-        torch._dynamo.mark_dynamic(index, 1)
-        torch._dynamo.mark_dynamic(valid, 1)
         return index, valid
 
     def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -202,6 +197,7 @@ class ModelRunner:
         return self.model.compute_logits(hidden), (self._concat_aux(aux) if aux else None)
 
     def _run_decode(self, input_ids, positions, meta) -> tuple[torch.Tensor, torch.Tensor | None]:
+        meta = _chunked_key_window(meta)
         if self._compile_failed:
             return self._forward_logits(input_ids, positions, meta)
         bucket = input_ids.shape[0]
@@ -258,3 +254,15 @@ class ModelRunner:
         last_rows = torch.tensor(query_start_loc[1 : len(seqs) + 1], device=device) - 1
         return (torch.tensor(input_ids, dtype=torch.int64, device=device),
                 torch.tensor(positions, dtype=torch.int64, device=device), meta, last_rows)
+
+
+def _chunked_key_window(meta: AttentionMetadata) -> AttentionMetadata:
+    """The key window as [B, L / VALUE_CHUNK, VALUE_CHUNK] views with a dynamic chunk count, so one
+    compiled graph per batch bucket serves every window length. Marking L itself dynamic fails: attention
+    splits the window into fixed chunks, which constrains L to multiples of the chunk."""
+    rows = meta.kv_gather_index.shape[0]
+    index = meta.kv_gather_index.view(rows, -1, VALUE_CHUNK)
+    valid = meta.kv_valid.view(rows, -1, VALUE_CHUNK)
+    torch._dynamo.mark_dynamic(index, 1)
+    torch._dynamo.mark_dynamic(valid, 1)
+    return replace(meta, kv_gather_index=index, kv_valid=valid)

@@ -30,10 +30,11 @@ def paged_attention(
     With `attention_chunk_size` C > 0 (Llama 4's local layers), a query at position p sees only the keys
     of its own chunk, positions C * (p // C) .. p."""
     if meta.kv_gather_index is not None:
-        kv_valid = meta.kv_valid
+        # The runner may hand the window over as [B, chunks, VALUE_CHUNK] (see model_runner.py).
+        kv_valid = meta.kv_valid.flatten(1)
         if attention_chunk_size:
             kv_valid = chunked_window_mask(kv_valid, attention_chunk_size)
-        return decode_attention(q, k_cache, v_cache, meta.kv_gather_index, kv_valid, scale)
+        return decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
     return torch.ops.kilotok.paged_attention(
         q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, meta.tree_mask, scale,
         attention_chunk_size,
@@ -50,6 +51,9 @@ def chunked_window_mask(kv_valid: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 KEY_WINDOW_ALIGN = 64
+VALUE_CHUNK = KEY_WINDOW_ALIGN // 2
+"""Keys per fixed-shape matrix product in decode attention; half the window alignment, so every window
+holds at least two chunks (dynamo specializes a dynamic dimension that first shows up as 1)."""
 
 
 def aligned_window(num_keys: int) -> int:
@@ -68,20 +72,27 @@ def decode_attention(
     kv_valid: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """One new token per sequence, q: [B, Hq, D]. Pure tensor ops over a gathered [B, L] key window, so
-    a compiled decode step fuses it; the window length is the only dynamic shape.
+    """One new token per sequence, q: [B, Hq, D]. Pure tensor ops over a gathered [B, L] key window (L a
+    multiple of KEY_WINDOW_ALIGN), so a compiled decode step fuses it; L is the only dynamic shape.
 
-    Products are written as multiply-and-sum rather than einsum: einsum picks a matrix-product layout
-    by batch size, which changes the rounding, and each row must come out bit-identical whether it is
-    decoded alone or verified beside a draft tree's other rows."""
+    Each row must come out bit-identical whether it is decoded alone or verified beside a draft tree's
+    other rows, so no reduction may change order with the batch or the window length. Scores are
+    multiply-and-sum over the head dimension (einsum would pick a matrix-product layout by batch size).
+    The weighted sum of values runs as matrix products over fixed VALUE_CHUNK-key chunks, whose shapes never
+    change, added chunk by chunk in order: masked keys weigh exactly 0, and a multiply-and-sum here
+    compiled to a scalar loop that cost 3x as much at batch 16."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    num_chunks = kv_gather_index.shape[1] // VALUE_CHUNK
     keys = k_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float().transpose(1, 2)
     values = v_cache.view(-1, num_kv_heads, head_dim)[kv_gather_index].float().transpose(1, 2)
-    grouped_q = q.float().view(batch, num_kv_heads, num_heads // num_kv_heads, 1, head_dim)
+    grouped_q = q.float().view(batch, num_kv_heads, group, 1, head_dim)
     scores = (grouped_q * keys[:, :, None]).sum(dim=-1) * scale
     scores = scores.masked_fill(~kv_valid[:, None, None, :], float("-inf"))
-    attended = (scores.softmax(dim=-1)[..., None] * values[:, :, None]).sum(dim=3)
+    chunked_probs = scores.softmax(dim=-1).view(batch, num_kv_heads, group, num_chunks, VALUE_CHUNK)
+    chunked_values = values.reshape(batch, num_kv_heads, num_chunks, VALUE_CHUNK, head_dim)
+    attended = torch.matmul(chunked_probs.transpose(2, 3), chunked_values).sum(dim=2)
     return attended.reshape(batch, num_heads, head_dim).to(q.dtype)
 
 
