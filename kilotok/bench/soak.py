@@ -101,6 +101,7 @@ def soak(settings: SoakSettings, base_url: str) -> dict:
         "requests": len(outcomes),
         "cancelled": sum(outcome.cancelled for outcome in outcomes),
         "completed": sum(outcome.completed for outcome in outcomes),
+        "rejected": [outcome.error for outcome in outcomes if outcome.rejected],
         "finish_reasons": dict(Counter(o.finish_reason for o in outcomes if o.completed)),
         "wall_s": round(wall_s, 1),
         "server_finished": {reason: after.finished.get(reason, 0.0) - before.finished.get(reason, 0.0)

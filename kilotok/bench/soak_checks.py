@@ -3,7 +3,9 @@
 Idle means no request running or waiting and no KV block referenced (blocks the prefix cache keeps for
 reuse are free: the next request that needs room evicts them). The books balance when the server counted
 every request it was sent under exactly one finish reason, aborts for the ones the client walked away
-from (a cancellation that raced a request's natural end counts as that end).
+from (a cancellation that raced a request's natural end counts as that end). A request the server
+refused up front with a 400 (one that could never fit the KV cache) was never admitted: it is reported,
+not lost.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def wait_until_idle(base_url: str, api_key: str | None, timeout_s: float, poll_s
 def find_problems(outcomes: list[RequestOutcome], before: ServerBooks, after: ServerBooks) -> list[str]:
     """Every way the run lost something, in words; empty when nothing was lost."""
     problems = [f"request {index} was not cancelled but did not complete: {outcome.error}"
-                for index, outcome in enumerate(outcomes) if not outcome.cancelled and outcome.error]
+                for index, outcome in enumerate(outcomes)
+                if not outcome.cancelled and not outcome.rejected and outcome.error]
     missing = [name for name in IDLE_GAUGES if name not in after.gauges]
     if missing:
         problems.append(f"the server exports no {', '.join(missing)}")
@@ -69,9 +72,10 @@ def find_problems(outcomes: list[RequestOutcome], before: ServerBooks, after: Se
                  for name in IDLE_GAUGES if after.gauges.get(name, 0.0) != 0.0]
     finished = {reason: after.finished.get(reason, 0.0) - before.finished.get(reason, 0.0)
                 for reason in after.finished}
-    if sum(finished.values()) != len(outcomes):
+    admitted = sum(not outcome.rejected for outcome in outcomes)
+    if sum(finished.values()) != admitted:
         problems.append(f"the server finished {sum(finished.values()):g} requests, by reason {finished}, "
-                        f"but was sent {len(outcomes)}")
+                        f"but admitted {admitted}")
     cancelled = sum(outcome.cancelled for outcome in outcomes)
     if finished.get("abort", 0.0) > cancelled:
         problems.append(f"the server aborted {finished['abort']:g} requests but only {cancelled} were cancelled")

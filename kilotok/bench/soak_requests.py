@@ -42,10 +42,12 @@ class RequestOutcome:
     finish_reason: str | None = None
     output_tokens: int | None = None
     error: str | None = None
+    rejected: bool = False
+    """The server refused the request up front with a 400 (e.g. it could never fit the KV cache)."""
 
     @property
     def completed(self) -> bool:
-        return not self.cancelled and self.error is None
+        return not self.cancelled and not self.rejected and self.error is None
 
 
 def plan_requests(conversations: list[list[Message]], count: int, max_tokens: int, cancel_fraction: float,
@@ -83,6 +85,8 @@ async def run_request(client: AsyncOpenAI, model: str, request: PlannedRequest) 
             if request.cancel_after_chunks is not None and chunks >= request.cancel_after_chunks:
                 await stream.close()  # the server sees the connection drop
                 return RequestOutcome(request, cancelled=True)
+    except openai.BadRequestError as error:
+        return RequestOutcome(request, cancelled=False, rejected=True, error=str(error))
     except openai.OpenAIError as error:
         return RequestOutcome(request, cancelled=False, error=f"{type(error).__name__}: {error}")
     if finish_reason not in ("stop", "length") or output_tokens is None:

@@ -46,4 +46,6 @@ def test_the_checks_name_each_kind_of_loss():
     busy = find_problems(outcomes, before, ServerBooks({**idle, RUNNING: 1.0}, {"length": 11.0, "abort": 1.0}))
     assert any(RUNNING in problem for problem in busy)
     unbalanced = find_problems(outcomes, before, ServerBooks(idle, {"length": 11.0, "abort": 0.0}))
-    assert any("was sent 2" in problem for problem in unbalanced)
+    assert any("admitted 2" in problem for problem in unbalanced)
+    refused = RequestOutcome(outcomes[0].planned, cancelled=False, rejected=True, error="too long")
+    assert find_problems([*outcomes, refused], before, ServerBooks(idle, {"length": 11.0, "abort": 1.0})) == []
