@@ -22,6 +22,7 @@ RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 REQUEST_SUCCESS = "vllm:request_success"
+PREEMPTIONS = "vllm:num_preemptions"
 IDLE_GAUGES = (RUNNING, WAITING, KV_USAGE)
 
 
@@ -44,6 +45,8 @@ def read_books(base_url: str, api_key: str | None = None, timeout_s: float = 30.
         for sample in family.samples:
             if sample.name in IDLE_GAUGES:
                 gauges[sample.name] = gauges.get(sample.name, 0.0) + sample.value
+            elif sample.name == f"{PREEMPTIONS}_total":
+                gauges[PREEMPTIONS] = gauges.get(PREEMPTIONS, 0.0) + sample.value
             elif sample.name == f"{REQUEST_SUCCESS}_total":
                 reason = sample.labels.get("finished_reason", "")
                 finished[reason] = finished.get(reason, 0.0) + sample.value

@@ -69,6 +69,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         """Admitted sequences, oldest admission first."""
+        self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -153,6 +154,7 @@ class Scheduler:
         return ScheduledBatch(seqs, num_new, samples, num_decodes)
 
     def preempt(self, seq: Sequence) -> None:
+        self.num_preemptions += 1
         self.block_manager.free(seq)
         self.running.remove(seq)
         seq.status = SequenceStatus.WAITING

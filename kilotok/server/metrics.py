@@ -50,6 +50,8 @@ class ServerMetrics:
                                             "Prefix cache queries, in terms of number of queried tokens.")
         self.prefix_hits = self._counter("vllm:prefix_cache_hits",
                                          "Prefix cache hits, in terms of number of cached tokens.")
+        self.preemptions = self._counter("vllm:num_preemptions", "Cumulative number of preemptions.")
+        self._last_preemptions = 0
         self.prompt_tokens = self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = self._counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.ttft = self._histogram("vllm:time_to_first_token_seconds",
@@ -98,6 +100,8 @@ class ServerMetrics:
         self.prefix_queries.inc(max(0, queries - self._last_prefix_queries))
         self.prefix_hits.inc(max(0, hits - self._last_prefix_hits))
         self._last_prefix_queries, self._last_prefix_hits = queries, hits
+        self.preemptions.inc(scheduler.num_preemptions - self._last_preemptions)
+        self._last_preemptions = scheduler.num_preemptions
 
     def observe_output(self, progress: RequestProgress, seq: Sequence, output: RequestOutput) -> None:
         """Count what one step added to one request: tokens, latencies, speculation, and its end."""

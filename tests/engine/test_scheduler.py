@@ -73,6 +73,7 @@ def test_the_newest_sequence_is_preempted_and_requeued_first():
     batch = scheduler.schedule()
     assert batch.seqs == [old]
     assert new.status is SequenceStatus.WAITING and not new.block_table and new.num_cached_tokens == 0
+    assert scheduler.num_preemptions == 1
     assert list(scheduler.waiting) == [new, waiting]
 
 

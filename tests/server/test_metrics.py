@@ -18,6 +18,7 @@ VLLM_FAMILIES = {
     "vllm:prefix_cache_queries": "counter",
     "vllm:prefix_cache_hits": "counter",
     "vllm:prompt_tokens": "counter",
+    "vllm:num_preemptions": "counter",
     "vllm:generation_tokens": "counter",
     "vllm:request_success": "counter",
     "vllm:time_to_first_token_seconds": "histogram",
