@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kilotok.engine.attention_metadata import AttentionMetadata
+from kilotok.kernels.attention import aligned_window
 
 BLOCK_SIZE = 4
 
@@ -41,7 +42,7 @@ def paged_step(model, seqs: list[list[int]], cached: list[int], tables: list[lis
 def decode_step(model, seqs: list[list[int]], tables: list[list[int]]) -> torch.Tensor:
     """Each sequence's last token through the gathered key window, as the engine's decode steps run it;
     logits [B, V]."""
-    window = max(len(tokens) for tokens in seqs)
+    window = aligned_window(max(len(tokens) for tokens in seqs))
     gather = torch.zeros(len(seqs), window, dtype=torch.int64)
     valid = torch.zeros(len(seqs), window, dtype=torch.bool)
     for b, (tokens, table) in enumerate(zip(seqs, tables, strict=True)):
