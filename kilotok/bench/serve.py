@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from kilotok.bench.serve_prompts import load_chat_prompts
-from kilotok.bench.serve_settings import SPEC_METHODS, ServeBenchSettings, parse_concurrency
+from kilotok.bench.serve_settings import ServeBenchSettings, add_server_arguments, parse_concurrency
 from kilotok.errors import InvalidRequestError
 
 CLI_HELP = "measure tokens/s per user and total throughput of `kilotok serve` at several concurrencies"
@@ -27,29 +27,14 @@ def _log(message: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServeBenchSettings()
-    parser.add_argument("--model", default=defaults.model, help="model the server loads (default: %(default)s)")
-    parser.add_argument("--dtype", default=defaults.dtype, help="the server's weight format (default: auto)")
-    parser.add_argument("--spec", choices=SPEC_METHODS, default=defaults.spec,
-                        help="speculative decoding method of the server (default: none)")
+    add_server_arguments(parser)
     parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)),
                         help="comma-separated requests in flight per level (default: %(default)s)")
     parser.add_argument("--num-prompts", type=int, default=None,
                         help="requests measured per level (default: max(2 x concurrency, 8))")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="max_tokens of every request, greedy, EOS honoured (default: %(default)s)")
-    parser.add_argument("--url", default=None,
-                        help="benchmark the server already running here (e.g. http://127.0.0.1:8000) "
-                             "instead of starting one")
-    parser.add_argument("--api-key", default=None, help="API key of the --url server, if it wants one")
-    parser.add_argument("--prompts-file", type=Path, default=defaults.prompts_file,
-                        help="JSONL (optionally .gz) of {\"prompt\"} or {\"messages\"} lines "
-                             "(default: the held-out split of data/smollm2-135m-distill)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the short warm-up before each level")
-    parser.add_argument("--server-timeout", type=float, default=defaults.server_timeout_s,
-                        help="seconds to wait for the started server's /health (default: %(default)s)")
-    parser.add_argument("--server-args", default="",
-                        help="extra flags for the started `kilotok serve`, as one string with an equals sign: "
-                             "--server-args='--no-compile --kv-cache-gb 2'")
     parser.add_argument("--out", type=Path, help="write the figures to this JSON file")
     parser.add_argument("--plot", type=Path, help="draw the frontier of every configuration in the results")
     parser.add_argument("--label", default=None, help="this configuration's name in the JSON and the plot")

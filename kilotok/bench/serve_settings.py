@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +59,24 @@ class ServeBenchSettings:
     @property
     def display_label(self) -> str:
         return self.label or f"{self.model} ({self.dtype}, spec {self.spec})"
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that pick the server a bench loads (or reaches) and the prompts it sends."""
+    defaults = ServeBenchSettings()
+    parser.add_argument("--model", default=defaults.model, help="model the server loads (default: %(default)s)")
+    parser.add_argument("--dtype", default=defaults.dtype, help="the server's weight format (default: auto)")
+    parser.add_argument("--spec", choices=SPEC_METHODS, default=defaults.spec,
+                        help="speculative decoding method of the server (default: none)")
+    parser.add_argument("--url", default=None,
+                        help="use the server already running here (e.g. http://127.0.0.1:8000) instead of "
+                             "starting one")
+    parser.add_argument("--api-key", default=None, help="API key of the --url server, if it wants one")
+    parser.add_argument("--prompts-file", type=Path, default=defaults.prompts_file,
+                        help="JSONL (optionally .gz) of {\"prompt\"} or {\"messages\"} lines "
+                             "(default: the held-out split of data/smollm2-135m-distill)")
+    parser.add_argument("--server-timeout", type=float, default=defaults.server_timeout_s,
+                        help="seconds to wait for the started server's /health (default: %(default)s)")
+    parser.add_argument("--server-args", default="",
+                        help="extra flags for the started `kilotok serve`, as one string with an equals sign: "
+                             "--server-args='--no-compile --kv-cache-gb 2'")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kilotok.bench.serve_prompts import HELD_OUT_PROMPTS, load_chat_prompts
-from kilotok.bench.serve_settings import SPEC_METHODS
+from kilotok.bench.serve_settings import SPEC_METHODS, add_server_arguments
 from kilotok.errors import InvalidRequestError
 
 CLI_HELP = "send many requests, cancelling some mid-stream, and check that the server loses nothing"
@@ -56,10 +56,7 @@ class SoakSettings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SoakSettings()
-    parser.add_argument("--model", default=defaults.model, help="model the server loads (default: %(default)s)")
-    parser.add_argument("--dtype", default=defaults.dtype, help="the server's weight format (default: auto)")
-    parser.add_argument("--spec", choices=SPEC_METHODS, default=defaults.spec,
-                        help="speculative decoding method of the server (default: none)")
+    add_server_arguments(parser)
     parser.add_argument("--num-requests", type=int, default=defaults.num_requests,
                         help="requests to send (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency,
@@ -69,11 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="largest max_tokens of a request; each draws its own (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the request plan")
-    parser.add_argument("--url", default=None, help="soak the server already running here instead of starting one")
-    parser.add_argument("--api-key", default=None, help="API key of the --url server, if it wants one")
-    parser.add_argument("--server-args", default="", help="extra flags for the started `kilotok serve`")
-    parser.add_argument("--prompts-file", type=Path, default=defaults.prompts_file,
-                        help="JSONL (optionally .gz) of {\"prompt\"} or {\"messages\"} lines")
     parser.add_argument("--out", type=Path, help="write the outcome as JSON to this file")
 
 
@@ -119,7 +111,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         model=args.model, dtype=args.dtype, spec=args.spec, num_requests=args.num_requests,
         concurrency=args.concurrency, cancel_fraction=args.cancel_fraction, max_tokens=args.max_tokens,
         seed=args.seed, url=args.url, api_key=args.api_key, server_args=args.server_args,
-        prompts_file=args.prompts_file,
+        server_timeout_s=args.server_timeout, prompts_file=args.prompts_file,
     )
     if settings.url is not None:
         report = soak(settings, settings.url)
