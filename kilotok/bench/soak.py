@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def soak(settings: SoakSettings, base_url: str) -> dict:
     from kilotok.bench.serve_client import make_client, served_model_id
-    from kilotok.bench.soak_checks import IDLE_GAUGES, PREEMPTIONS, find_problems, read_books, wait_until_idle
+    from kilotok.bench.soak_checks import find_problems, read_books, wait_until_idle
     from kilotok.bench.soak_requests import plan_requests, run_requests
 
     requests = plan_requests(load_chat_prompts(settings.prompts_file), settings.num_requests,
@@ -98,8 +98,8 @@ def soak(settings: SoakSettings, base_url: str) -> dict:
         "wall_s": round(wall_s, 1),
         "server_finished": {reason: after.finished.get(reason, 0.0) - before.finished.get(reason, 0.0)
                             for reason in after.finished},
-        "server_preemptions": after.gauges.get(PREEMPTIONS, 0.0) - before.gauges.get(PREEMPTIONS, 0.0),
-        "server_gauges_after": {name: after.gauges[name] for name in IDLE_GAUGES if name in after.gauges},
+        "server_preemptions": after.preemptions - before.preemptions,
+        "server_gauges_after": after.gauges,
         "problems": find_problems(outcomes, before, after),
     }
 

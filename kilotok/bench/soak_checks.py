@@ -31,6 +31,7 @@ class ServerBooks:
     gauges: dict[str, float]
     finished: dict[str, float]
     """Requests the server finished, by finish reason (stop, length, abort, error)."""
+    preemptions: float = 0.0
 
 
 def read_books(base_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> ServerBooks:
@@ -41,16 +42,17 @@ def read_books(base_url: str, api_key: str | None = None, timeout_s: float = 30.
         text = response.read().decode("utf-8")
     gauges: dict[str, float] = {}
     finished: dict[str, float] = {}
+    preemptions = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in IDLE_GAUGES:
                 gauges[sample.name] = gauges.get(sample.name, 0.0) + sample.value
             elif sample.name == f"{PREEMPTIONS}_total":
-                gauges[PREEMPTIONS] = gauges.get(PREEMPTIONS, 0.0) + sample.value
+                preemptions += sample.value
             elif sample.name == f"{REQUEST_SUCCESS}_total":
                 reason = sample.labels.get("finished_reason", "")
                 finished[reason] = finished.get(reason, 0.0) + sample.value
-    return ServerBooks(gauges, finished)
+    return ServerBooks(gauges, finished, preemptions)
 
 
 def wait_until_idle(base_url: str, api_key: str | None, timeout_s: float, poll_s: float = 0.5) -> ServerBooks:

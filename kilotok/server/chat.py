@@ -18,9 +18,8 @@ from kilotok.server.responses import (
     ChatCompletionChunk,
     ChatCompletionResponse,
     DeltaMessage,
-    Usage,
+    StreamChunks,
     new_id,
-    now_unix,
 )
 from kilotok.server.state import ServerState
 
@@ -35,13 +34,8 @@ def message_dict(message: ChatMessage, position: int) -> dict:
     return {"role": message.role, "content": content or ""}
 
 
-class ChatChunks:
-    def __init__(self, request_id: str, model: str) -> None:
-        self.request_id, self.model, self.created = request_id, model, now_unix()
-
-    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=choices,
-                                   usage=usage)
+class ChatChunks(StreamChunks):
+    chunk_type = ChatCompletionChunk
 
     def opening(self, index: int) -> BaseModel:
         return self._chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
@@ -49,9 +43,6 @@ class ChatChunks:
     def delta(self, index: int, text: str, finish_reason: str | None) -> BaseModel:
         delta = DeltaMessage(content=text or None)
         return self._chunk([ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)])
-
-    def usage(self, usage: Usage) -> BaseModel:
-        return self._chunk([], usage)
 
 
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: ServerState):

@@ -10,7 +10,7 @@ from kilotok.server.delivery import client_gone, collect, stream_events, usage_o
 from kilotok.server.errors import bad_request
 from kilotok.server.params import check_choice_count, check_context, reject_unsupported, sampling_params
 from kilotok.server.protocol import CompletionRequest
-from kilotok.server.responses import CompletionChoice, CompletionResponse, Usage, new_id, now_unix
+from kilotok.server.responses import CompletionChoice, CompletionResponse, StreamChunks, new_id
 from kilotok.server.state import ServerState
 
 
@@ -27,22 +27,14 @@ def prompt_token_lists(prompt: str | list, state: ServerState) -> list[list[int]
     return [list(ids) for ids in prompt]
 
 
-class CompletionChunks:
-    def __init__(self, request_id: str, model: str) -> None:
-        self.request_id, self.model, self.created = request_id, model, now_unix()
-
-    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
-        return CompletionResponse(id=self.request_id, created=self.created, model=self.model, choices=choices,
-                                  usage=usage)
+class CompletionChunks(StreamChunks):
+    chunk_type = CompletionResponse
 
     def opening(self, index: int) -> None:
         return None
 
     def delta(self, index: int, text: str, finish_reason: str | None) -> BaseModel:
         return self._chunk([CompletionChoice(index=index, text=text, finish_reason=finish_reason)])
-
-    def usage(self, usage: Usage) -> BaseModel:
-        return self._chunk([], usage)
 
 
 async def create_completion(body: CompletionRequest, request: Request, state: ServerState):

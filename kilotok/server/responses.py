@@ -97,3 +97,20 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class StreamChunks:
+    """Builds the chunks of one streamed response, all with the same id, creation time and model; a
+    subclass names its chunk type and what a choice's opening and text deltas look like."""
+
+    chunk_type: type[BaseModel]
+
+    def __init__(self, request_id: str, model: str) -> None:
+        self.request_id, self.model, self.created = request_id, model, now_unix()
+
+    def _chunk(self, choices: list[BaseModel], usage: Usage | None = None) -> BaseModel:
+        return self.chunk_type(id=self.request_id, created=self.created, model=self.model, choices=choices,
+                               usage=usage)
+
+    def usage(self, usage: Usage) -> BaseModel:
+        return self._chunk([], usage)
