@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kilotok.engine.outputs import RequestOutput
-    from kilotok.engine.sampling_params import SamplingParams
     from kilotok.llm import LLM
+    from kilotok.sampling_params import SamplingParams
 
 __all__ = ["LLM", "RequestOutput", "SamplingParams"]
 __version__ = "0.1.0"
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "LLM": "kilotok.llm",
     "RequestOutput": "kilotok.engine.outputs",
-    "SamplingParams": "kilotok.engine.sampling_params",
+    "SamplingParams": "kilotok.sampling_params",
 }
 
 

@@ -11,8 +11,8 @@ from tqdm import tqdm
 from kilotok.engine.engine_config import EngineConfig
 from kilotok.engine.llm_engine import LLMEngine
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.errors import InvalidRequestError
+from kilotok.sampling_params import SamplingParams
 
 Prompt = str | list[dict] | dict
 """A plain string, a chat as a list of {"role", "content"} messages, or {"prompt_token_ids": [...]}."""
@@ -20,7 +20,7 @@ Prompt = str | list[dict] | dict
 
 class LLM:
     """An engine for one model. Extra keyword arguments are `EngineConfig` fields (dtype, compile, ...),
-    among them `spec`: "ngram", "eagle3" or a `kilotok.spec.config.SpecConfig` for lossless speculative
+    among them `spec`: "ngram", "eagle3" or a `kilotok.speculative.config.SpecConfig` for lossless speculative
     decoding."""
 
     def __init__(self, model: str = "smollm2-135m", **engine_settings) -> None:

@@ -38,3 +38,15 @@ def hf_reference_model(default_gguf_path: Path):
         default_gguf_path.parent, gguf_file=default_gguf_path.name, torch_dtype=torch.float32
     )
     return model.eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models' ops take microseconds: OpenMP barriers across threads cost more than they save, over
+    ten times more on a loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

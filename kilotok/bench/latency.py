@@ -21,9 +21,9 @@ from kilotok.bench.baselines import EngineRunner, PromptMeasurement
 from kilotok.bench.latency_report import KILOTOK_ENGINE, LatencyReport, format_report
 from kilotok.bench.machine import machine_info
 from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
-from kilotok.cli.common import add_spec_args, spec_config
+from kilotok.engine.args import add_spec_args, spec_config
 from kilotok.errors import InvalidRequestError
-from kilotok.spec.config import SpecConfig
+from kilotok.speculative.config import SpecConfig
 
 CLI_HELP = "time TTFT and decode speed at batch 1, optionally against transformers and llama.cpp"
 # Speculative decoding methods the bench can switch on, each with the extra LLM(...) options it needs.

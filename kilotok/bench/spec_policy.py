@@ -2,7 +2,7 @@
 
 For every batch size B, B chat prompts decode together (greedy, EOS ignored) once per candidate tree
 shape, "0" (no drafting) included; the shape with the highest total decode rate wins that batch size.
-The result is a spec policy JSON (`kilotok.spec.policy`) that `--spec-policy FILE` gives the engine, so
+The result is a spec policy JSON (`kilotok.speculative.policy`) that `--spec-policy FILE` gives the engine, so
 speculation shrinks, then stops, as the batch grows, by what this machine measured.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from kilotok.bench.machine import machine_info
 from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
-from kilotok.cli.common import add_spec_args, spec_config
+from kilotok.engine.args import add_spec_args, spec_config
 from kilotok.errors import InvalidRequestError
-from kilotok.spec.policy import SpecPolicy, TreeShape
+from kilotok.speculative.policy import SpecPolicy, TreeShape
 
 CLI_HELP = "measure the best draft tree per batch size and write a speculation policy file"
 DEFAULT_SHAPES = "0,3x3,5x5,6x10"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kilotok.cli.common import add_model_args, add_sampling_args, engine_settings, sampling_params
+from kilotok.engine.args import add_model_args, add_sampling_args, engine_settings, sampling_params
 
 HELP_TEXT = "Type a message and press Enter. /reset starts a new conversation, /exit (or Ctrl-D) quits."
 

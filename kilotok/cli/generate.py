@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from kilotok.cli.common import (
+from kilotok.engine.args import (
     add_model_args,
     add_sampling_args,
     add_spec_args,

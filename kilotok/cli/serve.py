@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from kilotok.cli.common import add_model_args, add_spec_args, engine_settings, spec_config
+from kilotok.engine.args import add_model_args, add_spec_args, engine_settings, spec_config
 
 EXAMPLES = """examples:
   kilotok serve --port 8000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
-from kilotok.spec.config import SpecConfig
+from kilotok.speculative.config import SpecConfig
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,15 @@ from kilotok.engine.engine_config import EngineConfig
 from kilotok.engine.model_runner import ModelRunner
 from kilotok.engine.output_processor import OutputProcessor
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.engine.scheduler import ScheduledBatch, Scheduler
 from kilotok.engine.sequence import Sequence
 from kilotok.errors import InvalidRequestError
 from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model, resolve_weight_mode
-from kilotok.spec.decoder import SpeculativeDecoder
-from kilotok.spec.factory import build_drafter
-from kilotok.spec.metrics import SpecStats
+from kilotok.sampling_params import SamplingParams
+from kilotok.speculative.decoder import SpeculativeDecoder
+from kilotok.speculative.factory import build_drafter
+from kilotok.speculative.metrics import SpecStats
 
 
 class LLMEngine:

@@ -9,14 +9,14 @@ from dataclasses import replace
 
 import torch
 
-from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.engine.block_manager import PADDING_BLOCK
 from kilotok.engine.sequence import Sequence
 from kilotok.kernels.attention import KEY_WINDOW_ALIGN, VALUE_CHUNK, aligned_window
+from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.llama import LlamaForCausalLM
-from kilotok.spec.tree import DraftTree
-from kilotok.spec.verify_inputs import build_verify_inputs, verify_width
+from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
 
 DECODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kilotok.engine.sampling_params import SamplingParams
-from kilotok.spec.metrics import SpecStats
+from kilotok.sampling_params import SamplingParams
+from kilotok.speculative.metrics import SpecStats
 
 _next_seq_id = itertools.count()
 

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.errors import InvalidRequestError, KilotokError
 from kilotok.eval.agreement_metrics import agreement_counts
+from kilotok.sampling_params import SamplingParams
 
 PROMPT_SETS = ("held-out", "bench")
 DEFAULT_NUM_PROMPTS = 16

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kilotok.engine.attention_metadata import AttentionMetadata
+from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.models.llama import LlamaForCausalLM
 
 BLOCK_SIZE = 16

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kilotok.engine.attention_metadata import AttentionMetadata
+from kilotok.kernels.attention_metadata import AttentionMetadata
 
 
 def store_kv(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kilotok.engine.sampling_params import SamplingParams
+from kilotok.sampling_params import SamplingParams
 
 
 @dataclass

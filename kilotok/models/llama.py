@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kilotok.config import ModelConfig
-from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.kernels.attention import paged_attention, store_kv
+from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.layers.norm import RMSNorm
 from kilotok.layers.rotary import RotaryEmbedding
 

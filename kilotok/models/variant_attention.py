@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from kilotok.config import ModelConfig
-from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.kernels.attention import paged_attention, store_kv
+from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.layers.norm import RMSNorm
 from kilotok.layers.rotary import RotaryEmbedding
 from kilotok.models.llama import LlamaAttention

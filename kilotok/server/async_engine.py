@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from kilotok.engine.llm_engine import LLMEngine
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.engine.sequence import Sequence
 from kilotok.errors import InvalidRequestError
+from kilotok.sampling_params import SamplingParams
 from kilotok.server.errors import APIError, bad_request, server_error
 from kilotok.server.metrics import RequestProgress, ServerMetrics
 from kilotok.server.request_group import RequestGroup

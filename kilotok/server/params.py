@@ -4,8 +4,8 @@ and never touches a running batch."""
 
 from __future__ import annotations
 
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.errors import InvalidRequestError
+from kilotok.sampling_params import SamplingParams
 from kilotok.server.errors import bad_request
 from kilotok.server.protocol import MAX_CHOICES, ChatCompletionRequest, CompletionRequest, SamplingRequest
 

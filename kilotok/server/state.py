@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from kilotok.engine.llm_engine import LLMEngine
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.errors import InvalidRequestError
+from kilotok.sampling_params import SamplingParams
 from kilotok.server.async_engine import AsyncEngine
 from kilotok.server.errors import AUTHENTICATION, APIError, bad_request
 

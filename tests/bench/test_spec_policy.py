@@ -6,7 +6,7 @@ import pytest
 
 from kilotok.bench import spec_policy
 from kilotok.errors import InvalidRequestError
-from kilotok.spec.policy import SpecPolicy, TreeShape
+from kilotok.speculative.policy import SpecPolicy, TreeShape
 
 
 def test_shapes_and_batch_sizes_parse():

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from tiny_engine import random_reference, tiny_llm
-from tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
 
 from kilotok.errors import InvalidRequestError
+from tests.engine.tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
+from tests.speculative.tiny_engine import random_reference, tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.errors import InvalidRequestError, KilotokError
+from kilotok.sampling_params import SamplingParams
 
 
 def test_defaults_match_the_documented_api() -> None:

@@ -4,9 +4,9 @@ before prefill chunks, first come first served, preemption of the newest, and sp
 from __future__ import annotations
 
 from kilotok.engine.block_manager import BlockManager
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.engine.scheduler import ScheduledBatch, Scheduler
 from kilotok.engine.sequence import Sequence, SequenceStatus
+from kilotok.sampling_params import SamplingParams
 
 BLOCK = 4
 

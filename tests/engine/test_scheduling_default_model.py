@@ -8,9 +8,9 @@ import os
 
 import pytest
 import torch
-from tiny_oracle import record_calls
 
 from kilotok import LLM, SamplingParams
+from tests.engine.tiny_oracle import record_calls
 
 SYSTEM = ("You are a careful assistant for a public library. Answer in one short paragraph, cite the "
           "shelf section when you know it, and never invent titles.")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_engine import random_head_folder, random_reference, tiny_llm
-from tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
 
-from kilotok.spec.config import SpecConfig
+from kilotok.speculative.config import SpecConfig
+from tests.engine.tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
+from tests.speculative.tiny_engine import random_head_folder, random_reference, tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.layers.sampler import (
     Sampler,
     SamplingTensors,
@@ -18,6 +17,7 @@ from kilotok.layers.sampler import (
     race,
     sample,
 )
+from kilotok.sampling_params import SamplingParams
 
 LOGITS = [2.0, 1.5, 1.4, 0.3, -0.5, 0.9, -1.0, 1.1, 0.0, -2.0]
 SETTINGS = [

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
-from tiny_gguf import HEAD_DIM, HEADS, HIDDEN, KV_HEADS, Q, TinyTensor, llama_cpp_permute, write_tiny_llama
 
 from kilotok.loader.gguf_config import fit_llama3_scaling
 from kilotok.loader.gguf_loader import load_gguf, open_gguf, read_gguf_config, weights_from_gguf
 from kilotok.loader.tensor import QuantizedTensor
+from tests.loader.tiny_gguf import HEAD_DIM, HEADS, HIDDEN, KV_HEADS, Q, TinyTensor, llama_cpp_permute, write_tiny_llama
 
 ALL_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
              Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)

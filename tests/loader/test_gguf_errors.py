@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_gguf import FFN, HIDDEN, Q, write_tiny_llama
 
 from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.loader.gguf_loader import load_gguf
+from tests.loader.tiny_gguf import FFN, HIDDEN, Q, write_tiny_llama
 
 DEFAULT_DATA_OFFSET = 1_785_664  # where the default model's tensor data starts (gguf-dump)
 

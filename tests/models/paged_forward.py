@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kilotok.engine.attention_metadata import AttentionMetadata
 from kilotok.kernels.attention import aligned_window
+from kilotok.kernels.attention_metadata import AttentionMetadata
 
 BLOCK_SIZE = 4
 

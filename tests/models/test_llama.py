@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from paged_forward import BLOCK_SIZE, attach_cache, paged_step
 
-from kilotok.engine.attention_metadata import AttentionMetadata
+from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.loader.hf_config import config_from_hf
 from kilotok.models.builder import build_model
+from tests.models.paged_forward import BLOCK_SIZE, attach_cache, paged_step
 
 transformers = pytest.importorskip("transformers")
 

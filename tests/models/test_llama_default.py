@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from paged_forward import attach_cache, paged_step
 
 from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model
+from tests.models.paged_forward import attach_cache, paged_step
 
 TEXTS = [
     "<|im_start|>user\nWhat is the tallest mountain on Earth?<|im_end|>\n<|im_start|>assistant\n",

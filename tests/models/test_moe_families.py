@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moe_reference import perturb, random_prompts, save_folder
-from paged_forward import attach_cache, decode_step, paged_step
 
 from kilotok.loader.hf_loader import load_hf_folder
 from kilotok.models.builder import build_model
+from tests.models.moe_reference import perturb, random_prompts, save_folder
+from tests.models.paged_forward import attach_cache, decode_step, paged_step
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sampling_params import SamplingParams
 from kilotok.engine.sequence import Sequence, SequenceStatus
 from kilotok.errors import InvalidRequestError
+from kilotok.sampling_params import SamplingParams
 from kilotok.server.async_engine import AsyncEngine
 from kilotok.server.errors import APIError
 from kilotok.server.metrics import ServerMetrics

@@ -1,0 +1,86 @@
+"""Arguments that several commands share: which model to load, and how to sample."""
+
+from __future__ import annotations
+
+import argparse
+
+from kilotok.sampling_params import SamplingParams
+from kilotok.speculative.config import SPEC_METHODS, SpecConfig
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="smollm2-135m",
+                       help="a model alias (smollm2-135m), a .gguf file or a Hugging Face folder "
+                            "(default: %(default)s)")
+    group.add_argument("--dtype", default="auto",
+                       choices=["auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8", "fp8-tensor", "fp8-channel",
+                                "fp8-block"],
+                       help="weight format; auto runs a GGUF's 4-bit weights (int4) and FP8 checkpoints as stored, "
+                            "else bf16. int8/int4 are weight-only (bf16/fp32 activations). fp8-tensor/-channel/-block "
+                            "quantize weights to E4M3 per tensor, per output channel or in 128x128 blocks, and "
+                            "activations per token (per 128 group for blocks); fp8 keeps stored FP8 weights and "
+                            "quantizes the rest in blocks (default: %(default)s)")
+    group.add_argument("--max-model-len", type=int, default=None,
+                       help="context window in tokens (default: the model's)")
+    group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
+    group.add_argument("--no-compile", action="store_true",
+                       help="run the decode step eagerly instead of with torch.compile")
+
+
+def engine_settings(args: argparse.Namespace) -> dict:
+    return {
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "kv_cache_gb": args.kv_cache_gb,
+        "compile": not args.no_compile,
+    }
+
+
+def add_spec_args(parser: argparse.ArgumentParser) -> None:
+    defaults = SpecConfig()
+    group = parser.add_argument_group("speculative decoding (lossless: the output distribution is unchanged)")
+    group.add_argument("--spec", choices=SPEC_METHODS, default="none",
+                       help="ngram: prompt lookup; eagle3: a trained draft head (default: %(default)s)")
+    group.add_argument("--draft", default=None,
+                       help="EAGLE-3 head folder (default: the head shipped for the model)")
+    group.add_argument("--spec-depth", type=int, default=defaults.depth,
+                       help="longest draft path (default: %(default)s)")
+    group.add_argument("--spec-topk", type=int, default=defaults.topk,
+                       help="EAGLE-3 branching per node and level (default: %(default)s)")
+    group.add_argument("--spec-tree-size", type=int, default=defaults.tree_size,
+                       help="most draft tokens verified per step (default: %(default)s)")
+    group.add_argument("--spec-policy", default=None, metavar="FILE",
+                       help="tree shape by batch size, from `kilotok bench spec-policy` (default: the "
+                            "configured tree up to batch 4, none above)")
+
+
+def spec_config(args: argparse.Namespace) -> SpecConfig:
+    return SpecConfig(method=args.spec, draft=args.draft, depth=args.spec_depth, topk=args.spec_topk,
+                      tree_size=args.spec_tree_size, policy=args.spec_policy)
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: %(default)s)")
+    group.add_argument("--temperature", type=float, default=default_temperature,
+                       help="0 is greedy (default: %(default)s)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 is off")
+    group.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p times the top one")
+    group.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
+    group.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    group.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos,
+    )

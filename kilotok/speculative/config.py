@@ -1,0 +1,79 @@
+"""Speculative decoding settings: which drafter, and the shape of the trees it may propose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kilotok.errors import InvalidRequestError
+from kilotok.speculative.policy import SpecPolicy, TreeShape
+
+SPEC_METHODS = ("none", "ngram", "eagle3")
+
+DEFAULT_POLICY = SpecPolicy(((4, TreeShape(64, 64)),))
+"""Until `kilotok bench spec-policy` has measured a machine: the configured tree up to batch 4, none above."""
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    method: str = "none"
+    """none, ngram (prompt lookup) or eagle3 (a trained draft head)."""
+    draft: str | None = None
+    """EAGLE-3 head folder; None picks the head shipped for the model, if there is one."""
+    depth: int = 3
+    """Longest draft path: tree levels for eagle3, chain length for ngram."""
+    topk: int = 1
+    """EAGLE-3 branching: children tried per expanded node, and nodes expanded per level."""
+    tree_size: int = 3
+    """Most draft nodes verified per step (the root, the last sampled token, comes on top).
+
+    Defaults measured on the 2-CPU machine (AMD Zen 4, batch 1): verification runs the compiled decode
+    graph of its row count, and the int4 matrix kernel's cost grows with the rows (decode step with 1, 2,
+    8, 16 rows: 10.7, 14.0, 32.0, 57.8 ms; bf16 22.7, -, 36.8, 52.7 ms), so the smallest tree wins in
+    int4. Wider trees accept more (depth 5, top-k 2, 8 nodes: about 2.5 tokens per forward)."""
+    ngram_min: int = 2
+    """Shortest context tail prompt lookup matches. Single-token matches propose too many wrong chains:
+    on the bench's chat prompts min 1 decoded slower than no speculation, min 2 about as fast."""
+    ngram_max: int = 3
+    policy: str | None = None
+    """JSON table of tree shape by batch size (`kilotok bench spec-policy --out FILE`); None uses
+    DEFAULT_POLICY. Shapes never exceed depth and tree_size, which size the KV slots a step reserves."""
+
+    def __post_init__(self) -> None:
+        if self.method not in SPEC_METHODS:
+            raise InvalidRequestError(
+                f"speculative method {self.method!r} is unknown: choose one of {', '.join(SPEC_METHODS)}"
+            )
+        checks = {
+            "depth": self.depth >= 1,
+            "topk": self.topk >= 1,
+            "tree_size": self.tree_size >= 1,
+            "ngram_min": self.ngram_min >= 1,
+            "ngram_max": self.ngram_max >= self.ngram_min,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise InvalidRequestError(f"speculative setting {name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def max_draft_nodes(self) -> int:
+        """KV-cache slots a step needs beyond the sequence itself."""
+        return self.depth if self.method == "ngram" else self.tree_size
+
+    def tree_policy(self) -> SpecPolicy:
+        policy = SpecPolicy.load(self.policy) if self.policy else DEFAULT_POLICY
+        return policy.capped(TreeShape(self.depth, self.max_draft_nodes))
+
+    @classmethod
+    def of(cls, spec: SpecConfig | str | None) -> SpecConfig:
+        """Accept a SpecConfig, a method name, or None (no speculation)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, str):
+            return cls(method=spec)
+        if isinstance(spec, SpecConfig):
+            return spec
+        raise InvalidRequestError(f"spec must be a SpecConfig or a method name, not {type(spec).__name__}")

@@ -1,0 +1,58 @@
+"""The batch-size policy: table lookups, capping to the reserved KV slots, and its JSON file."""
+
+from __future__ import annotations
+
+import pytest
+
+from kilotok.errors import InvalidRequestError
+from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.ngram import NgramDrafter
+from kilotok.speculative.policy import SpecPolicy, TreeShape
+
+POLICY = SpecPolicy(((1, TreeShape(6, 16)), (4, TreeShape(4, 6)), (8, None), (16, TreeShape(1, 1))))
+
+
+def test_each_batch_size_gets_the_first_row_that_covers_it():
+    assert [POLICY.shape_for(b) for b in (1, 2, 4, 5, 8, 9, 16, 17)] == [
+        TreeShape(6, 16), TreeShape(4, 6), TreeShape(4, 6), None, None, TreeShape(1, 1), TreeShape(1, 1), None,
+    ]
+
+
+def test_capping_never_exceeds_the_configured_tree():
+    capped = POLICY.capped(TreeShape(depth=5, tree_size=5))
+    assert capped.shape_for(1) == TreeShape(5, 5) and capped.shape_for(3) == TreeShape(4, 5)
+    assert capped.shape_for(6) is None
+
+
+def test_verify_rows_peak_where_batch_times_tree_is_largest():
+    # 1 x 17, 4 x 7 = 28, 8 x 1, 16 x 2 = 32, then 32 sequences with no tree.
+    assert [POLICY.max_verify_rows(b) for b in (1, 4, 8, 16, 32)] == [17, 28, 28, 32, 32]
+
+
+def test_json_round_trip(tmp_path):
+    path = POLICY.save(tmp_path / "policy.json")
+    assert SpecPolicy.load(path) == POLICY
+    config = SpecConfig(method="ngram", depth=3, policy=str(path))
+    assert config.tree_policy().shape_for(1) == TreeShape(3, 3)
+
+
+def test_bad_tables_are_rejected(tmp_path):
+    with pytest.raises(InvalidRequestError, match="increasing"):
+        SpecPolicy(((4, None), (2, None)))
+    with pytest.raises(InvalidRequestError, match="does not exist"):
+        SpecPolicy.load(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"limits": [{"depth": 2}]}')
+    with pytest.raises(InvalidRequestError, match="max_batch_size"):
+        SpecPolicy.load(broken)
+
+
+def test_ngram_chains_follow_the_shape():
+    drafter = NgramDrafter(min_ngram=1, max_ngram=3, num_tokens=8)
+    context = [1, 2, 3, 4, 5, 6, 7, 1, 2]
+
+    class Seq:
+        token_ids = context
+
+    assert drafter.propose([Seq()], TreeShape(depth=2, tree_size=8))[0].tokens == [3, 4]
+    assert drafter.propose([Seq()], TreeShape(depth=8, tree_size=3))[0].tokens == [3, 4, 5]

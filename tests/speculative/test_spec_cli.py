@@ -1,0 +1,35 @@
+"""`kilotok generate --spec ...` options and how they reach SpecConfig."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from kilotok.cli import generate
+from kilotok.engine.args import spec_config
+from kilotok.errors import InvalidRequestError
+from kilotok.speculative.config import SpecConfig
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kilotok")
+    generate.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["generate", "--prompt", "hi", *argv])
+
+
+def test_spec_options_build_the_config():
+    args = _parse(["--spec", "eagle3", "--draft", "heads/h", "--spec-depth", "4", "--spec-topk", "3",
+                   "--spec-tree-size", "10"])
+    assert spec_config(args) == SpecConfig("eagle3", draft="heads/h", depth=4, topk=3, tree_size=10)
+    assert spec_config(_parse([])) == SpecConfig()
+    assert not SpecConfig().enabled
+
+
+def test_bad_spec_values_are_refused():
+    with pytest.raises(SystemExit):
+        _parse(["--spec", "medusa"])
+    with pytest.raises(InvalidRequestError, match="tree_size"):
+        spec_config(_parse(["--spec", "eagle3", "--spec-tree-size", "0"]))
+    with pytest.raises(InvalidRequestError, match="unknown"):
+        SpecConfig.of("lookahead")

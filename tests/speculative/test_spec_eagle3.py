@@ -1,0 +1,119 @@
+"""EAGLE-3 drafting in the whole engine on a small random model with a random head: greedy output
+identical to plain decoding, sampled output distributed as the target, mismatched heads refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kilotok import SamplingParams
+from kilotok.errors import ModelFormatError
+from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.policy import TreeShape
+from tests.speculative.test_spec_engine import (
+    _chi_square_p_value,
+    _exact_joint,
+    _first_three_token_counts,
+    _greedy_params,
+    _prompts,
+)
+from tests.speculative.tiny_engine import random_head_folder, tiny_llm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def head_folder(reference, tmp_path_factory):
+    return random_head_folder(reference, tmp_path_factory.mktemp("head"))
+
+
+def _eagle3(folder, **shape) -> SpecConfig:
+    return SpecConfig("eagle3", draft=str(folder), **({"depth": 3, "topk": 2, "tree_size": 5} | shape))
+
+
+@pytest.mark.parametrize("shape", [{}, {"depth": 1, "topk": 1, "tree_size": 1}, {"depth": 4, "topk": 3}])
+def test_greedy_output_is_identical_to_plain_decoding(monkeypatch, reference, head_folder, shape):
+    prompts, params = _prompts(16, seed=3), _greedy_params(16)
+    plain = tiny_llm(monkeypatch, reference, max_model_len=40)
+    spec = tiny_llm(monkeypatch, reference, max_model_len=40, spec=_eagle3(head_folder, **shape))
+    expected = plain.generate(prompts, params)
+    for want, got in zip(expected, spec.generate(prompts, params), strict=True):
+        assert (got.token_ids, got.finish_reason, got.text) == (want.token_ids, want.finish_reason, want.text)
+    stats = spec.engine.spec_stats
+    assert 0 < stats.accepted_tokens < stats.drafted_tokens
+    assert not spec.engine.drafter.states, "finished requests must drop their draft state"
+
+
+def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, head_folder):
+    prompt = [3, 1, 4, 1, 5]
+    samples = 1200
+    settings = {"temperature": 0.9, "top_k": 5, "top_p": 0.95}
+    spec = tiny_llm(monkeypatch, reference, max_num_seqs=samples, kv_cache_blocks=samples * 6,
+                    spec=_eagle3(head_folder))
+    params = [SamplingParams(max_tokens=4, ignore_eos=True, seed=seed, **settings) for seed in range(samples)]
+    outputs = spec.generate([{"prompt_token_ids": prompt}] * samples, params)
+    counts = _first_three_token_counts(outputs)
+    joint = _exact_joint(reference, prompt, settings)
+    assert counts[joint == 0].sum() == 0
+    assert _chi_square_p_value(counts, joint) > 1e-3
+    stats = spec.engine.spec_stats
+    assert 0 < stats.accepted_tokens < stats.drafted_tokens
+
+
+def test_head_for_another_target_is_refused(monkeypatch, reference, head_folder, tmp_path):
+    config = json.loads((head_folder / "config.json").read_text())
+    config["kilotok"]["target"]["num_layers"] = 30
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((head_folder / "model.safetensors").read_bytes())
+    with pytest.raises(ModelFormatError, match="layers"):
+        tiny_llm(monkeypatch, reference, spec=_eagle3(tmp_path))
+
+
+def _oracle_chain(reference, head, token_ids: list[int], depth: int) -> tuple[list[torch.Tensor], list[int]]:
+    """The head's logits at each chain step and its greedy chain after `token_ids`, recomputed from
+    scratch the way it was trained: step 0 over (token t + 1, target feature t) for every position with
+    a causal mask, then each step feeds the previous step's output feature and token at the next
+    position. Target features come from transformers' hidden states (hidden_states[i] enters layer i)."""
+    with torch.no_grad():
+        states = reference(torch.tensor([token_ids[:-1]]), output_hidden_states=True).hidden_states
+        aux = torch.cat([states[i] for i in head.config.aux_layer_ids], dim=-1)
+        count = len(token_ids) - 1
+        causal = torch.ones(1, count, count, dtype=torch.bool).tril()
+        out = head(torch.tensor([token_ids[1:]]), head.fuse(aux), torch.arange(count)[None], None, None, causal)
+        past_k, past_v = out.k, out.v
+        logits, feature = out.logits[0, -1], out.hidden[:, -1:]
+        steps, chain = [], []
+        for step in range(depth):
+            steps.append(logits)
+            chain.append(int(head.draft_to_target(logits.argmax())))
+            mask = torch.ones(1, 1, past_k.shape[1] + 1, dtype=torch.bool)
+            out = head(torch.tensor([[chain[-1]]]), feature, torch.tensor([[count + step]]), past_k, past_v, mask)
+            past_k, past_v = torch.cat((past_k, out.k), dim=1), torch.cat((past_v, out.v), dim=1)
+            logits, feature = out.logits[0, -1], out.hidden
+        return steps, chain
+
+
+def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, head_folder):
+    """With top-k 1 the tree is the head's greedy chain: after the prefill and after each verify step
+    (which commits the accepted tokens with the target's features) it must equal the chain recomputed
+    over the whole context with no draft cache."""
+    spec = tiny_llm(monkeypatch, reference, spec=_eagle3(head_folder, depth=3, topk=1, tree_size=3))
+    engine, drafter = spec.engine, spec.engine.drafter
+    recorded = []
+    head_forward = drafter.head.forward
+    drafter.head.forward = lambda *args: recorded.append(head_forward(*args)) or recorded[-1]
+    seq = engine.add_request([3, 1, 4, 1, 5, 2, 6], SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True))
+    chains = set()
+    for _ in range(6):
+        engine.step()
+        recorded.clear()
+        tree = drafter.propose([seq], TreeShape(depth=3, tree_size=3))[0]
+        drafted = [drafter.states[seq.seq_id].logits] + [out.logits[0, 0] for out in recorded]
+        steps, chain = _oracle_chain(reference, drafter.head, seq.token_ids, depth=3)
+        torch.testing.assert_close(torch.stack(drafted), torch.stack(steps), atol=1e-4, rtol=1e-4)
+        assert tree.parents == [-1, 0, 1]
+        assert tree.tokens == chain
+        chains.add(tuple(chain))
+    assert len(chains) > 1 and seq.spec_stats.target_forwards == 5
