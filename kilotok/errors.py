@@ -14,4 +14,10 @@ class ModelFormatError(KilotokError):
 
 
 class InvalidRequestError(KilotokError, ValueError):
-    """Invalid sampling parameters, prompts or other request fields."""
+    """Invalid sampling parameters, prompts or other request fields. `param` names the field at fault
+    where the raiser knows it, and `code` is a machine-readable kind (OpenAI's `context_length_exceeded`)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code

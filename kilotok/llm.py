@@ -20,8 +20,8 @@ Prompt = str | list[dict] | dict
 
 class LLM:
     """An engine for one model. Extra keyword arguments are `EngineConfig` fields (dtype, compile, ...),
-    among them `spec`: "ngram", "eagle3" or a `kilotok.speculative.config.SpecConfig` for lossless speculative
-    decoding."""
+    among them `spec`: "ngram", "eagle3" or a `kilotok.speculative.config.SpecConfig` for lossless
+    speculative decoding."""
 
     def __init__(self, model: str = "smollm2-135m", **engine_settings) -> None:
         self.engine = LLMEngine(replace(EngineConfig(), model=model, **engine_settings))
@@ -62,11 +62,11 @@ class LLM:
         """Run every prompt to completion (batched together) and return outputs in prompt order."""
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(params, len(prompt_list))
-        # Every prompt is checked before any is queued, so one bad prompt leaves nothing half-submitted.
-        prompt_ids = [self.encode(p) for p in prompt_list]
-        for ids, sp in zip(prompt_ids, params_list, strict=True):
-            self.engine.validate_prompt(ids, sp)
-        seqs = [self.engine.add_request(ids, sp) for ids, sp in zip(prompt_ids, params_list, strict=True)]
+        # Every request is built (and checked) before any is queued, so one bad prompt leaves nothing
+        # half-submitted.
+        seqs = [self.engine.new_request(self.encode(p), sp) for p, sp in zip(prompt_list, params_list, strict=True)]
+        for seq in seqs:
+            self.engine.submit(seq)
         final: dict[int, RequestOutput] = {}
         with tqdm(total=len(seqs), desc="generating", disable=not use_tqdm) as bar:
             while self.engine.has_unfinished():

@@ -8,27 +8,23 @@ on these machines move from session to session and only a side-by-side run compa
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import os
 import statistics
-import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kilotok.bench.baselines import EngineRunner, PromptMeasurement
-from kilotok.bench.latency_report import KILOTOK_ENGINE, LatencyReport, format_report
-from kilotok.bench.machine import machine_info
+from kilotok.bench.baselines import EngineRunner, PromptMeasurement, TransformersRunner, baseline_factories
 from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
+from kilotok.bench.report import log, machine_info, percentile, table_lines, write_json
 from kilotok.engine.args import add_spec_args, spec_config
 from kilotok.errors import InvalidRequestError
-from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.config import SPEC_METHODS, SpecConfig
 
 CLI_HELP = "time TTFT and decode speed at batch 1, optionally against transformers and llama.cpp"
-# Speculative decoding methods the bench can switch on, each with the extra LLM(...) options it needs.
-SPEC_LLM_OPTIONS: dict[str, dict[str, object]] = {"none": {}, "ngram": {"spec": "ngram"}, "eagle3": {"spec": "eagle3"}}
-SPEC_METHODS = tuple(SPEC_LLM_OPTIONS)
+KILOTOK_ENGINE = "kilotok"
+REFERENCE_ENGINE = TransformersRunner.name
+# The sanity column compares this many leading greedy tokens with transformers: enough to catch a wrong
+# kernel, few enough that fp32-vs-quantized rounding rarely flips an argmax inside the window.
+AGREEMENT_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,8 @@ class KilotokRunner:
         # The reference's EOS ids decide where the agreement check stops; kilotok adds none of its own.
         self.stop_token_ids: frozenset[int] = frozenset()
         self._sampling_params = SamplingParams
-        spec_options = {"spec": settings.spec_config} if settings.spec_config else SPEC_LLM_OPTIONS[settings.spec]
+        spec = settings.spec_config or settings.spec
+        spec_options = {} if spec == "none" else {"spec": spec}
         self.llm = LLM(settings.model, dtype=settings.dtype, progress=False, **spec_options)
         self.acceptance_lengths: list[float] = []
         """One per measured run, warmup included (1.0 without speculation)."""
@@ -85,10 +82,6 @@ class KilotokRunner:
         )
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def time_engine(
     runner: EngineRunner, prompt_ids: list[list[int]], max_tokens: int, warmup: int
 ) -> list[PromptMeasurement]:
@@ -98,39 +91,154 @@ def time_engine(
     runs = []
     for index, ids in enumerate(prompt_ids, start=1):
         run = runner.measure(ids, max_tokens)
-        _log(f"  {runner.name}: prompt {index}/{len(prompt_ids)} ({run.num_prompt_tokens} tokens): "
-             f"TTFT {run.ttft_s * 1000:.1f} ms, decode {run.decode_tokens_per_s:.1f} tok/s")
+        log(f"  {runner.name}: prompt {index}/{len(prompt_ids)} ({run.num_prompt_tokens} tokens): "
+            f"TTFT {run.ttft_s * 1000:.1f} ms, decode {run.decode_tokens_per_s:.1f} tok/s")
         runs.append(run)
     return runs
 
 
-def _baseline_factories(
-    settings: LatencySettings, prompt_ids: list[list[int]]
-) -> list[Callable[[], EngineRunner]]:
-    """The baselines to load one after another (each is freed before the next loads)."""
-    from kilotok.bench.baselines.model_files import resolve_model_files
-    from kilotok.bench.baselines.transformers_runner import TransformersRunner
+def tokens_agree(candidate: list[int], reference: list[int], stop_token_ids: frozenset[int]) -> bool:
+    """Whether the first AGREEMENT_TOKENS tokens match, up to the candidate's first stop token: the
+    reference masks EOS to reach its fixed length, so past an EOS the two legitimately differ."""
+    window = candidate[:AGREEMENT_TOKENS]
+    stop_at = next((i for i, token in enumerate(window) if token in stop_token_ids), len(window))
+    return window[:stop_at] == reference[:stop_at]
 
-    files = resolve_model_files(settings.model)
-    factories: list[Callable[[], EngineRunner]] = [lambda: TransformersRunner(files)]
-    if files.gguf_path is None:
-        _log("llama.cpp skipped: it needs a GGUF file, and this model is a Hugging Face folder")
-    elif importlib.util.find_spec("llama_cpp") is None:
-        _log("llama.cpp skipped: llama_cpp is not installed (bash scripts/build-llama-cpp.sh)")
-    else:
-        from kilotok.bench.baselines.llama_cpp_runner import LlamaCppRunner
 
-        context = max(map(len, prompt_ids)) + settings.max_tokens + 16
-        threads = len(os.sched_getaffinity(0))
-        factories.append(lambda: LlamaCppRunner(files.gguf_path, context, threads))
-    return factories
+@dataclass(frozen=True)
+class EngineSummary:
+    engine: str
+    num_prompts: int
+    median_ttft_s: float
+    median_decode_tokens_per_s: float
+    p10_decode_tokens_per_s: float
+    median_prefill_tokens_per_s: float
+    # Prompts whose leading greedy tokens equal transformers', or None for transformers itself / no reference.
+    prompts_agreeing_with_reference: int | None = None
+
+
+def summarize(
+    engine: str, measurements: list[PromptMeasurement], agreeing: int | None = None
+) -> EngineSummary:
+    decode_rates = [m.decode_tokens_per_s for m in measurements]
+    return EngineSummary(
+        engine=engine,
+        num_prompts=len(measurements),
+        median_ttft_s=statistics.median(m.ttft_s for m in measurements),
+        median_decode_tokens_per_s=statistics.median(decode_rates),
+        p10_decode_tokens_per_s=percentile(decode_rates, 10),
+        median_prefill_tokens_per_s=statistics.median(m.prefill_tokens_per_s for m in measurements),
+        prompts_agreeing_with_reference=agreeing,
+    )
+
+
+@dataclass
+class LatencyReport:
+    """What one bench run measured, per engine in run order, plus what it ran on and with."""
+
+    machine: dict[str, object]
+    settings: dict[str, object]
+    versions: dict[str, str] = field(default_factory=dict)
+    measurements: dict[str, list[PromptMeasurement]] = field(default_factory=dict)
+    stop_token_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def record(
+        self, engine: str, version: str, stop_token_ids: frozenset[int], runs: list[PromptMeasurement]
+    ) -> None:
+        self.versions[engine] = version
+        self.stop_token_ids |= stop_token_ids
+        self.measurements[engine] = runs
+
+    def summaries(self) -> list[EngineSummary]:
+        reference = self.measurements.get(REFERENCE_ENGINE)
+        return [
+            summarize(engine, runs, None if reference is None or engine == REFERENCE_ENGINE
+                      else self._count_agreeing(runs, reference))
+            for engine, runs in self.measurements.items()
+        ]
+
+    def _count_agreeing(self, runs: list[PromptMeasurement], reference: list[PromptMeasurement]) -> int:
+        return sum(
+            tokens_agree(run.token_ids, ref.token_ids, self.stop_token_ids)
+            for run, ref in zip(runs, reference, strict=True)
+        )
+
+    def ratios(self) -> dict[str, dict[str, float]]:
+        """kilotok's speed over each baseline's (>1: kilotok faster). TTFT is a time, so its ratio is
+        baseline TTFT over kilotok TTFT, to read the same way as the rates."""
+        by_engine = {summary.engine: summary for summary in self.summaries()}
+        ours = by_engine.get(KILOTOK_ENGINE)
+        if ours is None:
+            return {}
+        return {
+            name: {
+                "ttft": theirs.median_ttft_s / ours.median_ttft_s,
+                "decode": ours.median_decode_tokens_per_s / theirs.median_decode_tokens_per_s,
+                "p10_decode": ours.p10_decode_tokens_per_s / theirs.p10_decode_tokens_per_s,
+                "prefill": ours.median_prefill_tokens_per_s / theirs.median_prefill_tokens_per_s,
+            }
+            for name, theirs in by_engine.items()
+            if name != KILOTOK_ENGINE
+        }
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "versions": self.versions,
+            "summaries": [asdict(summary) for summary in self.summaries()],
+            "ratios_kilotok_over_baseline": self.ratios(),
+            "per_prompt": {
+                engine: [asdict(run) | {"prefill_tokens_per_s": run.prefill_tokens_per_s} for run in runs]
+                for engine, runs in self.measurements.items()
+            },
+        }
+
+
+_SUMMARY_HEADER = ("engine", "TTFT ms", "decode tok/s", "p10 decode", "prefill tok/s", "greedy=HF[:32]")
+_RATIO_HEADER = ("kilotok / baseline", "TTFT", "decode", "p10 decode", "prefill")
+
+
+def _summary_row(summary: EngineSummary) -> tuple[str, ...]:
+    agreeing = summary.prompts_agreeing_with_reference
+    return (
+        summary.engine,
+        f"{summary.median_ttft_s * 1000:.1f}",
+        f"{summary.median_decode_tokens_per_s:.1f}",
+        f"{summary.p10_decode_tokens_per_s:.1f}",
+        f"{summary.median_prefill_tokens_per_s:.0f}",
+        "-" if agreeing is None else f"{agreeing}/{summary.num_prompts}",
+    )
+
+
+def format_report(report: LatencyReport) -> str:
+    machine, settings = report.machine, report.settings
+    lines = [
+        f"kilotok bench latency: model {settings['model']} ({settings['dtype']}, "
+        f"speculative decoding: {settings['spec']}), "
+        f"{settings['num_prompts']} prompts, {settings['max_tokens']} tokens each, "
+        "batch 1, greedy, EOS ignored",
+        f"machine: {machine['cpu_model']} [{' '.join(machine['cpu_flags'])}], "
+        f"{machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch threads, "
+        f"torch {machine['torch_version']}, python {machine['python_version']}, "
+        f"load average before the run {machine['load_average_1m']}",
+        "versions: " + ", ".join(f"{name} {version}" for name, version in report.versions.items()),
+        "",
+        *table_lines([_SUMMARY_HEADER, *map(_summary_row, report.summaries())], left_aligned=1),
+        "(medians over prompts; decode tok/s is per user and excludes the first token)",
+    ]
+    ratios = report.ratios()
+    if ratios:
+        rows = [(name, *(f"{value:.2f}x" for value in ratio.values())) for name, ratio in ratios.items()]
+        lines += ["", *table_lines([_RATIO_HEADER, *rows], left_aligned=1), "(>1 means kilotok is faster)"]
+    return "\n".join(lines)
 
 
 def run_latency(settings: LatencySettings) -> LatencyReport:
     conversations = bench_prompts(settings.num_prompts)
     # Taken first, so the load average is other processes', not this run's own model loading.
     machine = machine_info()
-    _log(f"loading kilotok ({settings.model}, {settings.dtype})")
+    log(f"loading kilotok ({settings.model}, {settings.dtype})")
     kilotok_runner = KilotokRunner(settings)
     prompt_ids = [kilotok_runner.llm.tokenizer.encode_chat(messages) for messages in conversations]
     report = LatencyReport(machine, asdict(settings))
@@ -142,7 +250,8 @@ def run_latency(settings: LatencySettings) -> LatencyReport:
     # One engine in memory at a time, so no engine's timing pays for another's resident weights.
     del kilotok_runner
     if settings.compare:
-        for make_runner in _baseline_factories(settings, prompt_ids):
+        context_tokens = max(map(len, prompt_ids)) + settings.max_tokens + 16
+        for make_runner in baseline_factories(settings.model, context_tokens):
             _time_into_report(report, make_runner(), prompt_ids, settings)
     return report
 
@@ -150,7 +259,7 @@ def run_latency(settings: LatencySettings) -> LatencyReport:
 def _time_into_report(
     report: LatencyReport, runner: EngineRunner, prompt_ids: list[list[int]], settings: LatencySettings
 ) -> None:
-    _log(f"timing {runner.name}")
+    log(f"timing {runner.name}")
     runs = time_engine(runner, prompt_ids, settings.max_tokens, settings.warmup)
     report.record(runner.name, runner.version, runner.stop_token_ids, runs)
 
@@ -182,7 +291,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"kilotok acceptance length (tokens per target forward, median over prompts): "
           f"{report.settings['median_acceptance_length']:.2f}")
     if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        _log(f"wrote {args.json_out}")
+        write_json(args.json_out, report.to_json())
+        log(f"wrote {args.json_out}")
     return 0

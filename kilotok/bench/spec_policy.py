@@ -15,8 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kilotok.bench.machine import machine_info
-from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
+from kilotok.bench.prompts import cycled_bench_prompts
+from kilotok.bench.report import log, machine_info, write_json
 from kilotok.engine.args import add_spec_args, spec_config
 from kilotok.errors import InvalidRequestError
 from kilotok.speculative.policy import SpecPolicy, TreeShape
@@ -54,10 +54,9 @@ def decode_rate(llm, batch_size: int, max_tokens: int) -> tuple[float, float]:
     """Total output tokens/s of `batch_size` prompts decoding together, and their mean acceptance."""
     from kilotok import SamplingParams
 
-    prompts = [bench_prompts()[i % len(BENCH_PROMPTS)] for i in range(batch_size)]
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     started = time.perf_counter()
-    outputs = llm.generate(prompts, params)
+    outputs = llm.generate(cycled_bench_prompts(batch_size), params)
     first_token = max(o.ttft_s for o in outputs)  # decoding is timed once every prompt is prefilled
     elapsed = time.perf_counter() - started - first_token
     tokens = sum(o.num_output_tokens - 1 for o in outputs)
@@ -75,8 +74,7 @@ def calibrate(llm, batch_sizes: list[int], shapes: list[TreeShape | None], max_t
             decode_rate(llm, batch_size, 4)  # compiles this batch's verify graph outside the timing
             rate, acceptance = decode_rate(llm, batch_size, max_tokens)
             label = "0" if shape is None else f"{shape.depth}x{shape.tree_size}"
-            print(f"batch {batch_size:3d} tree {label:>6}: {rate:8.1f} tok/s total, acceptance {acceptance:.2f}",
-                  file=sys.stderr, flush=True)
+            log(f"batch {batch_size:3d} tree {label:>6}: {rate:8.1f} tok/s total, acceptance {acceptance:.2f}")
             measurements.append({"batch_size": batch_size, "shape": label, "tokens_per_s": rate,
                                  "acceptance_length": acceptance})
             if best is None or rate > best[0]:
@@ -110,6 +108,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     policy, measurements = calibrate(llm, parse_batch_sizes(args.batch_sizes), shapes, args.max_tokens)
     policy.save(args.out)
     record = {"machine": machine, "command": " ".join(sys.argv), "measurements": measurements, **policy.to_json()}
-    args.out.with_suffix(".measurements.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out.with_suffix(".measurements.json"), record)
     print(json.dumps(policy.to_json(), indent=2))
     return 0

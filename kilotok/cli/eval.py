@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kilotok.bench.machine import machine_info
+from kilotok.bench.report import machine_info
 
 DEFAULT_MODEL = "smollm2-135m"
 

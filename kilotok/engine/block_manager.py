@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections import deque
 
 from kilotok.engine.prefix_cache import PrefixCache, block_hashes
-from kilotok.engine.sequence import Sequence
-
-PADDING_BLOCK = 0
+from kilotok.runner.inputs import PADDING_BLOCK
+from kilotok.sequence import Sequence
 
 
 class BlockManager:
@@ -23,7 +22,7 @@ class BlockManager:
             raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.free_blocks: deque[int] = deque(range(1, num_blocks))
+        self.free_blocks: deque[int] = deque(b for b in range(num_blocks) if b != PADDING_BLOCK)
         """Unreferenced blocks that hold nothing worth keeping."""
         self.ref_counts = [0] * num_blocks
         self.prefix_cache = PrefixCache() if enable_prefix_caching else None

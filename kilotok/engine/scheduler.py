@@ -7,65 +7,34 @@ come, first served while there is budget, room in the batch and KV blocks. A pro
 left of the budget is prefilled over several steps while the others keep decoding; a waiting prompt
 whose leading blocks are in the prefix cache starts after them.
 
-With `mix_prefill_and_decode` off (speculative decoding, whose verify step takes only decoding
-sequences), a step is either prefill chunks or a decode of every running sequence, prefill first.
-
 When the cache runs out of blocks, the most recently admitted sequence not yet given work this step is
 preempted: its blocks are freed (full ones stay in the prefix cache) and it is queued again at the
 front, to recompute its tokens later.
+
+`postprocess` is the one place a step's results change sequences: it moves their cache marks on,
+appends their tokens through the stop rules, records their counters and finishes them.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from kilotok.engine.block_manager import BlockManager
-from kilotok.engine.sequence import Sequence, SequenceStatus
-
-
-@dataclass
-class ScheduledBatch:
-    seqs: list[Sequence]
-    """Decoding sequences first, then those running prompt chunks."""
-    num_new_tokens: list[int]
-    """Tokens each sequence runs this step, from its num_cached_tokens on."""
-    samples: list[bool]
-    """Whether each sequence's tokens reach its end, so the step samples its next token."""
-    num_decodes: int
-    """How many leading sequences decode (their prompt was done before this step): the compiled decode
-    step, or a speculative step, runs them; the rest go through the prefill path."""
-
-    @property
-    def sampled_seqs(self) -> list[Sequence]:
-        return [seq for seq, sample in zip(self.seqs, self.samples, strict=True) if sample]
-
-    @property
-    def decode_seqs(self) -> list[Sequence]:
-        return self.seqs[: self.num_decodes]
-
-    @property
-    def has_prefill(self) -> bool:
-        return self.num_decodes < len(self.seqs)
-
-    def prefill_part(self) -> ScheduledBatch:
-        """The prompt chunks of this step, as a batch of their own."""
-        rest = slice(self.num_decodes, None)
-        return ScheduledBatch(self.seqs[rest], self.num_new_tokens[rest], self.samples[rest], 0)
+from kilotok.engine.output_processor import OutputProcessor
+from kilotok.runner.batch import ScheduledBatch, StepResult
+from kilotok.sequence import Sequence, SequenceStatus
 
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 lookahead_slots: int = 0, max_model_len: int | None = None,
-                 mix_prefill_and_decode: bool = True) -> None:
+                 lookahead_slots: int = 0, max_model_len: int | None = None) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        # Speculative decoding writes a draft tree past the sequence's end before it knows what stays.
         self.lookahead_slots = lookahead_slots
+        """KV slots past a decoding sequence's end that the engine's decoder may write in one step."""
         self.max_model_len = max_model_len
-        self.mix_prefill_and_decode = mix_prefill_and_decode
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         """Admitted sequences, oldest admission first."""
@@ -80,19 +49,13 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         for seq in self.running:
             self.block_manager.register_full_blocks(seq)
-        if self.mix_prefill_and_decode:
-            plan = self._plan(self.max_num_batched_tokens, lambda seq: True)
-        else:
-            plan = self._plan(self.max_num_batched_tokens, lambda seq: not seq.prefilled)
-            if not plan:
-                plan = self._plan(len(self.running), lambda seq: seq.prefilled, admit=False)
+        plan = self._plan(self.max_num_batched_tokens)
         return self._batch(plan) if plan else None
 
-    def _plan(self, budget: int, wanted: Callable[[Sequence], bool], admit: bool = True) -> list[tuple[Sequence, int]]:
-        """(sequence, new tokens) pairs under `budget`: wanted running sequences, decoding ones first,
-        then, when `admit`, waiting ones."""
-        candidates = [seq for seq in self.running if wanted(seq)]
-        ordered = [seq for seq in candidates if seq.prefilled] + [seq for seq in candidates if not seq.prefilled]
+    def _plan(self, budget: int) -> list[tuple[Sequence, int]]:
+        """(sequence, new tokens) pairs under `budget`: running sequences, decoding ones first, then
+        waiting ones."""
+        ordered = [seq for seq in self.running if seq.prefilled] + [seq for seq in self.running if not seq.prefilled]
         plan: list[tuple[Sequence, int]] = []
         planned: set[int] = set()
         for seq in ordered:
@@ -105,8 +68,7 @@ class Scheduler:
                 plan.append((seq, num_new))
                 planned.add(seq.seq_id)
                 budget -= num_new
-        if admit:
-            self._admit_waiting(plan, budget)
+        self._admit_waiting(plan, budget)
         return plan
 
     def _admit_waiting(self, plan: list[tuple[Sequence, int]], budget: int) -> None:
@@ -169,3 +131,21 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+
+    def postprocess(self, batch: ScheduledBatch, results: list[StepResult], outputs: OutputProcessor) -> None:
+        """Apply one step's results: move each sequence's cache mark on, append its new tokens one at a time
+        (so a stop rule cuts a speculative step short exactly where plain decoding would have stopped),
+        record its speculation counters and finish it when a stop rule says so."""
+        now = time.perf_counter()
+        for seq, result in zip(batch.seqs, results, strict=True):
+            seq.num_cached_tokens += result.num_computed
+            emitted_before = seq.num_output_tokens
+            for token_id in result.tokens:
+                reason = outputs.append(seq, token_id, now)
+                if reason is not None:
+                    self.finish(seq, reason)
+                    break
+            if result.draft is not None:
+                draft = result.draft
+                seq.spec_stats.record(draft.drafted, draft.max_depth, draft.accepted,
+                                      seq.num_output_tokens - emitted_before)

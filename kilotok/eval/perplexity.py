@@ -1,7 +1,14 @@
-"""Perplexity of a model on a token sequence, scored window by window (see windows.py).
+"""Perplexity of a model on a token sequence, scored window by window.
 
-For each window, the model's logits at every position come from one prefill (sequence_logits.py); the
-negative log-likelihood of each target token is summed in float64, and perplexity is exp(mean NLL).
+Window i covers tokens [i * stride, i * stride + context_len). Its logits at position p predict token
+p + 1, so a window can score any of its tokens but the first. Each window scores only the targets that
+no earlier window scored: with stride == context_len (non-overlapping windows) that is every token but
+the window's first; with a smaller stride, later windows give their first context_len - stride tokens
+as context only, and every token after the text's first is scored exactly once.
+
+For each window, the model's logits at every position come from one prefill through kilotok's own model
+forward (`SequenceLogits`); the negative log-likelihood of each target token is summed in float64, and
+perplexity is exp(mean NLL).
 """
 
 from __future__ import annotations
@@ -14,16 +21,86 @@ import torch
 from tqdm import tqdm
 
 from kilotok.errors import InvalidRequestError
-from kilotok.eval.sequence_logits import SequenceLogits
 from kilotok.eval.texts import DEFAULT_TEXT, TEXT_PACKAGE, TEXT_PACKAGE_VERSION, load_text
-from kilotok.eval.windows import perplexity_windows
+from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model, resolve_weight_mode
+from kilotok.models.llama import LlamaForCausalLM
 
 DEFAULT_CONTEXT_LEN = 1024
 DEFAULT_MAX_TOKENS = 16384
+BLOCK_SIZE = 16
 
 LogitsFn = Callable[[list[int]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int
+    """First token of the window (context only, never a target)."""
+    end: int
+    """One past the window's last token."""
+    first_target: int
+    """First token this window scores; it scores tokens first_target..end-1."""
+
+    @property
+    def num_targets(self) -> int:
+        return self.end - self.first_target
+
+
+def perplexity_windows(num_tokens: int, context_len: int, stride: int | None = None) -> list[Window]:
+    """The windows over a text of `num_tokens` tokens; windows that would score nothing are left out."""
+    stride = context_len if stride is None else stride
+    if context_len < 2:
+        raise InvalidRequestError(f"--context-len must be at least 2 tokens, got {context_len}")
+    if not 1 <= stride <= context_len:
+        raise InvalidRequestError(f"--stride must be between 1 and --context-len ({context_len}), got {stride}")
+    windows: list[Window] = []
+    scored_until = 1  # token 0 has no context, so nothing can predict it
+    for start in range(0, max(num_tokens - 1, 0), stride):
+        end = min(start + context_len, num_tokens)
+        first_target = max(start + 1, scored_until)
+        if end > first_target:
+            windows.append(Window(start, end, first_target))
+            scored_until = end
+    return windows
+
+
+class SequenceLogits:
+    """Logits at every position of one token sequence. The engine only needs the last position's logits;
+    perplexity needs all of them. This runs a single prefill over a private paged KV cache sized for the
+    longest window (the engine's cache is not touched: the model gets its own cache tensors here, so build
+    a separate model for this)."""
+
+    def __init__(self, model: LlamaForCausalLM, max_len: int) -> None:
+        self.model = model
+        self.max_len = max_len
+        self.device = next(model.parameters()).device
+        num_blocks = -(-max_len // BLOCK_SIZE)
+        config = model.config
+        shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
+        for layer in model.layers:
+            layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype, device=self.device)
+            layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype, device=self.device)
+
+    @torch.inference_mode()
+    def __call__(self, token_ids: list[int]) -> torch.Tensor:
+        """[len(token_ids), vocab] float32: row p is the model's prediction for token p + 1."""
+        length = len(token_ids)
+        if not 1 <= length <= self.max_len:
+            raise ValueError(f"sequence of {length} tokens; this scorer holds 1 to {self.max_len}")
+        num_blocks = -(-length // BLOCK_SIZE)
+        # One sequence laid out in blocks 0, 1, 2, ... in order, so slot p is simply p.
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(length, dtype=torch.int64, device=self.device),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=self.device)[None],
+            context_lens=torch.tensor([length], dtype=torch.int32, device=self.device),
+            query_start_loc=torch.tensor([0, length], dtype=torch.int32, device=self.device),
+        )
+        input_ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
+        positions = torch.arange(length, dtype=torch.int64, device=self.device)
+        hidden, _ = self.model(input_ids, positions, meta)
+        return self.model.compute_logits(hidden)
 
 
 @dataclass(frozen=True)

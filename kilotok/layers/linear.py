@@ -13,18 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kilotok.errors import InvalidRequestError
+from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.tensor import QuantizedTensor, Weight, as_float
-from kilotok.quant.fp8 import Fp8Linear
-from kilotok.quant.fp8_modes import FP8_MODES, STORED_FP8_MODE, fp8_weight_for_mode
-from kilotok.quant.fp8_weight import Fp8Weight
+from kilotok.quant.formats import WeightFormat, weight_format
+from kilotok.quant.fp8 import Fp8Linear, quantize_fp8
 from kilotok.quant.int4 import GGUF_INT4_TYPES, Int4Linear
 from kilotok.quant.int8 import Int8Linear
 
 logger = logging.getLogger(__name__)
-
-FLOAT_MODES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LINEAR_MODES = (*FLOAT_MODES, "int8", "int4", *FP8_MODES)
 
 
 class DenseLinear(nn.Module):
@@ -49,33 +45,38 @@ class DenseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}"
 
 
-def make_linear(weight: Weight, bias: torch.Tensor | None, mode: str) -> nn.Module:
-    """A linear layer y = x @ weight.T + bias in `mode`: fp32, bf16, fp16, int8, int4 or an FP8 mode.
+def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | str) -> nn.Module:
+    """A linear layer y = x @ weight.T + bias in weight format `fmt` (quant/formats.py).
 
-    Float modes hold the (dequantized) weight in that dtype. int8 requantizes per output channel. int4 keeps
-    a Q4_0/Q4_1 weight's own codes and scales, and quantizes any other weight per group of 32. FP8 modes
-    (quant/fp8_modes.py) keep or make an E4M3 weight and quantize activations per token, output in bf16.
+    Float formats hold the (dequantized) weight in their dtype. int8 requantizes per output channel. int4
+    keeps a Q4_0/Q4_1 weight's own codes and scales, and quantizes any other weight per group of 32. FP8
+    formats keep or make an E4M3 weight and quantize activations per token, output in bf16.
     Every returned module has `in_features`, `out_features` and `weight_bytes` (bytes read per forward).
     """
-    if mode not in LINEAR_MODES:
-        raise InvalidRequestError(f"unknown linear mode {mode!r}; choose one of {', '.join(LINEAR_MODES)}")
-    if mode in FP8_MODES and (mode != STORED_FP8_MODE or isinstance(weight, Fp8Weight)):
-        return Fp8Linear(fp8_weight_for_mode(weight, mode), bias)
-    if mode == STORED_FP8_MODE:
-        mode = "bf16"
-    if mode in FLOAT_MODES:
-        return DenseLinear(as_float(weight), bias, FLOAT_MODES[mode])
+    fmt = weight_format(fmt)
+    if fmt.linear == "fp8":
+        return _fp8_linear(weight, bias, fmt)
+    if fmt.linear == "float":
+        return DenseLinear(as_float(weight), bias, fmt.float_dtype)
     out_features, in_features = weight.shape
-    if mode == "int4" and Int4Linear.supports(out_features, in_features):
+    if fmt.linear == "int4" and Int4Linear.supports(out_features, in_features):
         if isinstance(weight, QuantizedTensor) and weight.qtype in GGUF_INT4_TYPES:
             return Int4Linear.from_gguf(weight, bias)
         return Int4Linear.from_float(as_float(weight), bias)
     if Int8Linear.supports(out_features, in_features):
-        _log_fallback(mode, "int8", weight.shape)
+        _log_fallback(fmt.linear, "int8", weight.shape)
         return Int8Linear.from_float(as_float(weight), bias)
-    _log_fallback(mode, "bf16", weight.shape)
+    _log_fallback(fmt.linear, "bf16", weight.shape)
     return DenseLinear(as_float(weight), bias, torch.bfloat16)
 
+
+def _fp8_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat) -> nn.Module:
+    if isinstance(weight, Fp8Weight) and fmt.fp8_scheme in (None, weight.scheme):
+        return Fp8Linear(weight, bias)
+    scheme = fmt.fp8_scheme or fmt.fp8_unstored
+    if scheme is None:
+        return DenseLinear(as_float(weight), bias, torch.bfloat16)
+    return Fp8Linear(quantize_fp8(as_float(weight), scheme), bias)
 
 
 def _log_fallback(mode: str, used: str, shape: tuple[int, ...]) -> None:

@@ -1,4 +1,5 @@
-"""RMSNorm, computed in fp32 whatever the activation dtype, as the reference does."""
+"""RMSNorm, with and without a learned weight, computed in fp32 whatever the activation dtype, as the
+reference does."""
 
 from __future__ import annotations
 
@@ -17,3 +18,9 @@ class RMSNorm(nn.Module):
         variance = x_fp32.pow(2).mean(-1, keepdim=True)
         normed = x_fp32 * torch.rsqrt(variance + self.eps)
         return (self.weight * normed).to(x.dtype)
+
+
+def l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without a weight (Llama 4's QK norm), in fp32."""
+    x_fp32 = x.float()
+    return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

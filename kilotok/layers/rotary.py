@@ -1,13 +1,23 @@
-"""Rotary position embedding (rotate-half convention), with Llama 3 frequency scaling."""
+"""Rotary position embedding, with Llama 3 frequency scaling: the rotate-half convention (Llama), and
+rotation of adjacent pairs (Llama 4's complex form)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from kilotok.config import RopeScaling
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3 style frequency scaling (`rope_type: llama3`); the config readers reject other kinds."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -48,3 +58,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     first, second = x.float().chunk(2, dim=-1)
     rotated = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
     return rotated.to(x.dtype)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on adjacent pairs (x[2i], x[2i+1]): the complex product Llama 4 computes, in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)

@@ -1,4 +1,6 @@
-"""GGUF metadata -> ModelConfig, with llama.cpp's defaults for the keys it treats as optional."""
+"""GGUF metadata written as the config.json of the Hugging Face model it was converted from, with
+llama.cpp's defaults for the keys it treats as optional, so GGUF files go through the same model family
+code as safetensors folders."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from kilotok.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
 from kilotok.errors import ModelFormatError
 
+SUPPORTED_ARCHITECTURES = ("llama",)
+"""GGUF architectures whose tensors gguf_names.py knows (llama.cpp's names for a Llama)."""
 ROPE_FREQS_TENSOR = "rope_freqs.weight"
 # convert_hf_to_gguf writes Llama 3 scaling only as per-frequency factors; only the ratios of the low and
 # high frequency factors to the original context enter them, so we pin the context to its usual value.
@@ -44,7 +47,8 @@ def architecture_of(reader: GGUFReader) -> str:
     return architecture
 
 
-def config_from_gguf(reader: GGUFReader) -> ModelConfig:
+def hf_config_from_gguf(reader: GGUFReader) -> dict[str, Any]:
+    """The config.json of the Llama this GGUF file holds."""
     arch = architecture_of(reader)
 
     def key(suffix: str, default: Any = None, required: bool = False) -> Any:
@@ -62,25 +66,31 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     rope_theta = float(key("rope.freq_base", 10000.0))
     tensor_names = {tensor.name for tensor in reader.tensors}
     bos = metadata_value(reader, "tokenizer.ggml.bos_token_id")
-    return ModelConfig(
-        architecture=arch,
-        vocab_size=_vocab_size(reader, arch),
-        hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length", required=True)),
-        num_layers=int(key("block_count", required=True)),
-        num_heads=num_heads,
-        num_kv_heads=int(key("attention.head_count_kv", num_heads)),
-        head_dim=head_dim,
-        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", required=True)),
-        rope_theta=rope_theta,
-        rope_scaling=_rope_scaling(reader, arch, rope_theta, head_dim),
-        max_position_embeddings=int(key("context_length", required=True)),
-        tie_word_embeddings="output.weight" not in tensor_names,
-        attention_bias="blk.0.attn_q.bias" in tensor_names,
-        mlp_bias="blk.0.ffn_up.bias" in tensor_names,
-        bos_token_id=None if bos is None else int(bos),
-        eos_token_ids=_end_of_generation_ids(reader),
-    )
+    eos = list(_end_of_generation_ids(reader))
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": _vocab_size(reader, arch),
+        "hidden_size": hidden,
+        "intermediate_size": int(key("feed_forward_length", required=True)),
+        "num_hidden_layers": int(key("block_count", required=True)),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": int(key("attention.head_count_kv", num_heads)),
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon", required=True)),
+        "rope_theta": rope_theta,
+        "max_position_embeddings": int(key("context_length", required=True)),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        "mlp_bias": "blk.0.ffn_up.bias" in tensor_names,
+        "bos_token_id": None if bos is None else int(bos),
+        "eos_token_id": eos[0] if len(eos) == 1 else eos or None,
+    }
+    scaling = _rope_scaling(reader, arch, rope_theta, head_dim)
+    if scaling is not None:
+        config["rope_scaling"] = scaling
+    return config
 
 
 def _vocab_size(reader: GGUFReader, arch: str) -> int:
@@ -101,7 +111,7 @@ def _end_of_generation_ids(reader: GGUFReader) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
-def _rope_scaling(reader: GGUFReader, arch: str, theta: float, head_dim: int) -> RopeScaling | None:
+def _rope_scaling(reader: GGUFReader, arch: str, theta: float, head_dim: int) -> dict[str, Any] | None:
     scaling_type = metadata_value(reader, f"{arch}.rope.scaling.type", "none")
     factor = float(metadata_value(reader, f"{arch}.rope.scaling.factor", 1.0))
     if scaling_type != "none" and factor != 1.0:
@@ -116,21 +126,23 @@ def _rope_scaling(reader: GGUFReader, arch: str, theta: float, head_dim: int) ->
                                f"({head_dim // 2}); the file is corrupt")
     original = int(metadata_value(reader, f"{arch}.rope.scaling.original_context_length",
                                   LLAMA3_DEFAULT_ORIGINAL_CONTEXT))
-    return fit_llama3_scaling(factors, theta, head_dim, original)
+    scaling = fit_llama3_scaling(factors, theta, head_dim, original)
+    return None if scaling is None else {"rope_type": "llama3", **scaling}
 
 
-def llama3_frequency_factors(scaling: RopeScaling, theta: float, head_dim: int) -> np.ndarray:
-    """How much Llama 3 scaling divides each rotary frequency by, as convert_hf_to_gguf writes rope_freqs."""
+def llama3_frequency_factors(scaling: dict[str, float], theta: float, head_dim: int) -> np.ndarray:
+    """How much Llama 3 scaling (config.json's `rope_scaling` fields) divides each rotary frequency by, as
+    convert_hf_to_gguf writes rope_freqs."""
     wavelengths = _wavelengths(theta, head_dim)
-    context = scaling.original_max_position_embeddings
-    low, high = scaling.low_freq_factor, scaling.high_freq_factor
+    context = scaling["original_max_position_embeddings"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     smooth = np.clip((context / wavelengths - low) / (high - low), 0.0, 1.0)
-    return 1.0 / ((1.0 - smooth) / scaling.factor + smooth)
+    return 1.0 / ((1.0 - smooth) / scaling["factor"] + smooth)
 
 
 def fit_llama3_scaling(
     factors: np.ndarray, theta: float, head_dim: int, original_context: int
-) -> RopeScaling | None:
+) -> dict[str, float] | None:
     """Recover Llama 3 scaling parameters from the per-frequency factors in `rope_freqs.weight`.
 
     Between the two cut-offs the factors follow 1/f = (1 - s)/F + s with s linear in context/wavelength,
@@ -146,8 +158,8 @@ def fit_llama3_scaling(
     smooth = (1.0 / factors[smoothed] - 1.0 / factor) / (1.0 - 1.0 / factor)
     position = original_context / _wavelengths(theta, head_dim)[smoothed]
     width, low = np.polyfit(smooth, position, 1)
-    scaling = RopeScaling(factor=factor, low_freq_factor=float(low), high_freq_factor=float(low + width),
-                          original_max_position_embeddings=original_context)
+    scaling = {"factor": factor, "low_freq_factor": float(low), "high_freq_factor": float(low + width),
+               "original_max_position_embeddings": original_context}
     if not np.allclose(llama3_frequency_factors(scaling, theta, head_dim), factors, rtol=1e-3):
         raise ModelFormatError(f"{ROPE_FREQS_TENSOR} does not follow Llama 3 rope scaling; kilotok "
                                "cannot run this rope variant")

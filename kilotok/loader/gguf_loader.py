@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,11 +16,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTenso
 from gguf.quants import dequantize
 from tqdm import tqdm
 
-from kilotok.config import ModelConfig
 from kilotok.errors import ModelFormatError, ModelNotFoundError
-from kilotok.loader.checkpoint import Checkpoint
-from kilotok.loader.gguf_config import ROPE_FREQS_TENSOR, config_from_gguf
-from kilotok.loader.gguf_names import expected_shapes, hf_name, rope_heads, unpermute_rows
+from kilotok.loader.checkpoint import Checkpoint, ExpectedTensors, ExpectTensors
+from kilotok.loader.gguf_config import ROPE_FREQS_TENSOR, hf_config_from_gguf
+from kilotok.loader.gguf_names import hf_name, rope_heads, unpermute_rows
 from kilotok.loader.tensor import QuantizedTensor, Weight
 
 GGUF_MAGIC = b"GGUF"
@@ -28,14 +28,14 @@ FLOAT_TYPES = frozenset({GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGM
 READER_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError)
 
 
-def load_gguf(path: Path, progress: bool = True) -> Checkpoint:
+def load_gguf(path: Path, expect: ExpectTensors | None = None, progress: bool = True) -> Checkpoint:
     """Read a GGUF model; raises ModelNotFoundError or ModelFormatError with what to do on bad files."""
     path = Path(path)
     reader = open_gguf(path)
     config = read_gguf_config(reader, path)
-    weights = weights_from_gguf(reader, config, progress)
+    weights = weights_from_gguf(reader, config, expect, progress)
     # imported here: the tokenizer module is heavier than the rest of the loader and not needed for weights
-    from kilotok.loader.gguf_tokenizer import tokenizer_from_gguf
+    from kilotok.tokenizer.gguf_vocab import tokenizer_from_gguf
 
     return Checkpoint(config=config, weights=weights, tokenizer=tokenizer_from_gguf(reader), path=path,
                       name=path.name)
@@ -64,18 +64,22 @@ def open_gguf(path: Path) -> GGUFReader:
     return reader
 
 
-def read_gguf_config(reader: GGUFReader, path: Path) -> ModelConfig:
+def read_gguf_config(reader: GGUFReader, path: Path) -> dict[str, Any]:
+    """The file's metadata as the config.json of the model it holds."""
     try:
-        return config_from_gguf(reader)
+        return hf_config_from_gguf(reader)
     except (ValueError, TypeError) as error:
         message = f"{path} has malformed model metadata ({error}); convert the model again"
         raise ModelFormatError(message) from error
 
 
-def weights_from_gguf(reader: GGUFReader, config: ModelConfig, progress: bool = False) -> dict[str, Weight]:
-    """Every tensor under its Hugging Face name, checked against the config before any is decoded."""
+def weights_from_gguf(reader: GGUFReader, config: dict[str, Any], expect: ExpectTensors | None = None,
+                      progress: bool = False) -> dict[str, Weight]:
+    """Every tensor under its Hugging Face name, checked against what `expect` says the config implies
+    before any is decoded."""
     tensors = {hf_name(t.name): t for t in reader.tensors if t.name != ROPE_FREQS_TENSOR}
-    _check_shapes({name: torch_shape(t) for name, t in tensors.items()}, expected_shapes(config))
+    if expect is not None:
+        _check_shapes({name: torch_shape(t) for name, t in tensors.items()}, expect(config, list(tensors)))
     for name, tensor in tensors.items():
         _check_decodable(name, tensor.tensor_type)
     weights: dict[str, Weight] = {}
@@ -90,8 +94,9 @@ def torch_shape(tensor: ReaderTensor) -> tuple[int, ...]:
     return tuple(int(dim) for dim in reversed(tensor.shape.tolist()))
 
 
-def _check_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
-    missing = [name for name in expected if name not in found]
+def _check_shapes(found: dict[str, tuple[int, ...]], expected_tensors: ExpectedTensors) -> None:
+    expected = expected_tensors.shapes
+    missing = [name for name in expected if name not in found and name not in expected_tensors.optional]
     if missing:
         raise ModelFormatError(f"GGUF lacks {len(missing)} tensors the config needs, e.g. {missing[:3]}; "
                                "the file is incomplete, convert the model again")

@@ -1,4 +1,4 @@
-"""llama.cpp tensor names -> Hugging Face Llama names and shapes; undoing llama.cpp's Q/K row order."""
+"""llama.cpp tensor names -> Hugging Face Llama names; undoing llama.cpp's Q/K row order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 
-from kilotok.config import ModelConfig
 from kilotok.errors import ModelFormatError
 
 GLOBAL_NAMES = {
@@ -43,40 +42,13 @@ def hf_name(gguf_name: str) -> str:
     )
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a model with this config needs, in torch order (out_features, in_features)."""
-    hidden, ffn = config.hidden_size, config.intermediate_size
-    layer_shapes: dict[str, tuple[int, ...]] = {
-        "self_attn.q_proj.weight": (config.q_size, hidden),
-        "self_attn.k_proj.weight": (config.kv_size, hidden),
-        "self_attn.v_proj.weight": (config.kv_size, hidden),
-        "self_attn.o_proj.weight": (hidden, config.q_size),
-        "mlp.gate_proj.weight": (ffn, hidden),
-        "mlp.up_proj.weight": (ffn, hidden),
-        "mlp.down_proj.weight": (hidden, ffn),
-        "input_layernorm.weight": (hidden,),
-        "post_attention_layernorm.weight": (hidden,),
-    }
-    if config.attention_bias:
-        for proj, size in (("q", config.q_size), ("k", config.kv_size), ("v", config.kv_size), ("o", hidden)):
-            layer_shapes[f"self_attn.{proj}_proj.bias"] = (size,)
-    if config.mlp_bias:
-        for proj, size in (("gate", ffn), ("up", ffn), ("down", hidden)):
-            layer_shapes[f"mlp.{proj}_proj.bias"] = (size,)
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, hidden), "model.norm.weight": (hidden,)}
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, hidden)
-    for layer in range(config.num_layers):
-        shapes.update({f"model.layers.{layer}.{name}": shape for name, shape in layer_shapes.items()})
-    return shapes
-
-
-def rope_heads(name: str, config: ModelConfig) -> int | None:
-    """How many heads llama.cpp interleaved this tensor's rows for, or None when it left them alone."""
+def rope_heads(name: str, config: dict) -> int | None:
+    """How many heads llama.cpp interleaved this tensor's rows for (config.json fields), or None when it
+    left them alone."""
     if ".self_attn.q_proj." in name:
-        return config.num_heads
+        return config["num_attention_heads"]
     if ".self_attn.k_proj." in name:
-        return config.num_kv_heads
+        return config["num_key_value_heads"]
     return None
 
 

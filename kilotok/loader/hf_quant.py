@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from kilotok.errors import ModelFormatError
-from kilotok.quant.fp8_weight import FP8_DTYPE, Fp8Weight, scale_grid_shape
+from kilotok.loader.fp8_weight import FP8_DTYPE, Fp8Weight, scale_grid_shape
 
 SCALE_SUFFIXES = {"fp8": ("_scale_inv", "_scale"), "fbgemm_fp8": ("_scale",)}
 """Scale of tensor `x.weight` (or stacked experts `x.gate_up_proj`): `x.weight_scale_inv` / `x.weight_scale`."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kilotok.errors import ModelNotFoundError
-from kilotok.loader.checkpoint import Checkpoint
+from kilotok.loader.checkpoint import Checkpoint, ExpectTensors
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,18 @@ def resolve_model(name_or_path: str) -> Path:
     )
 
 
-def load_checkpoint(name_or_path: str, progress: bool = True) -> Checkpoint:
-    """Resolve and load a model; the checkpoint is named after the alias, or else the file or folder."""
+def read_checkpoint(name_or_path: str, expect: ExpectTensors | None = None, progress: bool = True) -> Checkpoint:
+    """Resolve and load a model; the checkpoint is named after the alias, or else the file or folder.
+    `expect` says which tensors its config implies (models/registry.py); without it nothing is checked."""
     path = resolve_model(name_or_path)
     if path.is_dir():
         from kilotok.loader.hf_loader import load_hf_folder
 
-        checkpoint = load_hf_folder(path, progress)
+        checkpoint = load_hf_folder(path, expect, progress)
     else:
         from kilotok.loader.gguf_loader import load_gguf
 
-        checkpoint = load_gguf(path, progress)
+        checkpoint = load_gguf(path, expect, progress)
     checkpoint.name = name_or_path if name_or_path in MODEL_ALIASES else path.name
     return checkpoint
 

@@ -1,92 +1,130 @@
-"""Turns a loaded `Checkpoint` into kilotok's model modules in the requested number format."""
+"""Places a loaded `Checkpoint` into kilotok's modules, in one weight format, for every family: the
+family (models/registry.py) says where each layer's feed-forward weights are, the config says which
+attention variant each layer runs. `load_model` reads and builds a model by name."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from kilotok.config import ModelConfig
-from kilotok.errors import InvalidRequestError, ModelFormatError
+from kilotok.errors import ModelFormatError
+from kilotok.layers.attention import Attention
 from kilotok.layers.linear import make_linear
+from kilotok.layers.moe import SparseMoe
+from kilotok.layers.norm import RMSNorm
 from kilotok.layers.rotary import RotaryEmbedding
 from kilotok.loader.checkpoint import Checkpoint
+from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.tensor import QuantizedTensor, Weight, as_float
-from kilotok.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP
-from kilotok.models.moe_builder import build_variant_layer
-from kilotok.quant.fp8_modes import FP8_MODES, STORED_FP8_MODE
-from kilotok.quant.fp8_weight import Fp8Weight
-
-WEIGHT_MODES = ("fp32", "bf16", "fp16", "int8", "int4", *FP8_MODES)
-# int4 keeps activations (and the KV cache) in fp32: measured faster than bf16 on these CPUs (87 against 76
-# tok/s), and with no bf16 intermediates a compiled graph's rounding no longer depends on its batch size or
-# on what else it outputs, so speculative and batched greedy output equal plain greedy output bit for bit.
-ACTIVATION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int4": torch.float32}
+from kilotok.models.causal_lm import MLP, CausalLM, DecoderLayer
+from kilotok.models.config import ModelConfig
+from kilotok.models.family import Getter, ModelFamily
+from kilotok.models.registry import FAMILIES, load_checkpoint, model_config
+from kilotok.quant.formats import WeightFormat, resolve_weight_format, weight_format
+from kilotok.tokenizer.tokenizer import Tokenizer
 
 
-def resolve_weight_mode(mode: str, checkpoint: Checkpoint) -> str:
-    """`auto` runs a GGUF's 4-bit weights and FP8 checkpoints as they are stored, other checkpoints in bf16."""
-    if mode == "auto":
-        if any(isinstance(w, Fp8Weight) for w in checkpoint.weights.values()):
-            return STORED_FP8_MODE
-        stored = {w.qtype.name for w in checkpoint.weights.values() if isinstance(w, QuantizedTensor)}
-        return "int4" if stored & {"Q4_0", "Q4_1"} else "bf16"
-    if mode not in WEIGHT_MODES:
-        raise InvalidRequestError(f"unknown dtype {mode!r}; choose one of auto, {', '.join(WEIGHT_MODES)}")
-    return mode
-
-
-def build_model(checkpoint: Checkpoint, mode: str, progress: bool = True) -> LlamaForCausalLM:
-    config = checkpoint.config
+def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True) -> CausalLM:
+    fmt = weight_format(fmt)
+    config = model_config(checkpoint.config)
     weights = checkpoint.weights
-    activation_dtype = ACTIVATION_DTYPES.get(mode, torch.bfloat16)
+    family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling)
-    layers = [
-        _build_layer(config, weights, f"model.layers.{i}.", mode, rotary) if config.architecture == "llama"
-        else build_variant_layer(config, weights, i, mode, rotary)
-        for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)
-    ]
+    layers = [_layer(config, family, _getter(weights, f"model.layers.{i}."), i, fmt, rotary)
+              for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
     if head_weight is None:
         if not config.tie_word_embeddings:
             raise ModelFormatError("checkpoint has no lm_head.weight and does not tie word embeddings")
         head_weight = weights["model.embed_tokens.weight"]
-    # The head is the largest single matrix read per token; int4 would re-quantize it lossily, so
-    # quantized modes keep it at int8. FP8 modes keep it as stored (bf16 unless the checkpoint quantized it).
-    head_mode = "int8" if mode == "int4" else STORED_FP8_MODE if mode in FP8_MODES else mode
-    model = LlamaForCausalLM(config, embed, layers, make_linear(head_weight, None, head_mode), activation_dtype)
+    model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype)
     model.norm.weight.copy_(as_float(_require(weights, "model.norm.weight")))
     return model.eval()
 
 
-def _build_layer(config: ModelConfig, weights: dict[str, Weight], prefix: str, mode: str,
-                 rotary: RotaryEmbedding) -> LlamaDecoderLayer:
-    def get(name: str) -> Weight:
-        return _require(weights, prefix + name)
-
-    def optional_bias(*names: str) -> torch.Tensor | None:
-        found = [weights.get(prefix + n) for n in names]
-        return torch.cat([as_float(b) for b in found]) if all(b is not None for b in found) else None
-
-    attn = "self_attn."
-    qkv = _concat([get(attn + "q_proj.weight"), get(attn + "k_proj.weight"), get(attn + "v_proj.weight")])
-    qkv_bias = optional_bias(attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias")
-    attention = LlamaAttention(
-        config,
-        make_linear(qkv, qkv_bias, mode),
-        make_linear(get(attn + "o_proj.weight"), optional_bias(attn + "o_proj.bias"), mode),
-        rotary,
-    )
-    gate_up = _concat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])
-    mlp = LlamaMLP(
-        make_linear(gate_up, optional_bias("mlp.gate_proj.bias", "mlp.up_proj.bias"), mode),
-        make_linear(get("mlp.down_proj.weight"), optional_bias("mlp.down_proj.bias"), mode),
-    )
-    layer = LlamaDecoderLayer(config, attention, mlp)
+def _layer(config: ModelConfig, family: ModelFamily, get: Getter, index: int, fmt: WeightFormat,
+           rotary: RotaryEmbedding) -> DecoderLayer:
+    ffn = family.ffn_prefix
+    if config.moe is not None and index in config.moe.layers:
+        feed_forward = _sparse_moe(config, family, get, fmt)
+    else:
+        feed_forward = _mlp(get, ffn, fmt)
+    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary), feed_forward)
     layer.input_layernorm.weight.copy_(as_float(get("input_layernorm.weight")))
     layer.post_attention_layernorm.weight.copy_(as_float(get("post_attention_layernorm.weight")))
     return layer
+
+
+def _attention(config: ModelConfig, get: Getter, index: int, fmt: WeightFormat, rotary: RotaryEmbedding) -> Attention:
+    attn = "self_attn."
+    qkv = _concat([get(f"{attn}{p}_proj.weight") for p in "qkv"])
+    qkv_bias = o_bias = None
+    if config.attention_bias:
+        qkv_bias = torch.cat([as_float(get(f"{attn}{p}_proj.bias")) for p in "qkv"])
+        o_bias = as_float(get(attn + "o_proj.bias"))
+    q_norm = k_norm = None
+    if config.qk_norm == "rms":
+        q_norm, k_norm = (_rms_norm(config, get(f"{attn}{p}_norm.weight")) for p in "qk")
+    use_rope = index not in config.nope_layers
+    return Attention(
+        config.num_heads, config.num_kv_heads, config.head_dim,
+        make_linear(qkv, qkv_bias, fmt), make_linear(get(attn + "o_proj.weight"), o_bias, fmt),
+        rotary if use_rope else None,
+        rope_interleaved=config.rope_interleaved,
+        q_norm=q_norm,
+        k_norm=k_norm,
+        l2_norm_eps=config.rms_norm_eps if config.qk_norm == "l2" and use_rope else None,
+        chunk_size=config.attention_chunk_size if index in config.chunked_layers else 0,
+        temperature=(config.floor_scale, config.attn_scale) if config.attn_temperature_tuning and not use_rope
+        else None,
+    )
+
+
+def _mlp(get: Getter, prefix: str, fmt: WeightFormat) -> MLP:
+    gate_up = _concat([get(prefix + "gate_proj.weight"), get(prefix + "up_proj.weight")])
+    gate_up_bias = _optional_bias(get, prefix + "gate_proj.bias", prefix + "up_proj.bias")
+    down_bias = _optional_bias(get, prefix + "down_proj.bias")
+    return MLP(make_linear(gate_up, gate_up_bias, fmt), make_linear(get(prefix + "down_proj.weight"), down_bias, fmt))
+
+
+def _sparse_moe(config: ModelConfig, family: ModelFamily, get: Getter, fmt: WeightFormat) -> SparseMoe:
+    moe, experts, ffn = config.moe, family.experts, family.ffn_prefix
+    # Experts and router stay in a float format (int8/int4 and FP8 formats run them in bf16); the router is
+    # never quantised: a rounded logit can change which expert a token goes to.
+    float_format = fmt.float_format
+    gate_up, down = experts.read(get, ffn, moe.num_experts)
+    shared = _mlp(get, ffn + experts.shared_expert, fmt) if experts.shared_expert else None
+    return SparseMoe(
+        router=make_linear(as_float(get(ffn + experts.router)), None, float_format),
+        gate_up=gate_up.to(float_format.float_dtype),
+        down=down.to(float_format.float_dtype),
+        top_k=moe.num_experts_per_tok,
+        scoring=moe.scoring,
+        renormalize=moe.renormalize,
+        gate_on_input=moe.gate_on_input,
+        shared_expert=shared,
+    )
+
+
+def _getter(weights: dict[str, Weight], prefix: str) -> Getter:
+    return lambda name: _require(weights, prefix + name)
+
+
+def _optional_bias(get: Getter, *names: str) -> torch.Tensor | None:
+    try:
+        return torch.cat([as_float(get(name)) for name in names])
+    except ModelFormatError:
+        return None
+
+
+def _rms_norm(config: ModelConfig, weight: Weight) -> RMSNorm:
+    norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+    norm.weight.copy_(as_float(weight))
+    return norm
 
 
 def _require(weights: dict[str, Weight], name: str) -> Weight:
@@ -95,10 +133,25 @@ def _require(weights: dict[str, Weight], name: str) -> Weight:
     return weights[name]
 
 
-
 def _concat(parts: list[Weight]) -> Weight:
+    """Fused projections keep their stored format where every part shares it (GGUF blocks, FP8)."""
     if all(isinstance(p, Fp8Weight) for p in parts):
         return Fp8Weight.concat_rows(parts)
     if all(isinstance(p, QuantizedTensor) for p in parts) and len({p.qtype for p in parts}) == 1:
         return QuantizedTensor.concat_rows(parts)
     return torch.cat([as_float(p) for p in parts], dim=0)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    tokenizer: Tokenizer
+    weight_format: WeightFormat
+    model: CausalLM
+
+
+def load_model(name_or_path: str, dtype: str | WeightFormat = "auto", progress: bool = True) -> LoadedModel:
+    """Load and build a model by alias, GGUF file or Hugging Face folder, in weight format `dtype`."""
+    checkpoint = load_checkpoint(name_or_path, progress)
+    fmt = resolve_weight_format(dtype, checkpoint.weights)
+    return LoadedModel(checkpoint.name, checkpoint.tokenizer, fmt, build_model(checkpoint, fmt, progress))

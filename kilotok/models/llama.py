@@ -1,101 +1,127 @@
-"""Llama: RMSNorm, rotary attention with grouped KV heads over the paged cache, SwiGLU, tied embeddings.
+"""Llama, and the config.json fields every family shares (each family is Llama plus variations).
 
-Projections are fused (qkv, gate_up) so a decode step runs four matrix products a layer. Linear layers
-come from `make_linear`, so the same code runs fp32, bf16, int8 or int4 weights.
+Only configs whose math is exactly Llama's are accepted. Mistral qualifies when its sliding window never
+takes effect; Qwen2 does not (bias on q/k/v but not on o_proj, which Llama's `attention_bias` cannot say).
+GGUF files reach this translation too: the GGUF loader writes their metadata as a Llama config.json.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import Any
 
-from kilotok.config import ModelConfig
-from kilotok.kernels.attention import paged_attention, store_kv
-from kilotok.kernels.attention_metadata import AttentionMetadata
-from kilotok.layers.norm import RMSNorm
-from kilotok.layers.rotary import RotaryEmbedding
+from kilotok.errors import ModelFormatError
+from kilotok.layers.rotary import RopeScaling
+from kilotok.loader.hf_quant import check_quantization_config
+from kilotok.models.family import ModelFamily
 
-
-class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, qkv_proj: nn.Module, o_proj: nn.Module, rotary: RotaryEmbedding):
-        super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
-        self.head_dim = config.head_dim
-        self.scale = config.head_dim**-0.5
-        self.qkv_proj = qkv_proj
-        self.o_proj = o_proj
-        self.rotary = rotary
-        # Filled by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D].
-        self.k_cache = torch.empty(0)
-        self.v_cache = torch.empty(0)
-
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
-        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        attended = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
-        return self.o_proj(attended.reshape(-1, q_size))
+# transformers' own defaults for fields a config.json may leave out.
+DEFAULT_ROPE_THETA = 10000.0
+DEFAULT_RMS_NORM_EPS = 1e-6
+LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
-class LlamaMLP(nn.Module):
-    def __init__(self, gate_up_proj: nn.Module, down_proj: nn.Module):
-        super().__init__()
-        self.gate_up_proj = gate_up_proj
-        self.down_proj = down_proj
+def llama_fields(config: dict[str, Any], default_context: int) -> dict[str, Any]:
+    """The ModelConfig fields of a Llama config.json (every family's base)."""
+    check_quantization_config(config.get("quantization_config"))
+    activation = config.get("hidden_act", "silu")
+    if activation != "silu":
+        raise ModelFormatError(f"unsupported hidden_act {activation!r}; Llama models use 'silu'")
+    hidden_size = _required_int(config, "hidden_size")
+    num_heads = _required_int(config, "num_attention_heads")
+    max_positions = int(config.get("max_position_embeddings") or default_context)
+    _check_sliding_window(config, max_positions)
+    rope_theta, rope_scaling = _rope_settings(config)
+    return dict(
+        vocab_size=_required_int(config, "vocab_size"),
+        hidden_size=hidden_size,
+        intermediate_size=_required_int(config, "intermediate_size"),
+        num_layers=_required_int(config, "num_hidden_layers"),
+        num_heads=num_heads,
+        num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
+        head_dim=_head_dim(config, hidden_size, num_heads),
+        rms_norm_eps=float(config.get("rms_norm_eps", DEFAULT_RMS_NORM_EPS)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        attention_bias=bool(config.get("attention_bias", False)),
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_ids=_token_ids(config.get("eos_token_id")),
+    )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+
+LLAMA = ModelFamily(
+    name="llama",
+    hf_architectures={"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"},
+    default_context={"llama": 2048, "mistral": 4096 * 32},
+)
 
 
-class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, attention: LlamaAttention, mlp: LlamaMLP):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = attention
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = mlp
+def _check_sliding_window(config: dict[str, Any], max_positions: int) -> None:
+    """A window at least as long as the context never masks anything, so such models are plain Llama."""
+    window = config.get("sliding_window")
+    if config.get("use_sliding_window") is False:
+        return
+    if window is not None and window < max_positions:
+        raise ModelFormatError(
+            f"sliding window attention (sliding_window={window} < max_position_embeddings={max_positions}) "
+            "is not supported"
+        )
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), meta)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+def _required_int(config: dict[str, Any], key: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ModelFormatError(f"config.json needs an integer {key!r}, got {value!r}")
+    return value
 
 
-class LlamaForCausalLM(nn.Module):
-    """`forward` maps a flat batch of new tokens [T] to final hidden states [T, d]; `compute_logits`
-    applies the head only to the rows that need it (the last token of each sequence, or a draft tree).
+def positive_int(config: dict[str, Any], key: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ModelFormatError(f"config.json needs a positive integer {key!r}, got {value!r}")
+    return value
 
-    `aux_hidden_layers` names layers whose *input* hidden states are also returned, for EAGLE-3 drafts.
-    """
 
-    def __init__(self, config: ModelConfig, embed_tokens: torch.Tensor, layers: list[LlamaDecoderLayer],
-                 lm_head: nn.Module, activation_dtype: torch.dtype):
-        super().__init__()
-        self.config = config
-        self.activation_dtype = activation_dtype
-        self.embed_tokens = nn.Embedding.from_pretrained(embed_tokens.to(activation_dtype), freeze=True)
-        self.layers = nn.ModuleList(layers)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = lm_head
-        self.aux_hidden_layers: tuple[int, ...] = ()
+def _head_dim(config: dict[str, Any], hidden_size: int, num_heads: int) -> int:
+    head_dim = config.get("head_dim")
+    if head_dim:
+        return int(head_dim)
+    if hidden_size % num_heads:
+        raise ModelFormatError(
+            f"config.json has no head_dim and hidden_size {hidden_size} is not divisible by "
+            f"num_attention_heads {num_heads}"
+        )
+    return hidden_size // num_heads
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        hidden = self.embed_tokens(input_ids)
-        aux_hidden = []
-        for index, layer in enumerate(self.layers):
-            if index in self.aux_hidden_layers:
-                aux_hidden.append(hidden)
-            hidden = layer(positions, hidden, meta)
-        return self.norm(hidden), aux_hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+def _rope_settings(config: dict[str, Any]) -> tuple[float, RopeScaling | None]:
+    """Read RoPE in either layout: transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
+    params = dict(config.get("rope_scaling") or {})
+    params.update(config.get("rope_parameters") or {})
+    theta = float(params.get("rope_theta", config.get("rope_theta", DEFAULT_ROPE_THETA)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "llama3":
+        raise ModelFormatError(
+            f"unsupported RoPE scaling type {rope_type!r}; kilotok supports plain RoPE and 'llama3' scaling"
+        )
+    missing = [name for name in LLAMA3_ROPE_FIELDS if name not in params]
+    if missing:
+        raise ModelFormatError(f"llama3 RoPE scaling in config.json lacks {', '.join(missing)}")
+    return theta, RopeScaling(
+        factor=float(params["factor"]),
+        low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+    )
+
+
+def _token_ids(value: int | list[int] | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(token) for token in value)

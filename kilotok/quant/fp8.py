@@ -9,11 +9,23 @@ multiplied (a fused block kernel can slot in there).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kilotok.quant.fp8_weight import Fp8Weight, block_scheme, expand_scale, quantize_activations
+from kilotok.errors import ModelFormatError
+from kilotok.loader.fp8_weight import (
+    DEFAULT_BLOCK,
+    FP8_DTYPE,
+    FP8_MAX,
+    Fp8Weight,
+    block_scheme,
+    expand_scale,
+    scale_grid_shape,
+    scheme_block,
+)
 
 OUTPUT_DTYPES = (torch.bfloat16, torch.float32)
 TILE_ELEMENTS = 1 << 18
@@ -49,6 +61,42 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = N
                out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """`fp8_matmul` for an `Fp8Weight` (one expert of a stacked weight: `weight.expert(e)`)."""
     return fp8_matmul(x, weight.data, weight.scale, weight.block, bias, out_dtype)
+
+
+def quantize_fp8(weight: torch.Tensor, scheme: str, block: tuple[int, int] = DEFAULT_BLOCK,
+                 name: str = "weight") -> Fp8Weight:
+    """Symmetric E4M3 quantization: each block's max |w| maps to 448, values round to nearest even."""
+    if weight.dim() < 2:
+        raise ModelFormatError(
+            f"cannot quantize {name} of shape {tuple(weight.shape)} to FP8: weights need (out, in) dims"
+        )
+    block = scheme_block(weight.shape, scheme, block)
+    weight = weight.detach().float()
+    rows, cols = weight.shape[-2:]
+    grid = scale_grid_shape(weight.shape, block)
+    # Zero-pad to whole blocks only to take each block's max; the stored weight keeps its own shape.
+    padded = torch.nn.functional.pad(weight.abs(), (0, grid[-1] * block[1] - cols, 0, grid[-2] * block[0] - rows))
+    blocks = padded.reshape(*grid[:-2], grid[-2], block[0], grid[-1], block[1])
+    amax = blocks.amax(dim=(-3, -1))
+    # An all-zero block keeps scale 1 so that dividing by it is harmless.
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scaled = weight / expand_scale(scale, block, weight.shape)
+    return Fp8Weight(scaled.clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale, block)
+
+
+def quantize_activations(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token (group = width) or per-group quantization of activations (..., width).
+
+    Returns fp8 values and fp32 scales of shape (..., ceil(width / group)).
+    """
+    width = x.shape[-1]
+    groups = math.ceil(width / group)
+    padded = torch.nn.functional.pad(x.float(), (0, groups * group - width))
+    grouped = padded.reshape(*x.shape[:-1], groups, group)
+    amax = grouped.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    values = (grouped / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return values.reshape(*x.shape[:-1], groups * group)[..., :width], scale.squeeze(-1)
 
 
 def _tile_rows(in_features: int, block_rows: int) -> int:

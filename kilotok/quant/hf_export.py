@@ -1,9 +1,9 @@
 """Write a Hugging Face model folder: config.json, model.safetensors and the tokenizer files.
 
 A folder source keeps its own config.json (plus what the writer adds) and tokenizer files, copied as they
-are. A GGUF source gets a Llama config.json made from its ModelConfig and tokenizer files made from its
-tokenizer (tokenizer.json, tokenizer_config.json with the chat template, generation_config.json with every
-stop id), which kilotok and transformers both read.
+are. A GGUF source gets the Llama config.json its metadata makes (loader/gguf_config.py) and tokenizer
+files made from its tokenizer (tokenizer.json, tokenizer_config.json with the chat template,
+generation_config.json with every stop id), which kilotok and transformers both read.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from kilotok.config import ModelConfig
 from kilotok.errors import InvalidRequestError
 from kilotok.loader.checkpoint import Checkpoint
-from kilotok.loader.tokenizer import Tokenizer
+from kilotok.tokenizer.tokenizer import Tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -27,44 +26,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def source_config(checkpoint: Checkpoint) -> dict[str, Any]:
-    """The config.json to start from: the folder's own, or one made from a GGUF's config."""
-    if checkpoint.path.is_dir():
-        return json.loads((checkpoint.path / "config.json").read_text(encoding="utf-8"))
-    return llama_config_dict(checkpoint.config)
-
-
-def llama_config_dict(config: ModelConfig) -> dict[str, Any]:
-    """A transformers `LlamaConfig` dict with the same math as `config`."""
-    if config.architecture != "llama":
-        raise InvalidRequestError(f"cannot write a config.json for a {config.architecture} model read from GGUF")
-    eos = list(config.eos_token_ids)
-    raw: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta,
-        "max_position_embeddings": config.max_position_embeddings,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "attention_bias": config.attention_bias,
-        "mlp_bias": config.mlp_bias,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": eos[0] if len(eos) == 1 else eos or None,
-    }
-    scaling = config.rope_scaling
-    if scaling is not None:
-        raw["rope_scaling"] = {"rope_type": "llama3", "factor": scaling.factor,
-                               "low_freq_factor": scaling.low_freq_factor,
-                               "high_freq_factor": scaling.high_freq_factor,
-                               "original_max_position_embeddings": scaling.original_max_position_embeddings}
-    return raw
+    """The config.json to start from: the folder's own, or the one a GGUF's metadata makes."""
+    return json.loads(json.dumps(checkpoint.config))
 
 
 def write_hf_folder(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -31,8 +31,9 @@ import torch
 
 from kilotok.errors import InvalidRequestError
 from kilotok.loader.checkpoint import Checkpoint
+from kilotok.loader.fp8_weight import DEFAULT_BLOCK, Fp8Weight
 from kilotok.loader.tensor import QuantizedTensor, Weight
-from kilotok.quant.fp8_weight import DEFAULT_BLOCK, Fp8Weight, quantize_fp8
+from kilotok.quant.fp8 import quantize_fp8
 from kilotok.quant.hf_export import source_config, write_hf_folder
 from kilotok.quant.int8 import quantize_int8_per_channel
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from kilotok.engine.llm_engine import LLMEngine
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sequence import Sequence
+from kilotok.sequence import Sequence
 from kilotok.errors import InvalidRequestError
 from kilotok.sampling_params import SamplingParams
 from kilotok.server.errors import APIError, bad_request, server_error

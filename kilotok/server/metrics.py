@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sequence import Sequence
+from kilotok.sequence import Sequence
 
 # vLLM's buckets, so histogram quantiles line up with a vLLM deployment's.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,

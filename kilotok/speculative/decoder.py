@@ -1,5 +1,6 @@
-"""One speculative decode step for the running batch: draft, verify in one target forward, accept,
-and keep only the accepted path in the KV cache.
+"""Speculative decoding as a decoder: it wraps the plain decoder of the target and, for decoding
+sequences, drafts a tree, verifies it in one target forward, accepts, and keeps only the accepted path
+in the KV cache. Prompt chunks go through the plain decoder; the drafter gets their features.
 
 The root of each tree is the sequence's last sampled token, which is not yet cached; it and the nodes
 are written to the slots of positions len(seq) - 1, len(seq), ... in node order. After acceptance the
@@ -10,52 +11,64 @@ plain decode would have written, and whatever else the tree wrote lies beyond th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from kilotok.engine.model_runner import ModelRunner
-from kilotok.engine.sequence import Sequence
 from kilotok.layers.sampler import SamplingTensors, processed_probs
+from kilotok.models.causal_lm import CausalLM
+from kilotok.runner.batch import DraftOutcome, ScheduledBatch, StepResult
+from kilotok.runner.decoder import Decoder, PlainDecoder
+from kilotok.sequence import Sequence
+from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.drafter import Drafter
+from kilotok.speculative.ngram import NgramDrafter
 from kilotok.speculative.policy import SpecPolicy
 from kilotok.speculative.tree import DraftTree
 from kilotok.speculative.verify import Verdict, verify_greedy, verify_sampled
-
-
-@dataclass
-class SpecStepResult:
-    tokens: list[int]
-    """Accepted tokens then the bonus token, in order; the engine applies stop rules one by one."""
-    drafted: int
-    max_depth: int
-    accepted: int
-    aux_hidden: torch.Tensor | None
-    """[accepted + 1, k * d]: target features of the root and the accepted nodes, for the drafter."""
+from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
 
 
 class SpeculativeDecoder:
-    def __init__(self, runner: ModelRunner, drafter: Drafter, policy: SpecPolicy, max_model_len: int) -> None:
-        self.runner = runner
+    def __init__(self, target: PlainDecoder, drafter: Drafter, policy: SpecPolicy, max_model_len: int,
+                 lookahead_slots: int) -> None:
+        self.target = target
+        self.runner = target.runner
         self.drafter = drafter
         self.policy = policy
         self.max_model_len = max_model_len
+        self.lookahead_slots = lookahead_slots
+        self.allows_prefix_caching = not drafter.aux_layer_ids
+        if drafter.aux_layer_ids:
+            self.runner.collect_features(drafter.aux_layer_ids)
 
-    def step(self, seqs: list[Sequence]) -> list[SpecStepResult]:
+    def step(self, batch: ScheduledBatch) -> list[StepResult]:
+        results = self.decode(batch.decode_seqs) if batch.num_decodes else []
+        if batch.has_prefill:
+            results += self.prefill(batch.prefill_part())
+        return results
+
+    def prefill(self, batch: ScheduledBatch) -> list[StepResult]:
+        starts = [seq.num_cached_tokens for seq in batch.seqs]
+        results, features = self.target.prefill(batch)
+        for row, (seq, start, result) in enumerate(zip(batch.seqs, starts, results, strict=True)):
+            self.drafter.prefilled(seq, start, None if features is None else features[row],
+                                   result.tokens[0] if result.tokens else None)
+        return results
+
+    def decode(self, seqs: list[Sequence]) -> list[StepResult]:
         trees = self._fitted_trees(seqs, self._draft(seqs))
         if not any(trees) and not self.drafter.aux_layer_ids:
             # Nothing to verify and no features wanted: the (compiled) plain decode step is cheaper.
-            tokens = self.runner.run(seqs, is_prefill=False).tolist()
-            return [SpecStepResult([token], 0, 0, 0, None) for token in tokens]
-        logits, aux = self.runner.verify(seqs, trees)
+            return [StepResult(r.tokens, r.num_computed, DraftOutcome(0, 0, 0)) for r in self.target.decode(seqs)]
+        logits, features = self._verify(seqs, trees)
         results = []
         for row, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
             verdict = self._verdict(seq, tree, logits[row, : len(tree) + 1])
             self._keep_accepted_kv(seq, verdict)
-            seq.num_cached_tokens = len(seq) + len(verdict.accepted)
-            rows = [0] + [node + 1 for node in verdict.accepted]
-            results.append(SpecStepResult(verdict.tokens(tree), len(tree), tree.max_depth, len(verdict.accepted),
-                                          None if aux is None else aux[row, rows]))
+            tokens = verdict.tokens(tree)
+            kept_rows = [0] + [node + 1 for node in verdict.accepted]
+            self.drafter.verified(seq, tokens, None if features is None else features[row, kept_rows])
+            results.append(StepResult(tokens, len(tokens), DraftOutcome(len(tree), tree.max_depth,
+                                                                        len(verdict.accepted))))
         return results
 
     def _draft(self, seqs: list[Sequence]) -> list[DraftTree]:
@@ -78,6 +91,20 @@ class SpeculativeDecoder:
             fitted.append(tree.truncated(max(room, 0), max(remaining - 1, 0)))
         return fitted
 
+    def _verify(self, seqs: list[Sequence], trees: list[DraftTree]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward over each sequence's root and tree: logits [B, width, V] (row 0 the root's, row
+        i + 1 node i's, then padding) and, when collected, features [B, width, k * d]. Every row is a
+        decode query over its own key window, so this runs the compiled decode graph of its row count."""
+        runner = self.runner
+        width = verify_width(trees)
+        rows = len(seqs) * width
+        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows),
+                                                         runner.block_size, runner.max_blocks_per_seq,
+                                                         runner.device)
+        logits, features = runner.decode_rows(input_ids, positions, meta)
+        features = None if features is None else features[:rows].view(len(seqs), width, -1)
+        return logits[:rows].view(len(seqs), width, -1), features
+
     def _verdict(self, seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
         if seq.params.greedy:
             return verify_greedy(tree, logits)
@@ -90,3 +117,17 @@ class SpeculativeDecoder:
                  for depth, node in enumerate(verdict.accepted, start=1) if node + 1 != depth]
         self.runner.copy_kv([self.runner.slot_of(seq, src) for src, _ in moves],
                             [self.runner.slot_of(seq, dst) for _, dst in moves])
+
+
+def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,
+                  max_model_len: int) -> Decoder:
+    """The decoder a SpecConfig asks for: `target` itself without speculation."""
+    if not spec.enabled:
+        return target
+    if spec.method == "ngram":
+        drafter: Drafter = NgramDrafter(spec.ngram_min, spec.ngram_max, spec.depth)
+    else:
+        from kilotok.speculative.eagle3.drafter import Eagle3Drafter
+
+        drafter = Eagle3Drafter.load(spec, model, model_name)
+    return SpeculativeDecoder(target, drafter, spec.tree_policy(), max_model_len, spec.max_draft_nodes)

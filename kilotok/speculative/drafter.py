@@ -1,5 +1,6 @@
 """The interface every drafter implements, model-free (prompt lookup) or a draft model (EAGLE-3, or a
-separate small model): the engine tells it about a sequence's life, and asks it for one tree per step."""
+separate small model): the speculative decoder tells it what the target computed, and asks it for one
+tree per sequence and step. A drafter keeps whatever it needs per request in `seq.draft_state`."""
 
 from __future__ import annotations
 
@@ -7,27 +8,24 @@ from typing import Protocol
 
 import torch
 
-from kilotok.engine.sequence import Sequence
+from kilotok.sequence import Sequence
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import DraftTree
 
 
 class Drafter(Protocol):
     aux_layer_ids: tuple[int, ...]
-    """Target layers whose input hidden states the drafter reads (concatenated in this order); () for
-    none, so the target skips collecting them."""
+    """Target layers whose input hidden states (the features) the drafter reads, concatenated in this
+    order; () for none, so the target skips collecting them."""
 
-    def start(self, seq: Sequence, aux_hidden: torch.Tensor | None) -> None:
-        """After the prefill of `seq` (also after a recompute following preemption): `seq.token_ids` ends
-        with the newly sampled token, and `aux_hidden` [len(seq) - 1, k * d] holds the target features
-        of every earlier position."""
+    def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
+        """A chunk of `seq` from position `start` went through the target (start 0 also after a
+        preemption: everything starts over). `features` [chunk length, k * d] are the chunk's; when the
+        chunk completed the prompt, `next_token` is the token sampled after it, else None."""
+
+    def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
+        """A verify step kept `tokens` (accepted drafts, then the bonus token) after the sequence's last
+        token; `features` [len(tokens), k * d] are those of that last token and the accepted drafts."""
 
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
         """One tree per sequence, rooted at its last token, no deeper or larger than `shape`."""
-
-    def advance(self, seq: Sequence, aux_hidden: torch.Tensor | None) -> None:
-        """After a verify step: `seq.token_ids` gained the accepted tokens and the bonus token, and
-        `aux_hidden` [accepted + 1, k * d] holds the target features of the root and accepted nodes."""
-
-    def release(self, seq: Sequence) -> None:
-        """The sequence finished or was aborted: drop any per-sequence state."""

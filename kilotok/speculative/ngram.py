@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kilotok.engine.sequence import Sequence
+from kilotok.sequence import Sequence
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import DraftTree
 
@@ -35,11 +35,8 @@ class NgramDrafter:
                     return tokens[start + size : start + size + self.num_tokens]
         return []
 
-    def start(self, seq: Sequence, aux_hidden: torch.Tensor | None) -> None:
-        pass
+    def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
+        """The sequence's own tokens are all prompt lookup reads."""
 
-    def advance(self, seq: Sequence, aux_hidden: torch.Tensor | None) -> None:
-        pass
-
-    def release(self, seq: Sequence) -> None:
-        pass
+    def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
+        """As `prefilled`: nothing to keep."""

@@ -57,7 +57,7 @@ def verify_sampled(tree: DraftTree, probs: torch.Tensor, generator: torch.Genera
         follow = None
         for child in tree.children(node):
             token = tree.tokens[child]
-            uniform = torch.rand((), generator=generator, dtype=torch.float64)
+            uniform = torch.rand((), generator=generator, dtype=torch.float64, device=p.device)
             if uniform * p.sum() < p[token]:
                 follow = child
                 break

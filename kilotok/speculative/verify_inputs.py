@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from kilotok.engine.block_manager import PADDING_BLOCK
-from kilotok.engine.sequence import Sequence
 from kilotok.kernels.attention import aligned_window
 from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.runner.inputs import PADDING_BLOCK
+from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
 
 

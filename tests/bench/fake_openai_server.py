@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from kilotok.bench.serve_server import free_port
+from kilotok.bench.client import free_port
 
 MODEL_ID = "fake-model"
 TOKEN_DELAY_S = 0.004
 DRAFTS_PER_REQUEST = 2
 ACCEPTED_PER_REQUEST = 3
+# Longer requests are refused up front with a 400, as a server refuses one that could never fit its KV cache.
+MAX_TOKENS_LIMIT = 1000
 
 
 @dataclass
@@ -60,10 +62,13 @@ def build_app(state: FakeServerState) -> FastAPI:
         ]
         return PlainTextResponse("\n".join(lines) + "\n" if state.speculative else "")
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> StreamingResponse:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> StreamingResponse | JSONResponse:
         body = await request.json()
         state.bodies.append(body)
+        if body["max_tokens"] > MAX_TOKENS_LIMIT:
+            error = {"message": "this request can never fit", "type": "invalid_request_error", "code": 400}
+            return JSONResponse({"error": error}, status_code=400)
         state.in_flight_at_arrival.append(state.in_flight + 1)
         state.in_flight += 1
 

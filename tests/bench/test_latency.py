@@ -13,22 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kilotok
 from kilotok.bench import latency
-from kilotok.bench.baselines import PromptMeasurement, measurement_from_token_times
-from kilotok.bench.baselines.model_files import resolve_model_files
-from kilotok.bench.latency_report import (
+from kilotok.bench.baselines import PromptMeasurement
+from kilotok.bench.latency import (
     AGREEMENT_TOKENS,
     KILOTOK_ENGINE,
     REFERENCE_ENGINE,
     LatencyReport,
     format_report,
-    percentile,
     summarize,
     tokens_agree,
 )
-from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
 from kilotok.cli import bench as bench_cli
-from kilotok.errors import InvalidRequestError, ModelNotFoundError
+from kilotok.errors import InvalidRequestError
+from kilotok.speculative.config import SPEC_METHODS, SpecConfig
 
 EOS = 2
 MACHINE = {"cpu_model": "Test CPU", "cpu_flags": ["avx2"], "logical_cpus": 2, "torch_threads": 2,
@@ -38,30 +37,6 @@ SETTINGS = {"model": "m", "dtype": "auto", "num_prompts": 3, "max_tokens": 40, "
 
 def run(ttft_s: float, decode: float, prompt_tokens: int = 20, tokens: list[int] | None = None):
     return PromptMeasurement(prompt_tokens, ttft_s, decode, tokens if tokens is not None else list(range(40)))
-
-
-@pytest.mark.parametrize("percent", [0, 10, 37.5, 50, 90, 100])
-@pytest.mark.parametrize("values", [[3.0], [5.0, 1.0], [9.0, 2.0, 7.0, 4.0, 4.0, 11.0, 0.5]])
-def test_percentile_matches_numpy(values, percent):
-    assert percentile(values, percent) == pytest.approx(np.percentile(values, percent))
-
-
-def test_percentile_of_nothing_is_an_error():
-    with pytest.raises(ValueError):
-        percentile([], 10)
-
-
-def test_measurement_from_token_times_excludes_first_token_from_decode_rate():
-    measured = measurement_from_token_times([7] * 30, 10.0, [10.5, 10.6, 10.7, 10.9], [1, 2, 3, 4])
-    assert measured.ttft_s == pytest.approx(0.5)
-    assert measured.decode_tokens_per_s == pytest.approx(3 / 0.4)
-    assert measured.prefill_tokens_per_s == pytest.approx(30 / 0.5)
-    assert measured.num_prompt_tokens == 30 and measured.token_ids == [1, 2, 3, 4]
-
-
-def test_measurement_needs_two_tokens():
-    with pytest.raises(ValueError):
-        measurement_from_token_times([1], 0.0, [0.1], [5])
 
 
 def test_summarize_uses_medians_and_p10():
@@ -144,16 +119,6 @@ def test_json_report_round_trips_with_all_sections():
     assert first["prefill_tokens_per_s"] == pytest.approx(400.0) and len(first["token_ids"]) == 40
 
 
-def test_prompts_are_chats_ending_with_a_user_turn():
-    assert len(BENCH_PROMPTS) >= 8
-    for conversation in bench_prompts():
-        assert conversation[-1]["role"] == "user"
-        assert all(m["role"] in {"system", "user", "assistant"} and m["content"] for m in conversation)
-    assert len(bench_prompts(3)) == 3
-    with pytest.raises(InvalidRequestError):
-        bench_prompts(len(BENCH_PROMPTS) + 1)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kilotok")
     bench_cli.register(parser.add_subparsers(dest="command", required=True))
@@ -179,6 +144,17 @@ def test_cli_rejects_missing_kind_and_unknown_spec(argv):
 def test_settings_reject_bad_values(bad):
     with pytest.raises(InvalidRequestError):
         latency.LatencySettings(**bad)
+
+
+@pytest.mark.parametrize("method", SPEC_METHODS)
+def test_kilotok_runner_asks_the_llm_for_the_chosen_speculation(monkeypatch, method):
+    options = []
+    monkeypatch.setattr(kilotok, "LLM", lambda model, **kwargs: options.append(kwargs))
+    latency.KilotokRunner(latency.LatencySettings(spec=method))
+    assert options == [{"dtype": "auto", "progress": False, **({} if method == "none" else {"spec": method})}]
+    config = SpecConfig(method="ngram", depth=5)
+    latency.KilotokRunner(latency.LatencySettings(spec="ngram", spec_config=config))
+    assert options[-1]["spec"] is config
 
 
 class FakeRunner:
@@ -215,11 +191,3 @@ def test_cli_run_writes_report_and_json(monkeypatch, tmp_path, capsys):
     assert data["settings"]["median_acceptance_length"] == 4.0
     assert data["machine"]["torch_threads"] >= 1 and data["machine"]["cpu_model"]
 
-
-def test_model_files_resolve_alias_gguf_and_folder(default_gguf_path, tmp_path):
-    alias = resolve_model_files("smollm2-135m")
-    assert alias.gguf_path == default_gguf_path
-    assert resolve_model_files(str(default_gguf_path)) == alias
-    assert resolve_model_files(str(tmp_path)).gguf_path is None
-    with pytest.raises(ModelNotFoundError):
-        resolve_model_files(str(tmp_path / "missing.gguf"))

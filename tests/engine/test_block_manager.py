@@ -9,7 +9,7 @@ import pytest
 
 from kilotok.engine.block_manager import PADDING_BLOCK, BlockManager
 from kilotok.engine.prefix_cache import chain_hash
-from kilotok.engine.sequence import Sequence
+from kilotok.sequence import Sequence
 from kilotok.sampling_params import SamplingParams
 
 BLOCK = 4

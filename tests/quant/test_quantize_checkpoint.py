@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model, resolve_weight_mode
-from kilotok.quant.fp8_weight import Fp8Weight
 from kilotok.quant.quantize_checkpoint import quantize_checkpoint
 from tests.models.paged_forward import BLOCK_SIZE, paged_step
 from tests.quant.tiny_hf import TINY, save_tiny_llama

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from kilotok.engine.outputs import RequestOutput
-from kilotok.engine.sequence import Sequence, SequenceStatus
+from kilotok.sequence import Sequence, SequenceStatus
 from kilotok.errors import InvalidRequestError
 from kilotok.sampling_params import SamplingParams
 from kilotok.server.async_engine import AsyncEngine

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors import safe_open
-from tests.spec.test_eagle3_model import TARGET, causal, make_draft
+from tests.speculative.test_eagle3_model import TARGET, causal, make_draft
 
 from kilotok.errors import ModelFormatError
 from kilotok.speculative.eagle3 import default_draft_path, load_eagle3, save_eagle3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kilotok.config import ModelConfig
+from kilotok.models.config import ModelConfig
 from kilotok.speculative.eagle3 import Eagle3Config, Eagle3DraftModel, default_aux_layer_ids
 
 TARGET = ModelConfig(architecture="llama", vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=8,

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from kilotok.cli.main import main
 from kilotok.loader.registry import load_checkpoint
 from kilotok.speculative.eagle3 import load_eagle3
-from kilotok.speculative.train import fit as fit_module
-from kilotok.speculative.train.data import load_prompts
-from kilotok.speculative.train.fit import FitSettings
-from kilotok.speculative.train.pipeline import TrainDraftSettings, run_train_draft
+from kilotok.speculative.eagle3.train import fit as fit_module
+from kilotok.speculative.eagle3.train.data import load_prompts
+from kilotok.speculative.eagle3.train.fit import FitSettings
+from kilotok.speculative.eagle3.train.pipeline import TrainDraftSettings, run_train_draft
 
 pytestmark = pytest.mark.slow
 

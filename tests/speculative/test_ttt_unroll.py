@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from tests.spec.test_eagle3_model import causal, make_draft
+from tests.speculative.test_eagle3_model import causal, make_draft
 
-from kilotok.speculative.train.trainer import Batch, ttt_loss, unroll
+from kilotok.speculative.eagle3.train.trainer import Batch, ttt_loss, unroll
 
 STEPS = 3
 

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from kilotok.engine import llm_engine
 from kilotok.llm import LLM
 from kilotok.loader.checkpoint import Checkpoint
-from kilotok.loader.hf_config import config_from_hf
+from kilotok.models import builder
+from kilotok.models.registry import model_config
 from kilotok.speculative.policy import SpecPolicy, TreeShape
 from kilotok.speculative.tree import DraftTree
 
@@ -47,15 +47,15 @@ def random_reference(vocab: int = VOCAB, seed: int = 0, sharpness: float = 20.0)
 
 def tiny_llm(monkeypatch: pytest.MonkeyPatch, reference, **settings) -> LLM:
     weights = {name: t.clone() for name, t in reference.state_dict().items()}
-    config = config_from_hf(reference.config.to_dict())
-    checkpoint = Checkpoint(config, weights, tokenizer=StubTokenizer(), path=None, name="tiny-random")
-    monkeypatch.setattr(llm_engine, "load_checkpoint", lambda model, progress: checkpoint)
+    checkpoint = Checkpoint(reference.config.to_dict(), weights, tokenizer=StubTokenizer(), path=None,
+                            name="tiny-random")
+    monkeypatch.setattr(builder, "load_checkpoint", lambda model, progress: checkpoint)
     defaults = {"dtype": "fp32", "compile": False, "progress": False, "kv_cache_blocks": 512, "block_size": 4}
     llm = LLM("tiny-random", **(defaults | settings))
-    if llm.engine.speculator is not None:
+    if llm.engine.config.spec.enabled:
         # Draft at every batch size: the statistical tests verify hundreds of sequences in one batch.
         spec = llm.engine.config.spec
-        llm.engine.speculator.policy = SpecPolicy.fixed(TreeShape(spec.depth, spec.max_draft_nodes))
+        llm.engine.decoder.policy = SpecPolicy.fixed(TreeShape(spec.depth, spec.max_draft_nodes))
     return llm
 
 
@@ -90,19 +90,15 @@ class RandomTreeDrafter:
                 parents.append(parent)
         return DraftTree(tokens, parents)
 
-    def start(self, seq, aux_hidden) -> None:
-        pass
+    def prefilled(self, seq, start, features, next_token) -> None:
+        """Proposals depend on the context alone: nothing to keep."""
 
-    def advance(self, seq, aux_hidden) -> None:
-        pass
-
-    def release(self, seq) -> None:
-        pass
+    def verified(self, seq, tokens, features) -> None:
+        """As `prefilled`."""
 
 
 def use_drafter(llm: LLM, drafter) -> None:
-    llm.engine.drafter = drafter
-    llm.engine.speculator.drafter = drafter
+    llm.engine.decoder.drafter = drafter
 
 
 def random_head_folder(reference, folder, draft_vocab: int = VOCAB - 2, seed: int = 0):
@@ -113,7 +109,7 @@ def random_head_folder(reference, folder, draft_vocab: int = VOCAB - 2, seed: in
     from kilotok.speculative.eagle3.model import Eagle3DraftModel
 
     torch.manual_seed(seed)
-    target_config = config_from_hf(reference.config.to_dict())
+    target_config = model_config(reference.config.to_dict())
     config = Eagle3Config.for_target(target_config, draft_vocab, aux_layer_ids=(0, 1, 1))
     head = Eagle3DraftModel(config, reference.model.embed_tokens.weight.detach().clone())
     with torch.no_grad():

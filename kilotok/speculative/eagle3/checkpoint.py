@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from kilotok.config import ModelConfig, RopeScaling
 from kilotok.errors import ModelFormatError, ModelNotFoundError
+from kilotok.layers.rotary import RopeScaling
+from kilotok.models.config import ModelConfig
 from kilotok.speculative.eagle3.config import Eagle3Config, TargetFingerprint, default_aux_layer_ids
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 

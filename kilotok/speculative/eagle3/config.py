@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kilotok.config import ModelConfig, RopeScaling
 from kilotok.errors import ModelFormatError
+from kilotok.layers.rotary import RopeScaling
+from kilotok.models.config import ModelConfig
 
 
 def default_aux_layer_ids(num_layers: int) -> tuple[int, int, int]:

@@ -1,0 +1,41 @@
+"""What an engine runs for one EngineConfig, built once: the model in its weight format, the model runner
+with its KV cache, and the decoder (plain, or speculative when the config asks for it). This is the one
+place the engine learns that speculative decoding exists; the loop itself sees only a `Decoder`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kilotok.engine.engine_config import EngineConfig
+from kilotok.models.builder import load_model
+from kilotok.models.causal_lm import CausalLM
+from kilotok.quant.formats import WeightFormat
+from kilotok.runner.decoder import Decoder, PlainDecoder
+from kilotok.runner.model_runner import ModelRunner
+from kilotok.speculative.decoder import build_decoder
+from kilotok.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class EngineComponents:
+    model_name: str
+    tokenizer: Tokenizer
+    weight_format: WeightFormat
+    model: CausalLM
+    max_model_len: int
+    num_blocks: int
+    runner: ModelRunner
+    decoder: Decoder
+
+
+def build_components(config: EngineConfig) -> EngineComponents:
+    loaded = load_model(config.model, config.dtype, progress=config.progress)
+    model = loaded.model
+    max_model_len = min(config.max_model_len or model.config.max_position_embeddings,
+                        model.config.max_position_embeddings)
+    num_blocks = config.kv_cache_blocks or max(
+        2, int(config.kv_cache_gb * 2**30) // ModelRunner.kv_bytes_per_block(model, config.block_size))
+    runner = ModelRunner(model, num_blocks, config.block_size, max_model_len, config.compile)
+    decoder = build_decoder(config.spec, PlainDecoder(runner), model, loaded.name, max_model_len)
+    return EngineComponents(loaded.name, loaded.tokenizer, loaded.weight_format, model, max_model_len, num_blocks,
+                            runner, decoder)

@@ -1,0 +1,187 @@
+"""Runs rows of tokens through the model on its device: owns the KV cache and the compiled decode graphs,
+and samples. It reads sequences to build a step's inputs but never changes them, and returns tensors
+without reading them back, so on a GPU the host can prepare the next step while this one runs.
+
+Two kinds of forward: `prefill` runs prompt chunks (any number of tokens per sequence), and decode
+forwards run rows that are each one query over its own gathered key window, through a compiled graph
+per padded row count. A plain decode step is such rows, one per sequence; speculative verification
+builds its own rows (kilotok/speculative/tree_inputs.py) and runs them through the same graphs.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import torch
+
+from kilotok.kernels.attention import KEY_WINDOW_ALIGN, VALUE_CHUNK
+from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.layers.sampler import Sampler, SamplingTensors
+from kilotok.models.causal_lm import CausalLM
+from kilotok.runner.inputs import decode_key_window, slot_of, token_rows, warm_up_rows
+from kilotok.sequence import Sequence
+
+DECODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _bucket(rows: int) -> int:
+    """The decode graph size that `rows` query rows are padded to."""
+    return next((b for b in DECODE_BATCH_BUCKETS if b >= rows), rows)
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, max_model_len: int,
+                 compile_decode: bool) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.device = next(model.parameters()).device
+        self.sampler = Sampler()
+        self._allocate_kv_cache(num_blocks)
+        self._decode_forward = self._forward_logits
+        if compile_decode:
+            # At batch 1 the fused elementwise kernels are tiny: spreading them over OpenMP threads costs
+            # more in barriers than it saves. Matrix products still use every thread through ATen.
+            # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
+            # bucket per engine would pass its default limit of 8 and silently fall back to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
+            self._decode_forward = torch.compile(self._forward_logits, dynamic=False,
+                                                 options={"cpp.threads": 1})
+        self._compile_failed = not compile_decode
+        self._warm_buckets: set[int] = set()
+        self._feature_order: list[int] = []
+
+    @staticmethod
+    def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
+        config = model.config
+        element_size = torch.empty(0, dtype=model.activation_dtype).element_size()
+        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element_size
+
+    def _allocate_kv_cache(self, num_blocks: int) -> None:
+        # One tensor per layer and per K/V, not views of one big buffer: a compiled step that writes into
+        # views of a shared base would have the whole base copied around every step.
+        config = self.model.config
+        shape = (num_blocks, self.block_size, config.num_kv_heads, config.head_dim)
+        for layer in self.model.layers:
+            attention = layer.self_attn
+            attention.k_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
+            attention.v_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
+
+    def collect_features(self, layer_ids: tuple[int, ...]) -> None:
+        """Have forwards also return the hidden states entering `layer_ids` (a drafter's features),
+        concatenated in that order; an id may repeat, the model collects each layer once."""
+        unique = sorted(set(layer_ids))
+        self.model.aux_hidden_layers = tuple(unique)
+        self._feature_order = [unique.index(layer) for layer in layer_ids]
+
+    def _concat_features(self, aux: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([aux[index] for index in self._feature_order], dim=-1)
+
+    def slot_of(self, seq: Sequence, position: int) -> int:
+        return slot_of(seq, position, self.block_size)
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence], num_new_tokens: list[int]
+                ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Sequence i runs num_new_tokens[i] tokens from its num_cached_tokens on. Returns the next token
+        [S] of the S sequences whose chunk reaches their end, in batch order (the others have no logits to
+        sample yet), and, when features are collected, each sequence's features [new tokens, k * d]."""
+        ends = [seq.num_cached_tokens + count for seq, count in zip(seqs, num_new_tokens, strict=True)]
+        inputs = token_rows(seqs, ends, len(seqs), self.block_size, self.max_blocks_per_seq, self.device)
+        hidden, aux = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        features = list(self._concat_features(aux).split(num_new_tokens)) if aux else None
+        complete = [row for row, (seq, end) in enumerate(zip(seqs, ends, strict=True)) if end == len(seq)]
+        if not complete:
+            return torch.empty(0, dtype=torch.int64, device=self.device), features
+        logits = self.model.compute_logits(hidden[inputs.last_rows[complete]])
+        return self.sample([seqs[row] for row in complete], logits), features
+
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Run each sequence's last token (not yet cached) and sample the next one: [B] int64."""
+        padded = _bucket(len(seqs))
+        inputs = token_rows(seqs, [len(seq) for seq in seqs], padded, self.block_size, self.max_blocks_per_seq,
+                            self.device)
+        meta = inputs.meta
+        meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, self.block_size, self.device)
+        logits, _ = self.decode_rows(inputs.input_ids, inputs.positions, meta)
+        return self.sample(seqs, logits[: len(seqs)])
+
+    def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)
+        return self.sampler(logits, sampling, [seq.generator for seq in seqs])
+
+    @torch.inference_mode()
+    def decode_rows(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                    meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [R, V] of R rows that each query their own key window (`meta.kv_gather_index`), and
+        their features when collected; R should be `padded_rows` of the real row count."""
+        meta = _chunked_key_window(meta)
+        if self._compile_failed:
+            return self._forward_logits(input_ids, positions, meta)
+        bucket = input_ids.shape[0]
+        if bucket in self._warm_buckets:
+            # Guards that only re-check the (unchanging) model's parameters cost about a millisecond a step;
+            # the ones that tell batch buckets apart are still evaluated. A step that would need a new
+            # graph raises instead, and goes on to the ordinary path below.
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    return self._decode_forward(input_ids, positions, meta)
+            except RuntimeError:
+                pass
+        try:
+            outputs = self._decode_forward(input_ids, positions, meta)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            print(f"kilotok: torch.compile unavailable ({type(error).__name__}: {error}); running eager",
+                  file=sys.stderr)
+            self._compile_failed = True
+            return self._forward_logits(input_ids, positions, meta)
+        self._warm_buckets.add(bucket)
+        return outputs
+
+    def padded_rows(self, rows: int) -> int:
+        """The row count to pad `rows` decode rows to. A compiled graph already built for up to 4x the rows
+        beats compiling a new one (a minute on two cores): draft trees cut short near max_tokens would
+        otherwise each compile their own size."""
+        bucket = _bucket(rows)
+        warm = [b for b in self._warm_buckets if bucket <= b <= 4 * bucket]
+        return min(warm, default=bucket)
+
+    @torch.inference_mode()
+    def compile_buckets(self, max_rows: int) -> None:
+        """Build the compiled decode graph of every bucket up to `max_rows` now (a minute each on two cores),
+        so a server never stalls its running requests to compile one when the batch first grows."""
+        if self._compile_failed:
+            return
+        for bucket in (b for b in DECODE_BATCH_BUCKETS if b < 2 * max_rows):
+            self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, KEY_WINDOW_ALIGN,
+                                           self.device))
+
+    def copy_kv(self, src_slots: list[int], dst_slots: list[int]) -> None:
+        """Copy every layer's keys and values from cache slots `src_slots` to `dst_slots`."""
+        if not src_slots:
+            return
+        src = torch.tensor(src_slots, dtype=torch.int64, device=self.device)
+        dst = torch.tensor(dst_slots, dtype=torch.int64, device=self.device)
+        for layer in self.model.layers:
+            for cache in (layer.self_attn.k_cache, layer.self_attn.v_cache):
+                flat = cache.view(-1, *cache.shape[2:])
+                flat.index_copy_(0, dst, flat.index_select(0, src))
+
+    def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                        meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, aux = self.model(input_ids, positions, meta)
+        return self.model.compute_logits(hidden), (self._concat_features(aux) if aux else None)
+
+
+def _chunked_key_window(meta: AttentionMetadata) -> AttentionMetadata:
+    """The key window as [B, L / VALUE_CHUNK, VALUE_CHUNK] views with a dynamic chunk count, so one
+    compiled graph per batch bucket serves every window length. Marking L itself dynamic fails: attention
+    splits the window into fixed chunks, which constrains L to multiples of the chunk."""
+    rows = meta.kv_gather_index.shape[0]
+    index = meta.kv_gather_index.view(rows, -1, VALUE_CHUNK)
+    valid = meta.kv_valid.view(rows, -1, VALUE_CHUNK)
+    torch._dynamo.mark_dynamic(index, 1)
+    torch._dynamo.mark_dynamic(valid, 1)
+    return replace(meta, kv_gather_index=index, kv_valid=valid)

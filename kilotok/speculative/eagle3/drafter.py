@@ -1,0 +1,180 @@
+"""EAGLE-3 drafting with dynamic trees (EAGLE-2): grow the most promising branches level by level.
+
+Draft positions follow the head's training: the draft input at position t is (token t + 1, feature of
+position t), and its output predicts token t + 2. For each sequence the drafter keeps the head's keys
+and values of every committed input (one per position, built from the target's own features) and the
+head's output at the last one, which already scores the children of the root (the newest token).
+
+A step then expands: the root's top-k children form level 1; each level runs the head once over the
+frontier (the k best nodes of that level by cumulative log-probability, each reading its parent's
+output feature) and scores its top-k children; after `depth` levels the best `tree_size` nodes overall
+form the tree. A child never scores above its parent, so the best nodes always include their ancestors.
+The speculative keys of a step are dropped; after verification the accepted tokens are committed with
+the target's features, which the next step's drafting reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kilotok.errors import ModelNotFoundError
+from kilotok.models.causal_lm import CausalLM
+from kilotok.sequence import Sequence
+from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.eagle3.checkpoint import default_draft_path, load_eagle3
+from kilotok.speculative.eagle3.model import Eagle3DraftModel
+from kilotok.speculative.policy import TreeShape
+from kilotok.speculative.tree import ROOT, DraftTree
+
+
+@dataclass
+class _HeadCache:
+    """What the head computed for one sequence's committed inputs."""
+
+    past_k: torch.Tensor
+    """[1, C, Hkv, D] the head's keys of the C committed inputs (positions 0..C-1)."""
+    past_v: torch.Tensor
+    logits: torch.Tensor
+    """[draft_vocab] the head's output at position C - 1: scores of the root's children."""
+    hidden: torch.Tensor
+    """[d] the head's output feature at position C - 1, read by the root's children."""
+
+    @property
+    def committed(self) -> int:
+        return self.past_k.shape[1]
+
+
+@dataclass
+class DraftState:
+    """The drafter's state of one sequence, kept in `seq.draft_state`."""
+
+    prompt_features: list[torch.Tensor] = field(default_factory=list)
+    """Target features of the prompt chunks prefilled so far: the head runs over the whole prompt at once
+    when it completes, so chunked and whole prefills draft alike."""
+    cache: _HeadCache | None = None
+
+
+@dataclass
+class _Candidate:
+    token: int
+    """Target token id."""
+    score: float
+    """Cumulative log-probability under the head."""
+    parent: int
+    """Index into the candidate list, or ROOT."""
+    depth: int
+    feature: torch.Tensor
+    """[d] the output feature the node reads when expanded (its parent's output)."""
+    ancestors: list[int] = field(default_factory=list)
+    """Columns of this step's speculative keys that belong to the node's expanded ancestors."""
+
+
+class Eagle3Drafter:
+    def __init__(self, head: Eagle3DraftModel, topk: int) -> None:
+        self.head = head
+        self.topk = min(topk, head.config.draft_vocab_size)
+        self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
+
+    @classmethod
+    def load(cls, spec: SpecConfig, model: CausalLM, model_name: str) -> Eagle3Drafter:
+        folder = spec.draft or default_draft_path(model_name)
+        if folder is None:
+            raise ModelNotFoundError(
+                f"no EAGLE-3 draft head is shipped for {model_name}: pass one with --draft PATH "
+                "(train it with `kilotok train-draft`), or use --spec ngram"
+            )
+        head = load_eagle3(folder, model.config, model.embed_tokens.weight)
+        return cls(head, spec.topk)
+
+    @torch.inference_mode()
+    def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
+        if start == 0:
+            seq.draft_state = DraftState()
+        state: DraftState = seq.draft_state
+        state.prompt_features.append(features)
+        if next_token is not None:
+            features = torch.cat(state.prompt_features)
+            state.prompt_features = []
+            self._commit(state, seq.token_ids[1:] + [next_token], features)
+
+    @torch.inference_mode()
+    def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
+        self._commit(seq.draft_state, tokens, features)
+
+    def _commit(self, state: DraftState, tokens: list[int], features: torch.Tensor) -> None:
+        """Run the head over the next inputs (token t + 1, target feature t) and keep their keys."""
+        cache = state.cache
+        start = 0 if cache is None else cache.committed
+        count = features.shape[0]
+        positions = torch.arange(start, start + count).unsqueeze(0)
+        mask = torch.ones(count, start + count, dtype=torch.bool)
+        mask[:, start:] = torch.ones(count, count, dtype=torch.bool).tril()
+        out = self.head(torch.tensor([tokens[:count]]), self.head.fuse(features).unsqueeze(0), positions,
+                        None if cache is None else cache.past_k, None if cache is None else cache.past_v,
+                        mask.unsqueeze(0))
+        past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
+        past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
+        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1])
+
+    @torch.inference_mode()
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        return [self._grow(seq.draft_state.cache, shape) for seq in seqs]
+
+    def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
+        candidates: list[_Candidate] = []
+        frontier = self._children(candidates, ROOT, 0.0, 1, cache.logits, cache.hidden, [])
+        spec_k: list[torch.Tensor] = []
+        spec_v: list[torch.Tensor] = []
+        for depth in range(2, shape.depth + 1):
+            frontier = sorted(frontier, key=lambda i: -candidates[i].score)[: self.topk]
+            out = self._expand(cache, [candidates[i] for i in frontier], spec_k, spec_v, depth - 1)
+            columns = sum(k.shape[1] for k in spec_k)
+            spec_k.append(out.k)
+            spec_v.append(out.v)
+            next_frontier = []
+            for row, index in enumerate(frontier):
+                node = candidates[index]
+                ancestors = [*node.ancestors, columns + row]
+                next_frontier += self._children(candidates, index, node.score, depth, out.logits[0, row],
+                                                out.hidden[0, row], ancestors)
+            frontier = next_frontier
+        return self._best_tree(candidates, shape.tree_size)
+
+    def _children(self, candidates: list[_Candidate], parent: int, score: float, depth: int,
+                  logits: torch.Tensor, feature: torch.Tensor, ancestors: list[int]) -> list[int]:
+        """Add the top-k children of a node; returns their candidate indices."""
+        top = logits.log_softmax(dim=-1).topk(self.topk)
+        tokens = self.head.draft_to_target(top.indices).tolist()
+        first = len(candidates)
+        for token, log_prob in zip(tokens, top.values.tolist(), strict=True):
+            candidates.append(_Candidate(token, score + log_prob, parent, depth, feature, ancestors))
+        return list(range(first, len(candidates)))
+
+    def _expand(self, cache: _HeadCache, nodes: list[_Candidate], spec_k: list[torch.Tensor],
+                spec_v: list[torch.Tensor], level: int):
+        """One head forward over a level's frontier nodes: each sees the committed inputs, its expanded
+        ancestors' speculative inputs and itself."""
+        count = len(nodes)
+        speculative = sum(k.shape[1] for k in spec_k)
+        mask = torch.zeros(count, cache.committed + speculative + count, dtype=torch.bool)
+        mask[:, : cache.committed] = True
+        for row, node in enumerate(nodes):
+            mask[row, [cache.committed + column for column in node.ancestors]] = True
+            mask[row, cache.committed + speculative + row] = True
+        tokens = torch.tensor([[node.token for node in nodes]])
+        features = torch.stack([node.feature for node in nodes]).unsqueeze(0)
+        # The root's input sits at position C - 1, so a node at depth `level` reads at C - 1 + level.
+        positions = torch.full((1, count), cache.committed - 1 + level)
+        past_k = torch.cat([cache.past_k, *spec_k], dim=1)
+        past_v = torch.cat([cache.past_v, *spec_v], dim=1)
+        return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0))
+
+    def _best_tree(self, candidates: list[_Candidate], tree_size: int) -> DraftTree:
+        """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
+        ranked = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, candidates[i].depth, i))
+        chosen = sorted(ranked[:tree_size], key=lambda i: (candidates[i].depth, i))
+        index_of = {old: new for new, old in enumerate(chosen)}
+        index_of[ROOT] = ROOT
+        return DraftTree([candidates[i].token for i in chosen], [index_of[candidates[i].parent] for i in chosen])
