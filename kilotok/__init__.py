@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kilotok.engine.outputs import RequestOutput
+    from kilotok.engine.output import RequestOutput
     from kilotok.llm import LLM
     from kilotok.sampling_params import SamplingParams
 
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "LLM": "kilotok.llm",
-    "RequestOutput": "kilotok.engine.outputs",
+    "RequestOutput": "kilotok.engine.output",
     "SamplingParams": "kilotok.sampling_params",
 }
 

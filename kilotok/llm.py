@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from kilotok.engine.engine_config import EngineConfig
 from kilotok.engine.llm_engine import LLMEngine
-from kilotok.engine.outputs import RequestOutput
+from kilotok.engine.output import RequestOutput
 from kilotok.errors import InvalidRequestError
 from kilotok.sampling_params import SamplingParams
 
@@ -31,7 +31,7 @@ class LLM:
 
     def _warm_up(self) -> None:
         """Compile the single-sequence decode step now, so the first request's timings measure decoding,
-        not the compiler (about a minute on two cores the first time; cached on disk after that)."""
+        not the compiler (slow on a small CPU the first time; cached on disk after that)."""
         if self.engine.config.progress:
             print("kilotok: preparing the compiled decode step (cached after the first run)", file=sys.stderr)
         # Long enough for full-size draft trees, so speculation's verify graph is compiled here too.

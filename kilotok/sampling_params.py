@@ -23,7 +23,7 @@ def _is_number(value: object) -> bool:
 
 
 def _reject(field_name: str, value: object, allowed: str) -> InvalidRequestError:
-    return InvalidRequestError(f"sampling parameter {field_name}={value!r} is invalid: {allowed}")
+    return InvalidRequestError(f"sampling parameter {field_name}={value!r} is invalid: {allowed}", param=field_name)
 
 
 @dataclass

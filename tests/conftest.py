@@ -50,3 +50,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """transformers' small random Llama that tests/speculative/tiny_engine.py builds engines around."""
+    from tests.speculative.tiny_engine import random_reference
+
+    return random_reference()

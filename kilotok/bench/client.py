@@ -43,6 +43,7 @@ from kilotok.speculative.config import SPEC_METHODS
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, AsyncStream
     from openai.types.chat import ChatCompletionChunk
+    from prometheus_client.samples import Sample
 
 # Requests stream for minutes at high concurrency on two CPU cores; a benchmark waits rather than retries.
 REQUEST_TIMEOUT_S = 3600.0
@@ -160,7 +161,7 @@ def fetch_metrics(base_url: str, api_key: str | None = None, timeout_s: float = 
         return response.read().decode("utf-8")
 
 
-def _matching_samples(exposition: str, names: tuple[str, ...]) -> Iterator[tuple[str, object]]:
+def _matching_samples(exposition: str, names: tuple[str, ...]) -> Iterator[tuple[str, Sample]]:
     """(metric name, sample) for each sample of the named metrics.
 
     Samples are matched by name, not by family: how a parser groups `name_total` under a TYPE line depends

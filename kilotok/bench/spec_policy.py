@@ -64,7 +64,7 @@ def decode_rate(llm, batch_size: int, max_tokens: int) -> tuple[float, float]:
 
 
 def calibrate(llm, batch_sizes: list[int], shapes: list[TreeShape | None], max_tokens: int) -> tuple[SpecPolicy, list]:
-    speculator = llm.engine.speculator
+    speculator = llm.engine.decoder
     measurements = []
     limits = []
     for batch_size in batch_sizes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kilotok.loader.registry import load_checkpoint
+from kilotok.models.registry import load_checkpoint
 from kilotok.quant.quantize_checkpoint import WRITE_SCHEMES, quantize_checkpoint
 
 EXAMPLES = """examples:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kilotok.speculative.eagle3.train.fit import FitSettings
+from kilotok.train.fit import FitSettings
 
 EXAMPLES = """examples:
   kilotok train-draft --out heads/smollm2 --num-prompts 400 --epochs 4
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kilotok.speculative.eagle3.train.pipeline import TrainDraftSettings, run_train_draft
+    from kilotok.train.pipeline import TrainDraftSettings, run_train_draft
 
     settings = TrainDraftSettings(
         out=args.out, model=args.model, data=args.data, num_prompts=args.num_prompts,

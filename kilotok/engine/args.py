@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kilotok.quant.formats import DTYPE_CHOICES
 from kilotok.sampling_params import SamplingParams
 from kilotok.speculative.config import SPEC_METHODS, SpecConfig
 
@@ -13,9 +14,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="smollm2-135m",
                        help="a model alias (smollm2-135m), a .gguf file or a Hugging Face folder "
                             "(default: %(default)s)")
-    group.add_argument("--dtype", default="auto",
-                       choices=["auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8", "fp8-tensor", "fp8-channel",
-                                "fp8-block"],
+    group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                        help="weight format; auto runs a GGUF's 4-bit weights (int4) and FP8 checkpoints as stored, "
                             "else bf16. int8/int4 are weight-only (bf16/fp32 activations). fp8-tensor/-channel/-block "
                             "quantize weights to E4M3 per tensor, per output channel or in 128x128 blocks, and "

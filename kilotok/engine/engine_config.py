@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
+from kilotok.quant.formats import check_dtype
 from kilotok.speculative.config import SpecConfig
 
 
@@ -12,9 +13,7 @@ from kilotok.speculative.config import SpecConfig
 class EngineConfig:
     model: str = "smollm2-135m"
     dtype: str = "auto"
-    """auto, fp32, bf16, fp16, int8 (weight-only; bf16 activations) or int4 (weight-only; fp32
-    activations), or FP8 (E4M3) weights and activations: fp8-tensor, fp8-channel, fp8-block, fp8 (stored
-    FP8 kept, the rest in blocks); see quant/fp8_modes.py. auto keeps a GGUF's 4-bit and a checkpoint's
+    """A weight format of quant/formats.py (DTYPE_CHOICES); auto keeps a GGUF's 4-bit and a checkpoint's
     FP8 weights as stored, else bf16."""
     block_size: int = 16
     kv_cache_gb: float = 1.0
@@ -36,6 +35,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", SpecConfig.of(self.spec))
+        check_dtype(self.dtype)
         checks = {
             "block_size": self.block_size >= 1,
             "kv_cache_gb": self.kv_cache_gb > 0,

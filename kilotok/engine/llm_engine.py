@@ -7,8 +7,7 @@ from __future__ import annotations
 from kilotok.engine.block_manager import BlockManager
 from kilotok.engine.components import build_components
 from kilotok.engine.engine_config import EngineConfig
-from kilotok.engine.output_processor import OutputProcessor
-from kilotok.engine.outputs import RequestOutput
+from kilotok.engine.output import OutputProcessor, RequestOutput
 from kilotok.engine.scheduler import Scheduler
 from kilotok.errors import InvalidRequestError
 from kilotok.layers.sampler import make_generator
@@ -35,7 +34,7 @@ class LLMEngine:
                                    self.decoder.lookahead_slots, self.max_model_len)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.spec_stats = SpecStats()
-        """Speculative decoding counters summed over every finished request."""
+        """Speculative decoding counters summed over every finished or aborted request."""
 
     def new_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
         """A validated request, ready for `submit`: raises InvalidRequestError for a prompt the engine
@@ -86,6 +85,7 @@ class LLMEngine:
         """Stop a request now: its KV blocks are freed at once (cached prefix blocks stay reusable)."""
         if not seq.is_finished:
             self.scheduler.finish(seq, "abort")
+            self.spec_stats.merge(seq.spec_stats)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -21,8 +21,8 @@ import time
 from collections import deque
 
 from kilotok.engine.block_manager import BlockManager
-from kilotok.engine.output_processor import OutputProcessor
-from kilotok.runner.batch import ScheduledBatch, StepResult
+from kilotok.engine.output import OutputProcessor
+from kilotok.runner.decoder import ScheduledBatch, StepResult
 from kilotok.sequence import Sequence, SequenceStatus
 
 

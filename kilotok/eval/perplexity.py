@@ -23,9 +23,10 @@ from tqdm import tqdm
 from kilotok.errors import InvalidRequestError
 from kilotok.eval.texts import DEFAULT_TEXT, TEXT_PACKAGE, TEXT_PACKAGE_VERSION, load_text
 from kilotok.kernels.attention_metadata import AttentionMetadata
-from kilotok.loader.registry import load_checkpoint
-from kilotok.models.builder import build_model, resolve_weight_mode
-from kilotok.models.llama import LlamaForCausalLM
+from kilotok.models.builder import build_model
+from kilotok.models.causal_lm import CausalLM
+from kilotok.models.registry import load_checkpoint, model_config
+from kilotok.quant.formats import resolve_weight_format
 
 DEFAULT_CONTEXT_LEN = 1024
 DEFAULT_MAX_TOKENS = 16384
@@ -72,7 +73,7 @@ class SequenceLogits:
     longest window (the engine's cache is not touched: the model gets its own cache tensors here, so build
     a separate model for this)."""
 
-    def __init__(self, model: LlamaForCausalLM, max_len: int) -> None:
+    def __init__(self, model: CausalLM, max_len: int) -> None:
         self.model = model
         self.max_len = max_len
         self.device = next(model.parameters()).device
@@ -170,16 +171,16 @@ def evaluate_perplexity(model: str = "smollm2-135m", dtype: str = "fp32", text: 
     source = f"{TEXT_PACKAGE}=={TEXT_PACKAGE_VERSION}:{text}"
     words = load_text(text)
     checkpoint = load_checkpoint(model, progress=progress)
-    max_positions = checkpoint.config.max_position_embeddings
+    max_positions = model_config(checkpoint.config).max_position_embeddings
     if context_len > max_positions:
         raise InvalidRequestError(f"--context-len {context_len} exceeds the model's context of {max_positions}")
-    mode = resolve_weight_mode(dtype, checkpoint)
+    fmt = resolve_weight_format(dtype, checkpoint.weights)
     token_ids = checkpoint.tokenizer.encode(words)[:max_tokens]
-    llama = build_model(checkpoint, mode, progress=progress)
+    built = build_model(checkpoint, fmt, progress=progress)
     del checkpoint
-    total = score_tokens(SequenceLogits(llama, context_len), token_ids, context_len, stride, progress)
+    total = score_tokens(SequenceLogits(built, context_len), token_ids, context_len, stride, progress)
     return PerplexityReport(
-        model=model, dtype=mode, text=text, text_source=source, text_tokens=len(token_ids),
+        model=model, dtype=fmt.name, text=text, text_source=source, text_tokens=len(token_ids),
         context_len=context_len, stride=stride, num_windows=len(perplexity_windows(len(token_ids), context_len,
                                                                                    stride)),
         scored_tokens=total.num_tokens, mean_nll=total.mean_nll, perplexity=total.perplexity,

@@ -80,7 +80,7 @@ def decode_attention(
     multiply-and-sum over the head dimension (einsum would pick a matrix-product layout by batch size).
     The weighted sum of values runs as matrix products over fixed VALUE_CHUNK-key chunks, whose shapes never
     change, added chunk by chunk in order: masked keys weigh exactly 0, and a multiply-and-sum here
-    compiled to a scalar loop that cost 3x as much at batch 16."""
+    compiles to a scalar loop with a bounds check per element (docs/benchmarks.md has both costs)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads

@@ -43,5 +43,5 @@ class ExpectedTensors:
 
 
 ExpectTensors = Callable[[dict[str, Any], list[str]], ExpectedTensors]
-"""(config.json dict, names of the tensors found) -> what must be there; raises ModelFormatError for a
-config it cannot run or tensors it cannot account for."""
+"""(config.json dict, names of the weights found, FP8 scales left out) -> what must be there; raises
+ModelFormatError for a config it cannot run or tensors it cannot account for."""

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.loader.checkpoint import Checkpoint, ExpectedTensors, ExpectTensors
-from kilotok.loader.hf_quant import attach_fp8_scales, read_quantization_config
+from kilotok.loader.hf_quant import attach_fp8_scales, read_quantization_config, scale_tensor_names
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -62,7 +62,8 @@ def load_hf_weights(folder: Path, config: dict[str, Any], expect: ExpectTensors 
         stored = text_model_names(list(owner))
         owner = {name: owner[stored_name] for name, stored_name in stored.items()}
         if expect is not None:
-            _validate_tensors(expect(config, list(owner)), owner, handles, stored)
+            scales = scale_tensor_names(owner)
+            _validate_tensors(expect(config, [name for name in owner if name not in scales]), owner, handles, stored)
         weights = {}
         for name in tqdm(owner, desc=f"loading {folder.name}", unit="tensor", file=sys.stderr,
                          disable=not progress):

@@ -18,6 +18,7 @@ Layers named in `modules_to_not_convert` are simply stored unquantized, so nothi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ def read_quantization_config(folder: Path) -> dict | None:
     quantization = raw.get("quantization_config")
     check_quantization_config(quantization)
     return quantization
+
+
+def scale_tensor_names(names: Iterable[str]) -> set[str]:
+    """The names among `names` that hold scales of other tensors (an FP8 weight's `_scale_inv` or `_scale`,
+    static activation scales): parts of a weight, not weights of the model."""
+    present = set(names)
+    return {name for name in present if name.endswith(DROPPED_SUFFIXES) or _scaled_tensor(name) in present}
 
 
 def attach_fp8_scales(weights: dict[str, torch.Tensor], quantization: dict | None) -> dict[str, Any]:

@@ -21,7 +21,8 @@ LAYER_TYPES = ("full_attention", "chunked_attention")
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """The text model's config of a `Llama4ForConditionalGeneration` folder (its `text_config`), with token
     ids taken from the outer config where the inner one lacks them; a text model's config as it is."""
-    if config.get("model_type") != "llama4" and "Llama4ForConditionalGeneration" not in config.get("architectures", []):
+    architectures = config.get("architectures") or []
+    if config.get("model_type") != "llama4" and "Llama4ForConditionalGeneration" not in architectures:
         return config
     text = config.get("text_config")
     if not isinstance(text, dict):

@@ -122,7 +122,7 @@ class ModelRunner:
             return self._forward_logits(input_ids, positions, meta)
         bucket = input_ids.shape[0]
         if bucket in self._warm_buckets:
-            # Guards that only re-check the (unchanging) model's parameters cost about a millisecond a step;
+            # Guards that only re-check the (unchanging) model's parameters cost a measurable share of a step;
             # the ones that tell batch buckets apart are still evaluated. A step that would need a new
             # graph raises instead, and goes on to the ordinary path below.
             try:
@@ -142,16 +142,16 @@ class ModelRunner:
 
     def padded_rows(self, rows: int) -> int:
         """The row count to pad `rows` decode rows to. A compiled graph already built for up to 4x the rows
-        beats compiling a new one (a minute on two cores): draft trees cut short near max_tokens would
-        otherwise each compile their own size."""
+        beats compiling a new one, which is slow on a small CPU: draft trees cut short near max_tokens
+        would otherwise each compile their own size."""
         bucket = _bucket(rows)
         warm = [b for b in self._warm_buckets if bucket <= b <= 4 * bucket]
         return min(warm, default=bucket)
 
     @torch.inference_mode()
     def compile_buckets(self, max_rows: int) -> None:
-        """Build the compiled decode graph of every bucket up to `max_rows` now (a minute each on two cores),
-        so a server never stalls its running requests to compile one when the batch first grows."""
+        """Build the compiled decode graph of every bucket up to `max_rows` now, so a server never stalls its
+        running requests to compile one when the batch first grows."""
         if self._compile_failed:
             return
         for bucket in (b for b in DECODE_BATCH_BUCKETS if b < 2 * max_rows):

@@ -4,12 +4,13 @@ step, and connects it to asyncio.
 Every LLMEngine call happens on the engine thread: the loop's own thread (`start`), or the caller's
 (`run`). `kilotok serve` runs it on the main thread, where the model was loaded: torch's OpenMP threads
 belong to the thread that started them, and a second thread running parallel ops gets a second team, so
-on a machine with few cores the teams crowd each other out and OpenMP stops spin-waiting (a decode step
-took 1.4x as long from a new thread as from the loading thread on two cores).
+on a machine with few cores the teams crowd each other out and OpenMP stops spin-waiting (docs/benchmarks.md
+has the decode rates from either thread).
 
-Requests and aborts reach the loop through a thread-safe queue of commands; outputs go back to the
-asyncio queue of the request group they belong to with `loop.call_soon_threadsafe`. One failing request,
-or one failing step, fails only the requests involved (with a 500-shaped error) and the loop keeps going.
+Requests (already validated, see endpoints.py) and aborts reach the loop through a thread-safe queue of
+commands; outputs go back to the asyncio queue of the `RequestGroup` they belong to with
+`loop.call_soon_threadsafe`. One failing step fails only the requests it ran (with a 500-shaped error) and
+the loop keeps going.
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kilotok.engine.llm_engine import LLMEngine
-from kilotok.engine.outputs import RequestOutput
+from kilotok.engine.output import RequestOutput
 from kilotok.sequence import Sequence
-from kilotok.errors import InvalidRequestError
-from kilotok.sampling_params import SamplingParams
-from kilotok.server.errors import APIError, bad_request, server_error
+from kilotok.server.errors import APIError, server_error
 from kilotok.server.metrics import RequestProgress, ServerMetrics
-from kilotok.server.request_group import RequestGroup
 
 logger = logging.getLogger("kilotok.server")
 
 IDLE_POLL_S = 0.5
-"""How long an idle engine thread sleeps on the command queue before refreshing the gauges."""
+"""How long an idle engine thread waits on the command queue before checking whether it should stop."""
+
+
+_CANCELLED = object()
 
 
 @dataclass(eq=False)
@@ -43,11 +44,12 @@ class EngineRequest:
     """One sequence's journey: built on the event loop, owned by the engine thread once submitted."""
 
     index: int
-    prompt_token_ids: list[int]
-    params: SamplingParams
+    seq: Sequence
     deliver: Callable[[int, RequestOutput | APIError | None], None]
-    progress: RequestProgress = field(default_factory=lambda: RequestProgress(time.perf_counter()))
-    seq: Sequence | None = None
+    progress: RequestProgress = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.progress = RequestProgress(self.seq.arrival_time)
 
 
 class AsyncEngine:
@@ -78,17 +80,18 @@ class AsyncEngine:
         if self._running.is_set():
             self._stopped.wait(timeout_s)
 
-    def generate(self, requests: list[tuple[list[int], SamplingParams]]) -> RequestGroup:
-        """Submit sequences that belong together (the choices of one HTTP request) in one command, so the
-        engine admits all or none of them. Call on the event loop; iterate the group for outputs."""
+    def generate(self, seqs: list[Sequence]) -> RequestGroup:
+        """Submit validated sequences that belong together (the choices of one HTTP request) in one
+        command, so the engine takes all or none of them. Call on the event loop; iterate the group for
+        outputs."""
         loop = asyncio.get_running_loop()
-        group = RequestGroup(len(requests), cancel=lambda: self._commands.put(("abort", engine_requests)))
+        group = RequestGroup(len(seqs), cancel=lambda: self._commands.put(("abort", engine_requests)))
 
         def deliver(index: int, item: RequestOutput | APIError | None) -> None:
             with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening any more
                 loop.call_soon_threadsafe(group.put, index, item)
 
-        engine_requests = [EngineRequest(i, ids, params, deliver) for i, (ids, params) in enumerate(requests)]
+        engine_requests = [EngineRequest(i, seq, deliver) for i, seq in enumerate(seqs)]
         self._commands.put(("add", engine_requests))
         return group
 
@@ -106,10 +109,7 @@ class AsyncEngine:
             self._drain_commands(block=not self.engine.has_unfinished())
             if self.engine.has_unfinished() and not self._stopping.is_set():
                 self._step()
-            else:
-                self._observe_engine()
         self._abort_all(APIError(503, "the server is shutting down; retry on another replica", "server_error"))
-        self._observe_engine()
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -131,15 +131,12 @@ class AsyncEngine:
         added: list[EngineRequest] = []
         try:
             for request in requests:
-                request.seq = self.engine.add_request(request.prompt_token_ids, request.params)
+                self.engine.submit(request.seq)
                 self._active[request.seq.seq_id] = request
                 added.append(request)
-        except Exception as error:  # a bad request must not stop the engine thread
-            if isinstance(error, InvalidRequestError):
-                failure = bad_request(str(error))
-            else:
-                logger.exception("could not add a request to the engine")
-                failure = server_error(f"the engine could not take the request: {type(error).__name__}: {error}")
+        except Exception as error:  # a request the engine cannot take must not stop the engine thread
+            logger.exception("could not add a request to the engine")
+            failure = server_error(f"the engine could not take the request: {type(error).__name__}: {error}")
             self._abort(added, failure, reason="error")
             for request in requests[len(added):]:
                 request.deliver(request.index, failure)
@@ -149,8 +146,8 @@ class AsyncEngine:
         the client went away, an APIError that the server gave up on them). `reason` labels the metrics:
         "abort" for cancellations and shutdown, "error" for failures."""
         for request in requests:
-            if request.seq is None or self._active.pop(request.seq.seq_id, None) is None:
-                continue  # finished or never admitted
+            if self._active.pop(request.seq.seq_id, None) is None:
+                continue  # finished, or the abort overtook its own submission
             try:
                 self.engine.abort(request.seq)
             except Exception:  # the sequence is dropped from the server's books either way
@@ -168,7 +165,6 @@ class AsyncEngine:
             logger.exception("an engine step failed; failing the requests it was running")
             self._abort_all(server_error(f"the engine failed while running this request: "
                                          f"{type(error).__name__}: {error}"), reason="error")
-            self._observe_engine()
             return
         deliveries = []
         for seq, output in updates:
@@ -179,13 +175,66 @@ class AsyncEngine:
                 del self._active[seq.seq_id]
             self.metrics.observe_output(request.progress, seq, output)
             deliveries.append((request, output))
-        # Gauges first, so a client that has its answer never scrapes the step before it.
-        self._observe_engine()
         for request, output in deliveries:
             request.deliver(request.index, output)
 
-    def _observe_engine(self) -> None:
-        try:
-            self.metrics.observe_engine(self.engine)
-        except Exception:  # metrics must never stop serving
-            logger.exception("updating the engine gauges failed")
+
+class RequestGroup:
+    """Iterate `async for index, output in group`; each output is a step's update of sequence `index`.
+
+    Iteration ends when every sequence has finished or the group is cancelled; an APIError from the
+    engine thread is raised (and the other sequences cancelled). Use it as `async with` so that leaving
+    early, by return, error or task cancellation, frees the sequences at once.
+    """
+
+    def __init__(self, size: int, cancel: Callable[[], None]) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._unfinished = set(range(size))
+        self._cancel_in_engine = cancel
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def done(self) -> bool:
+        return self._cancelled or not self._unfinished
+
+    def put(self, index: int, item: RequestOutput | APIError | None) -> None:
+        """Called on the event loop (via call_soon_threadsafe) with what the engine thread delivers."""
+        self._queue.put_nowait((index, item))
+
+    def cancel(self) -> None:
+        if self.done:
+            return
+        self._cancelled = True
+        self._cancel_in_engine()
+        self._queue.put_nowait((None, _CANCELLED))
+
+    def __aiter__(self) -> RequestGroup:
+        return self
+
+    async def __anext__(self) -> tuple[int, RequestOutput]:
+        while not self.done:
+            index, item = await self._queue.get()
+            if item is _CANCELLED:
+                break
+            if item is None:
+                self._unfinished.discard(index)  # aborted in the engine
+                continue
+            if isinstance(item, APIError):
+                self.cancel()
+                raise item
+            if index not in self._unfinished:
+                continue
+            if item.finished:
+                self._unfinished.discard(index)
+            return index, item
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> RequestGroup:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.cancel()

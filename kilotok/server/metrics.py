@@ -1,15 +1,24 @@
 """Prometheus metrics under vLLM's names and labels (`model_name`, `engine`), so dashboards built for vLLM
 work unchanged. Each app owns its registry (never the process-global one), so several servers, or tests,
-can live in one process. Everything is recorded on the engine thread; prometheus_client is thread-safe,
-so /metrics renders from the event loop at any time."""
+can live in one process.
+
+Two sources, neither re-derived from the other: the engine's own books (running and waiting requests,
+KV-cache use, prefix-cache totals, preemptions, and the speculation counters of every finished request)
+are read when /metrics is scraped; latencies and token counts are recorded on the engine thread from each
+request's updates, and a finished request's end from the request itself.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from kilotok.engine.outputs import RequestOutput
+from kilotok.engine.llm_engine import LLMEngine
+from kilotok.engine.output import RequestOutput
 from kilotok.sequence import Sequence
 
 # vLLM's buckets, so histogram quantiles line up with a vLLM deployment's.
@@ -26,32 +35,64 @@ LABELS = ["model_name", "engine"]
 
 @dataclass
 class RequestProgress:
-    """What the metrics have already counted for one running request."""
+    """What the metrics have already recorded of one running request."""
 
     arrival_time: float
     output_tokens: int = 0
     last_token_time: float | None = None
-    drafts: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-    accepted_by_depth: list[int] = field(default_factory=list)
+
+
+class EngineBooks(Collector):
+    """The engine's gauges and cumulative counters, read at scrape time. Each value is one read of a
+    number the engine thread keeps, so a scrape never waits on a step."""
+
+    def __init__(self, engine: LLMEngine, labels: tuple[str, str], spec_depth: int) -> None:
+        self.engine = engine
+        self.labels = list(labels)
+        self.spec_depth = spec_depth
+
+    def collect(self) -> Iterator[Metric]:
+        scheduler, blocks, spec = self.engine.scheduler, self.engine.block_manager, self.engine.spec_stats
+        usable = max(1, blocks.num_usable_blocks)
+        yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
+                          len(scheduler.running))
+        yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                          len(scheduler.waiting))
+        yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                          (usable - blocks.num_free_blocks) / usable)
+        yield self._counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+                            blocks.prefix_query_tokens)
+        yield self._counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+                            blocks.prefix_hit_tokens)
+        yield self._counter("vllm:num_preemptions", "Cumulative number of preemptions.", scheduler.num_preemptions)
+        yield self._counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", spec.target_forwards)
+        yield self._counter("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", spec.drafted_tokens)
+        yield self._counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.",
+                            spec.accepted_tokens)
+        per_position = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                           "Accepted tokens per draft position.", labels=[*LABELS, "position"])
+        accepted = list(spec.accepted_by_depth)
+        accepted += [0] * (self.spec_depth - len(accepted))
+        for position, count in enumerate(accepted):
+            per_position.add_metric([*self.labels, str(position)], count)
+        yield per_position
+
+    def _gauge(self, name: str, documentation: str, value: float) -> Metric:
+        family = GaugeMetricFamily(name, documentation, labels=LABELS)
+        family.add_metric(self.labels, value)
+        return family
+
+    def _counter(self, name: str, documentation: str, value: float) -> Metric:
+        family = CounterMetricFamily(name, documentation, labels=LABELS)
+        family.add_metric(self.labels, value)
+        return family
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, spec_depth: int = 0) -> None:
+    def __init__(self, model_name: str, engine: LLMEngine, spec_depth: int = 0) -> None:
         self.registry = CollectorRegistry()
         self._label_values = (model_name, "0")
-        self._last_prefix_queries = 0
-        self._last_prefix_hits = 0
-        self.running = self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
-        self.waiting = self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
-        self.kv_usage = self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
-        self.prefix_queries = self._counter("vllm:prefix_cache_queries",
-                                            "Prefix cache queries, in terms of number of queried tokens.")
-        self.prefix_hits = self._counter("vllm:prefix_cache_hits",
-                                         "Prefix cache hits, in terms of number of cached tokens.")
-        self.preemptions = self._counter("vllm:num_preemptions", "Cumulative number of preemptions.")
-        self._last_preemptions = 0
+        self.registry.register(EngineBooks(engine, self._label_values, spec_depth))
         self.prompt_tokens = self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = self._counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.ttft = self._histogram("vllm:time_to_first_token_seconds",
@@ -63,17 +104,6 @@ class ServerMetrics:
         success = Counter("vllm:request_success", "Count of successfully processed requests.",
                           LABELS + ["finished_reason"], registry=self.registry)
         self.success = {reason: success.labels(*self._label_values, reason) for reason in FINISH_REASONS}
-        self.drafts = self._counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.")
-        self.draft_tokens = self._counter("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.")
-        self.accepted_tokens = self._counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.")
-        self._accepted_per_pos_family = Counter(
-            "vllm:spec_decode_num_accepted_tokens_per_pos", "Accepted tokens per draft position.",
-            LABELS + ["position"], registry=self.registry)
-        for position in range(spec_depth):
-            self._accepted_at(position)
-
-    def _gauge(self, name: str, documentation: str) -> Gauge:
-        return Gauge(name, documentation, LABELS, registry=self.registry).labels(*self._label_values)
 
     def _counter(self, name: str, documentation: str) -> Counter:
         return Counter(name, documentation, LABELS, registry=self.registry).labels(*self._label_values)
@@ -82,29 +112,11 @@ class ServerMetrics:
         return Histogram(name, documentation, LABELS, buckets=buckets,
                          registry=self.registry).labels(*self._label_values)
 
-    def _accepted_at(self, position: int) -> Counter:
-        return self._accepted_per_pos_family.labels(*self._label_values, str(position))
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def observe_engine(self, engine) -> None:
-        """Scheduler gauges and the block manager's prefix-cache totals (0 until it keeps them)."""
-        scheduler, blocks = engine.scheduler, engine.block_manager
-        self.running.set(len(scheduler.running))
-        self.waiting.set(len(scheduler.waiting))
-        usable = max(1, blocks.num_usable_blocks)
-        self.kv_usage.set((usable - blocks.num_free_blocks) / usable)
-        queries = getattr(blocks, "prefix_query_tokens", 0)
-        hits = getattr(blocks, "prefix_hit_tokens", 0)
-        self.prefix_queries.inc(max(0, queries - self._last_prefix_queries))
-        self.prefix_hits.inc(max(0, hits - self._last_prefix_hits))
-        self._last_prefix_queries, self._last_prefix_hits = queries, hits
-        self.preemptions.inc(scheduler.num_preemptions - self._last_preemptions)
-        self._last_preemptions = scheduler.num_preemptions
-
     def observe_output(self, progress: RequestProgress, seq: Sequence, output: RequestOutput) -> None:
-        """Count what one step added to one request: tokens, latencies, speculation, and its end."""
+        """Record what one step added to one request: its tokens, their latency, and its end."""
         new_tokens = output.num_output_tokens - progress.output_tokens
         if new_tokens > 0:
             if progress.output_tokens == 0:
@@ -117,7 +129,6 @@ class ServerMetrics:
             self.generation_tokens.inc(new_tokens)
             progress.output_tokens = output.num_output_tokens
             progress.last_token_time = seq.last_token_time
-        self._observe_speculation(progress, seq)
         if output.finished:
             self.finish(progress, output.finish_reason, seq.last_token_time)
 
@@ -125,17 +136,3 @@ class ServerMetrics:
         self.success[reason if reason in self.success else "abort"].inc()
         if end_time is not None:
             self.e2e.observe(max(0.0, end_time - progress.arrival_time))
-
-    def _observe_speculation(self, progress: RequestProgress, seq: Sequence) -> None:
-        stats = seq.spec_stats
-        self.drafts.inc(stats.target_forwards - progress.drafts)
-        self.draft_tokens.inc(stats.drafted_tokens - progress.draft_tokens)
-        self.accepted_tokens.inc(stats.accepted_tokens - progress.accepted_tokens)
-        seen = progress.accepted_by_depth
-        for position, count in enumerate(stats.accepted_by_depth):
-            previous = seen[position] if position < len(seen) else 0
-            if count > previous:
-                self._accepted_at(position).inc(count - previous)
-        progress.drafts, progress.draft_tokens = stats.target_forwards, stats.drafted_tokens
-        progress.accepted_tokens = stats.accepted_tokens
-        progress.accepted_by_depth = list(stats.accepted_by_depth)

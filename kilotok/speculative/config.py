@@ -26,13 +26,12 @@ class SpecConfig:
     tree_size: int = 3
     """Most draft nodes verified per step (the root, the last sampled token, comes on top).
 
-    Defaults measured on the 2-CPU machine (AMD Zen 4, batch 1): verification runs the compiled decode
-    graph of its row count, and the int4 matrix kernel's cost grows with the rows (decode step with 1, 2,
-    8, 16 rows: 10.7, 14.0, 32.0, 57.8 ms; bf16 22.7, -, 36.8, 52.7 ms), so the smallest tree wins in
-    int4. Wider trees accept more (depth 5, top-k 2, 8 nodes: about 2.5 tokens per forward)."""
+    Small by default: verification runs the compiled decode graph of its row count, and on the CPU the
+    int4 matrix kernel's cost grows with the rows, so a small tree wins there although wider trees accept
+    more (docs/benchmarks.md has the step costs by row count and the acceptance of wider trees)."""
     ngram_min: int = 2
-    """Shortest context tail prompt lookup matches. Single-token matches propose too many wrong chains:
-    on the bench's chat prompts min 1 decoded slower than no speculation, min 2 about as fast."""
+    """Shortest context tail prompt lookup matches: a single token recurs so often that matching it
+    proposes mostly wrong chains, whose verification costs more than it saves."""
     ngram_max: int = 3
     policy: str | None = None
     """JSON table of tree shape by batch size (`kilotok bench spec-policy --out FILE`); None uses

@@ -15,8 +15,7 @@ import torch
 
 from kilotok.layers.sampler import SamplingTensors, processed_probs
 from kilotok.models.causal_lm import CausalLM
-from kilotok.runner.batch import DraftOutcome, ScheduledBatch, StepResult
-from kilotok.runner.decoder import Decoder, PlainDecoder
+from kilotok.runner.decoder import Decoder, DraftOutcome, PlainDecoder, ScheduledBatch, StepResult
 from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.drafter import Drafter

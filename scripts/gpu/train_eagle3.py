@@ -25,11 +25,11 @@ from kilotok.loader.registry import load_checkpoint
 from kilotok.speculative.eagle3.checkpoint import load_eagle3, read_training_record, save_eagle3
 from kilotok.speculative.eagle3.config import Eagle3Config
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.eagle3.train.eval import estimate_acceptance
-from kilotok.speculative.eagle3.train.features import FeatureSet, draft_vocabulary
-from kilotok.speculative.eagle3.train.fit import FitSettings, epoch_batches, fit
-from kilotok.speculative.eagle3.train.init import dense_weight, init_from_target, target_head_weight
-from kilotok.speculative.eagle3.train.trainer import collate, ttt_loss, unroll
+from kilotok.train.eval import estimate_acceptance
+from kilotok.train.features import FeatureSet, draft_vocabulary
+from kilotok.train.fit import FitSettings, epoch_batches, fit
+from kilotok.train.init import dense_weight, init_from_target, target_head_weight
+from kilotok.train.trainer import collate, ttt_loss, unroll
 
 START = time.perf_counter()
 # The CPU fallback exists only to try the script on a few prompts before spending GPU time.

@@ -26,15 +26,15 @@ def test_each_batch_size_keeps_its_fastest_shape(monkeypatch):
              (4, "3x3"): 10.0, (4, "0"): 100.0, (4, "1x1"): 101.0}
     shapes = [None, TreeShape(3, 3), TreeShape(1, 1)]
 
-    class Speculator:
+    class SpeculativeDecoder:
         policy = None
 
     class FakeLLM:
-        class engine:  # noqa: N801 - mimics the attribute path llm.engine.speculator
-            speculator = Speculator()
+        class engine:  # noqa: N801 - mimics the attribute path llm.engine.decoder
+            decoder = SpeculativeDecoder()
 
     def fake_rate(llm, batch_size, max_tokens):
-        shape = llm.engine.speculator.policy.shape_for(batch_size)
+        shape = llm.engine.decoder.policy.shape_for(batch_size)
         label = "0" if shape is None else f"{shape.depth}x{shape.tree_size}"
         return rates[(batch_size, label)], 1.0
 

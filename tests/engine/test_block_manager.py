@@ -9,8 +9,8 @@ import pytest
 
 from kilotok.engine.block_manager import PADDING_BLOCK, BlockManager
 from kilotok.engine.prefix_cache import chain_hash
-from kilotok.sequence import Sequence
 from kilotok.sampling_params import SamplingParams
+from kilotok.sequence import Sequence
 
 BLOCK = 4
 

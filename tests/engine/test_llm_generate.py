@@ -91,7 +91,7 @@ def test_streaming_deltas_add_up_to_the_text(llm):
 
 
 def test_bad_requests_raise_clear_errors(llm):
-    with pytest.raises(InvalidRequestError, match="context window"):
+    with pytest.raises(InvalidRequestError, match="maximum context length"):
         llm.generate({"prompt_token_ids": [1] * 9000}, _greedy(4))
     with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         llm.generate({"prompt_token_ids": [10**6]}, _greedy(4))

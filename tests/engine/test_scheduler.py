@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from kilotok.engine.block_manager import BlockManager
 from kilotok.engine.scheduler import ScheduledBatch, Scheduler
-from kilotok.sequence import Sequence, SequenceStatus
 from kilotok.sampling_params import SamplingParams
+from kilotok.sequence import Sequence, SequenceStatus
 
 BLOCK = 4
 

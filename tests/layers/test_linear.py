@@ -1,4 +1,5 @@
-"""make_linear in every mode against an fp32 matmul with the gguf package's dequantized weight."""
+"""make_linear in every weight format against an fp32 matmul with the gguf package's dequantized weight;
+FP8 formats keep stored FP8 weights or quantize float ones."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from gguf.quants import dequantize, quantize
 from kilotok.errors import InvalidRequestError
 from kilotok.layers.linear import DenseLinear, make_linear
 from kilotok.loader.tensor import QuantizedTensor
+from kilotok.quant.formats import FORMATS
+from kilotok.quant.fp8 import Fp8Linear, quantize_fp8
 from kilotok.quant.int4 import Int4Linear
 from kilotok.quant.int8 import Int8Linear
 
@@ -111,3 +114,38 @@ def test_weight_bytes_per_mode() -> None:
 def test_unknown_mode_is_a_clear_error() -> None:
     with pytest.raises(InvalidRequestError, match="int4"):
         make_linear(torch.randn(16, 32), None, "int3")
+
+
+def test_a_weight_format_and_its_name_build_the_same_layer() -> None:
+    weight = torch.randn(16, 32)
+    for name in ("bf16", "int8", "fp8-channel"):
+        by_name, by_format = make_linear(weight, None, name), make_linear(weight, None, FORMATS[name])
+        assert type(by_name) is type(by_format), name
+        x = torch.randn(2, 32)
+        assert torch.equal(by_name(x), by_format(x)), name
+
+
+def fp8_test_weight() -> torch.Tensor:
+    return torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("mode,scheme", [("fp8-tensor", "tensor"), ("fp8-channel", "channel"),
+                                         ("fp8-block", "block"), ("fp8", "block")])
+def test_fp8_formats_quantize_float_weights(mode: str, scheme: str) -> None:
+    weight = fp8_test_weight()
+    layer = make_linear(weight, None, mode)
+    assert isinstance(layer, Fp8Linear) and layer.scheme == scheme
+    assert torch.equal(layer.fp8_weight().dequantize(), quantize_fp8(weight, scheme).dequantize())
+
+
+def test_stored_fp8_weights_are_kept_and_other_weights_run_in_bf16() -> None:
+    weight = fp8_test_weight()
+    stored = quantize_fp8(weight, "channel")
+    for mode in ("fp8", "fp8-stored", "fp8-channel"):
+        layer = make_linear(stored, None, mode)
+        assert layer.weight is stored.data and layer.scheme == "channel", mode
+    requantized = make_linear(stored, None, "fp8-block")
+    assert requantized.scheme == "block"
+    assert isinstance(make_linear(weight, None, "fp8-stored"), DenseLinear)
+    dense = make_linear(stored, None, "fp32")
+    assert torch.equal(dense.weight, stored.dequantize())

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from kilotok.layers.linear import DenseLinear
 from kilotok.layers.moe import SparseMoe, grouped_expert_mlp, sort_by_expert
 from kilotok.layers.moe_router import route
-from kilotok.models.llama import LlamaMLP
+from kilotok.models.causal_lm import MLP
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama4.modeling_llama4 import Llama4TextMoe  # noqa: E402
@@ -30,7 +30,7 @@ def randomised(block):
 
 def ours_from_llama4(block: Llama4TextMoe) -> SparseMoe:
     shared = block.shared_expert
-    shared_mlp = LlamaMLP(
+    shared_mlp = MLP(
         DenseLinear(torch.cat([shared.gate_proj.weight, shared.up_proj.weight]), None, torch.float32),
         DenseLinear(shared.down_proj.weight, None, torch.float32),
     )

@@ -10,6 +10,7 @@ from gguf import GGMLQuantizationType
 from kilotok.loader.gguf_config import fit_llama3_scaling
 from kilotok.loader.gguf_loader import load_gguf, open_gguf, read_gguf_config, weights_from_gguf
 from kilotok.loader.tensor import QuantizedTensor
+from kilotok.models.registry import expected_tensors, model_config
 from tests.loader.tiny_gguf import HEAD_DIM, HEADS, HIDDEN, KV_HEADS, Q, TinyTensor, llama_cpp_permute, write_tiny_llama
 
 ALL_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
@@ -25,7 +26,7 @@ def as_float(weight) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def default_checkpoint(default_gguf_path):
-    return load_gguf(default_gguf_path, progress=False)
+    return load_gguf(default_gguf_path, expected_tensors, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def tiny_model(tmp_path_factory):
 @pytest.mark.slow
 def test_default_model_weights_equal_transformers(default_checkpoint, hf_reference_model):
     reference = hf_reference_model.state_dict()
-    assert default_checkpoint.config.tie_word_embeddings
+    assert default_checkpoint.config["tie_word_embeddings"]
     assert set(default_checkpoint.weights) == set(reference) - {"lm_head.weight"}
     for name, expected in reference.items():
         ours = as_float(default_checkpoint.weights[name.replace("lm_head", "model.embed_tokens")])
@@ -50,17 +51,16 @@ def test_default_model_weights_equal_transformers(default_checkpoint, hf_referen
 
 @pytest.mark.slow
 def test_default_model_config_equals_transformers(default_checkpoint, hf_reference_model):
+    """The GGUF metadata written as config.json holds what transformers reads from the same file."""
     ours, theirs = default_checkpoint.config, hf_reference_model.config
-    pairs = [(ours.vocab_size, theirs.vocab_size), (ours.hidden_size, theirs.hidden_size),
-             (ours.intermediate_size, theirs.intermediate_size), (ours.num_layers, theirs.num_hidden_layers),
-             (ours.num_heads, theirs.num_attention_heads), (ours.num_kv_heads, theirs.num_key_value_heads),
-             (ours.head_dim, theirs.head_dim), (ours.rms_norm_eps, theirs.rms_norm_eps),
-             (ours.rope_theta, theirs.rope_parameters["rope_theta"]),
-             (ours.max_position_embeddings, theirs.max_position_embeddings),
-             (ours.tie_word_embeddings, theirs.tie_word_embeddings), (ours.bos_token_id, theirs.bos_token_id),
-             (ours.eos_token_ids, (theirs.eos_token_id,)), (ours.rope_scaling, None)]
-    for mine, reference in pairs:
-        assert mine == reference
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings",
+            "bos_token_id", "eos_token_id")
+    for key in keys:
+        assert ours[key] == getattr(theirs, key), key
+    assert ours["rope_theta"] == theirs.rope_parameters["rope_theta"]
+    assert (ours["architectures"], ours["model_type"]) == (["LlamaForCausalLM"], "llama")
+    assert "rope_scaling" not in ours
 
 
 def test_default_model_keeps_quantized_blocks(default_checkpoint, hf_reference_tokenizer):
@@ -142,7 +142,7 @@ def test_attention_biases_are_unpermuted_like_weights(tmp_path):
     reader = open_gguf(path)
     config = read_gguf_config(reader, path)
     weights = weights_from_gguf(reader, config)
-    assert config.attention_bias and not config.mlp_bias
+    assert config["attention_bias"] and not config["mlp_bias"]
     for proj, expected in biases.items():
         assert torch.equal(weights[f"model.layers.0.self_attn.{proj}_proj.bias"], torch.from_numpy(expected))
 
@@ -172,10 +172,8 @@ LLAMA_32 = {**LLAMA_31, "factor": 32.0}
                                                         "original_max_position_embeddings": 4096}])
 def test_llama3_scaling_recovered_from_rope_freqs(head_dim, rope):
     theta = 500000.0
-    scaling = fit_llama3_scaling(llama3_rope_freqs(theta, head_dim, rope), theta, head_dim, 8192)
-    recovered = {"factor": scaling.factor, "low_freq_factor": scaling.low_freq_factor,
-                 "high_freq_factor": scaling.high_freq_factor,
-                 "original_max_position_embeddings": scaling.original_max_position_embeddings}
+    recovered = fit_llama3_scaling(llama3_rope_freqs(theta, head_dim, rope), theta, head_dim, 8192)
+    assert sorted(recovered) == sorted(rope)
     torch.testing.assert_close(transformers_llama3_inv_freq(theta, head_dim, recovered),
                                transformers_llama3_inv_freq(theta, head_dim, rope), rtol=1e-5, atol=0)
 
@@ -187,6 +185,9 @@ def test_rope_freqs_tensor_becomes_config_not_weight(tmp_path):
                      replace={"rope_freqs.weight": factors})
     reader = open_gguf(path)
     config = read_gguf_config(reader, path)
-    assert config.rope_scaling is not None and config.rope_scaling.factor == pytest.approx(32.0)
-    assert config.eos_token_ids == (2, 3)
+    assert config["rope_scaling"]["rope_type"] == "llama3"
+    assert config["eos_token_id"] == [2, 3]
+    model = model_config(config)
+    assert model.rope_scaling is not None and model.rope_scaling.factor == pytest.approx(32.0)
+    assert model.eos_token_ids == (2, 3)
     assert "rope_freqs.weight" not in weights_from_gguf(reader, config)

@@ -7,9 +7,15 @@ import pytest
 
 from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.loader.gguf_loader import load_gguf
+from kilotok.models.registry import expected_tensors
 from tests.loader.tiny_gguf import FFN, HIDDEN, Q, write_tiny_llama
 
 DEFAULT_DATA_OFFSET = 1_785_664  # where the default model's tensor data starts (gguf-dump)
+
+
+def load(path):
+    """Load as kilotok does: checked against what the metadata implies before any tensor is decoded."""
+    return load_gguf(path, expected_tensors, progress=False)
 
 
 def write_prefix(source, target, size: int):
@@ -27,12 +33,12 @@ def overwrite(path, offset: int, data: bytes):
 
 def test_missing_file(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        load_gguf(tmp_path / "absent.gguf")
+        load(tmp_path / "absent.gguf")
 
 
 def test_directory(tmp_path):
     with pytest.raises(ModelNotFoundError, match="directory"):
-        load_gguf(tmp_path)
+        load(tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"", b"GG", b"PK\x03\x04 a zip, not a model" * 10])
@@ -40,14 +46,14 @@ def test_not_a_gguf(tmp_path, content):
     path = tmp_path / "model.gguf"
     path.write_bytes(content)
     with pytest.raises(ModelFormatError, match="not a GGUF file"):
-        load_gguf(path, progress=False)
+        load(path)
 
 
 @pytest.mark.parametrize("size", [6, 30, 100_000, DEFAULT_DATA_OFFSET - 10, DEFAULT_DATA_OFFSET + 1_000_000])
 def test_truncated_default_model(default_gguf_path, tmp_path, size):
     truncated = write_prefix(default_gguf_path, tmp_path / "cut.gguf", size)
     with pytest.raises(ModelFormatError, match="truncated or corrupt") as error:
-        load_gguf(truncated, progress=False)
+        load(truncated)
     assert "download or convert the model again" in str(error.value)
 
 
@@ -60,14 +66,14 @@ def test_corrupt_header(tmp_path, offset, data):
     path = tmp_path / "corrupt.gguf"
     write_tiny_llama(path)
     with pytest.raises(ModelFormatError, match="truncated or corrupt"):
-        load_gguf(overwrite(path, offset, data), progress=False)
+        load(overwrite(path, offset, data))
 
 
 def test_unsupported_architecture(tmp_path):
     path = tmp_path / "gpt2.gguf"
     write_tiny_llama(path, arch="gpt2")
     with pytest.raises(ModelFormatError, match=r"unsupported GGUF architecture 'gpt2'; kilotok runs llama"):
-        load_gguf(path, progress=False)
+        load(path)
 
 
 @pytest.mark.parametrize("stored,qtype_name", [
@@ -78,7 +84,7 @@ def test_type_gguf_cannot_dequantize(tmp_path, stored, qtype_name):
     path = tmp_path / "odd_type.gguf"
     write_tiny_llama(path, replace={"blk.0.ffn_up.weight": stored})
     with pytest.raises(ModelFormatError, match=f"mlp.up_proj.weight is stored as {qtype_name}"):
-        load_gguf(path, progress=False)
+        load(path)
 
 
 @pytest.mark.parametrize("metadata,replace,message", [
@@ -97,4 +103,4 @@ def test_metadata_and_tensors_disagree(tmp_path, metadata, replace, message):
     path = tmp_path / "inconsistent.gguf"
     write_tiny_llama(path, layer_types=(Q.F16, Q.Q8_0), metadata=metadata, replace=replace)
     with pytest.raises(ModelFormatError, match=message):
-        load_gguf(path, progress=False)
+        load(path)

@@ -1,4 +1,5 @@
-"""Hugging Face folders written by transformers load back tensor for tensor, and bad folders fail clearly."""
+"""Hugging Face folders written by transformers load back tensor for tensor, with their config.json as it is,
+and bad folders fail clearly (checked against what the model family says the config implies)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (
+    Llama4ForCausalLM,
+    Llama4TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
 
 from kilotok.errors import ModelFormatError, ModelNotFoundError
-from kilotok.loader.hf_config import config_from_hf
-from kilotok.loader.hf_loader import load_hf_folder
+from kilotok.loader.checkpoint import ExpectedTensors
+from kilotok.loader.hf_loader import load_hf_folder, load_hf_weights, read_hf_config
+from kilotok.models.registry import expected_tensors
 
 SMALL_LLAMA = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2)
@@ -56,18 +65,13 @@ def assert_same_tensors(weights: dict, model) -> None:
         assert torch.equal(weights[name], tensor), name
 
 
-def assert_config_matches(config, hf) -> None:
-    assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (
-        hf.vocab_size, hf.hidden_size, hf.intermediate_size)
-    assert (config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) == (
-        hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim)
-    assert config.rms_norm_eps == hf.rms_norm_eps
-    assert config.rope_theta == hf.rope_parameters["rope_theta"]
-    assert config.max_position_embeddings == hf.max_position_embeddings
-    assert config.tie_word_embeddings == hf.tie_word_embeddings
-    assert config.bos_token_id == hf.bos_token_id
-    eos = hf.eos_token_id
-    assert config.eos_token_ids == (tuple(eos) if isinstance(eos, list) else (eos,))
+def load_checked(folder: Path):
+    """Load as kilotok does: names and shapes checked against the config before any tensor is read."""
+    return load_hf_folder(folder, expected_tensors, progress=False)
+
+
+def saved_config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())
 
 
 LLAMA_VARIANTS = {
@@ -85,21 +89,10 @@ def test_llama_folder_loads_as_saved(tmp_path, tokenizer_stub, overrides, dtype,
     model = save_model(tmp_path, hf_config, dtype=dtype, shard=shard)
     assert (tmp_path / "model.safetensors.index.json").is_file() == shard
 
-    checkpoint = load_hf_folder(tmp_path, progress=False)
+    checkpoint = load_checked(tmp_path)
 
     assert_same_tensors(checkpoint.weights, model)
-    assert_config_matches(checkpoint.config, hf_config)
-    expected_scaling = overrides.get("rope_parameters")
-    if expected_scaling:
-        scaling = checkpoint.config.rope_scaling
-        assert (scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor,
-                scaling.original_max_position_embeddings) == tuple(
-            expected_scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                          "original_max_position_embeddings"))
-    else:
-        assert checkpoint.config.rope_scaling is None
-    assert (checkpoint.config.attention_bias, checkpoint.config.mlp_bias) == (
-        hf_config.attention_bias, hf_config.mlp_bias)
+    assert checkpoint.config == saved_config(tmp_path)
     assert (checkpoint.tokenizer, checkpoint.name, checkpoint.path) == ("tokenizer", tmp_path.name, tmp_path)
     assert tokenizer_stub == [tmp_path]
 
@@ -107,9 +100,23 @@ def test_llama_folder_loads_as_saved(tmp_path, tokenizer_stub, overrides, dtype,
 def test_mistral_without_sliding_window_loads_as_llama(tmp_path, tokenizer_stub):
     hf_config = MistralConfig(**SMALL_LLAMA, sliding_window=None)
     model = save_model(tmp_path, hf_config, model_class=MistralForCausalLM)
-    checkpoint = load_hf_folder(tmp_path, progress=False)
+    checkpoint = load_checked(tmp_path)
     assert_same_tensors(checkpoint.weights, model)
-    assert_config_matches(checkpoint.config, hf_config)
+    assert checkpoint.config == saved_config(tmp_path)
+
+
+def test_loader_asks_expect_with_the_config_and_the_names_found(tmp_path, tokenizer_stub):
+    """The loader checks exactly what `expect` returns; an optional tensor may be missing."""
+    model = save_model(tmp_path, LlamaConfig(**SMALL_LLAMA, tie_word_embeddings=True))
+    calls = []
+
+    def expect(config: dict, names: list[str]) -> ExpectedTensors:
+        calls.append((config, sorted(names)))
+        return ExpectedTensors({"model.norm.weight": (32,), "lm_head.weight": (96, 32)},
+                               optional=frozenset({"lm_head.weight"}))
+
+    load_hf_folder(tmp_path, expect, progress=False)
+    assert calls == [(saved_config(tmp_path), sorted(model.state_dict().keys() - {"lm_head.weight"}))]
 
 
 @pytest.mark.slow
@@ -118,20 +125,24 @@ def test_folder_with_real_tokenizer(tmp_path, hf_reference_tokenizer):
     save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
     hf_reference_tokenizer.save_pretrained(tmp_path)
     text = "Hello, kilotok! Ünïcode and  spaces."
-    tokenizer = load_hf_folder(tmp_path, progress=False).tokenizer
+    tokenizer = load_checked(tmp_path).tokenizer
     assert tokenizer.encode(text) == hf_reference_tokenizer.encode(text)
 
 
-def test_transformers4_rope_layout():
-    raw = LlamaConfig(**SMALL_LLAMA).to_dict()
-    del raw["rope_parameters"]
-    raw["rope_theta"] = 500000.0
-    raw["rope_scaling"] = {k: v for k, v in LLAMA3_ROPE.items() if k not in ("rope_type", "rope_theta")}
-    raw["rope_scaling"]["type"] = "llama3"
-    config = config_from_hf(raw)
-    assert config.rope_theta == 500000.0
-    assert config.rope_scaling.factor == 8.0
-    assert config.rope_scaling.original_max_position_embeddings == 64
+def test_llama4_multimodal_folder_reads_only_the_language_model(tmp_path):
+    torch.manual_seed(0)
+    Llama4ForCausalLM(Llama4TextConfig(**SMALL_LLAMA, head_dim=8, num_local_experts=4, intermediate_size_mlp=24,
+                                       attention_chunk_size=4)).save_pretrained(tmp_path)
+    weights = load_hf_weights(tmp_path, saved_config(tmp_path), expected_tensors, progress=False)
+    stored = load_file(tmp_path / "model.safetensors")
+    renamed = {f"language_model.{name}": t for name, t in stored.items()} | {"vision_model.stem": torch.zeros(3)}
+    save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    text_config = saved_config(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Llama4ForConditionalGeneration"],
+                                                      "model_type": "llama4", "text_config": text_config}))
+    reloaded = load_hf_weights(tmp_path, read_hf_config(tmp_path), expected_tensors, progress=False)
+    assert sorted(reloaded) == sorted(weights)
+    assert all(torch.equal(reloaded[name], weights[name]) for name in weights)
 
 
 def llama_dict(**changes) -> dict:
@@ -140,33 +151,18 @@ def llama_dict(**changes) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("changes,message", [
-    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "'yarn'"),
-    (dict(rope_parameters=None, rope_scaling={"type": "linear", "factor": 2.0}), "'linear'"),
-    (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), "low_freq_factor"),
-    (dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2"), "Qwen2ForCausalLM.*LlamaForCausalLM"),
-    (dict(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=512), "sliding window"),
-    (dict(quantization_config={"quant_method": "gptq"}), "gptq"),
-    (dict(hidden_act="gelu"), "gelu"),
-    (dict(num_hidden_layers=None), "num_hidden_layers"),
-])
-def test_unsupported_configs_are_rejected(changes, message):
-    with pytest.raises(ModelFormatError, match=message):
-        config_from_hf(llama_dict(**changes))
-
-
 def test_missing_folder_and_config(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        load_hf_folder(tmp_path / "nowhere")
+        load_checked(tmp_path / "nowhere")
     with pytest.raises(ModelFormatError, match="no config.json"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def test_pytorch_bin_checkpoint_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(llama_dict()))
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ModelFormatError, match=r"pytorch_model\.bin.*convert them to safetensors"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def test_index_naming_a_missing_shard(tmp_path):
@@ -175,7 +171,7 @@ def test_index_naming_a_missing_shard(tmp_path):
     shard = index["weight_map"]["model.norm.weight"]
     (tmp_path / shard).unlink()
     with pytest.raises(ModelFormatError, match=f"shard '{shard}'.*missing"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def rewrite_weights(folder: Path, edit) -> None:
@@ -189,14 +185,14 @@ def test_missing_tensor_is_named(tmp_path):
     save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
     rewrite_weights(tmp_path, lambda tensors: tensors.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(ModelFormatError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def test_untied_checkpoint_needs_lm_head(tmp_path):
     save_model(tmp_path, LlamaConfig(**SMALL_LLAMA))
     rewrite_weights(tmp_path, lambda tensors: tensors.pop("lm_head.weight"))
     with pytest.raises(ModelFormatError, match=r"'lm_head\.weight' is missing"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def test_shape_disagreeing_with_config(tmp_path):
@@ -204,7 +200,7 @@ def test_shape_disagreeing_with_config(tmp_path):
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "intermediate_size": 64}))
     with pytest.raises(ModelFormatError, match=r"gate_proj\.weight.*\(48, 32\).*\(64, 32\)"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def test_integer_weight_is_rejected(tmp_path):
@@ -212,7 +208,7 @@ def test_integer_weight_is_rejected(tmp_path):
     integer_norm = {"model.norm.weight": torch.ones(32, dtype=torch.int8)}
     rewrite_weights(tmp_path, lambda tensors: tensors.update(integer_norm))
     with pytest.raises(ModelFormatError, match=r"'model\.norm\.weight' has dtype I8"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)
 
 
 def test_corrupt_safetensors_file(tmp_path):
@@ -220,4 +216,4 @@ def test_corrupt_safetensors_file(tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ModelFormatError, match="truncated or corrupt"):
-        load_hf_folder(tmp_path)
+        load_checked(tmp_path)

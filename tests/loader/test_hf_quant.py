@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from kilotok.errors import ModelFormatError
 from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.hf_quant import attach_fp8_scales
-from kilotok.loader.registry import load_checkpoint
+from kilotok.models.registry import load_checkpoint
 from kilotok.quant.quantize_checkpoint import quantize_checkpoint
 from tests.quant.tiny_hf import save_tiny_llama
 

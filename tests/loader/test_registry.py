@@ -12,8 +12,8 @@ import pytest
 
 from kilotok.errors import ModelNotFoundError
 from kilotok.loader import hf_loader
-from kilotok.loader.checkpoint import Checkpoint
-from kilotok.loader.registry import MODEL_ALIASES, load_checkpoint, resolve_model
+from kilotok.loader.checkpoint import Checkpoint, ExpectedTensors
+from kilotok.loader.registry import MODEL_ALIASES, read_checkpoint, resolve_model
 
 ALIAS = "smollm2-135m"
 
@@ -69,11 +69,15 @@ def test_package_without_model_file(monkeypatch, tmp_path):
 
 
 def recording_loader(calls: list):
-    def load(path: Path, progress: bool = True) -> Checkpoint:
-        calls.append((path, progress))
-        return Checkpoint(config=None, weights={}, tokenizer=None, path=path, name="set by the loader")
+    def load(path: Path, expect=None, progress: bool = True) -> Checkpoint:
+        calls.append((path, expect, progress))
+        return Checkpoint(config={}, weights={}, tokenizer=None, path=path, name="set by the loader")
 
     return load
+
+
+def expect_nothing(config: dict, names: list[str]) -> ExpectedTensors:
+    return ExpectedTensors({})
 
 
 def test_alias_loads_through_gguf_loader(monkeypatch, default_gguf_path):
@@ -82,9 +86,9 @@ def test_alias_loads_through_gguf_loader(monkeypatch, default_gguf_path):
     stub.load_gguf = recording_loader(calls)
     monkeypatch.setitem(sys.modules, "kilotok.loader.gguf_loader", stub)
 
-    checkpoint = load_checkpoint(ALIAS, progress=False)
+    checkpoint = read_checkpoint(ALIAS, progress=False)
 
-    assert calls == [(default_gguf_path, False)]
+    assert calls == [(default_gguf_path, None, False)]
     assert checkpoint.name == ALIAS
 
 
@@ -92,9 +96,9 @@ def test_folder_loads_through_hf_loader(monkeypatch, tmp_path):
     calls: list = []
     monkeypatch.setattr(hf_loader, "load_hf_folder", recording_loader(calls))
 
-    checkpoint = load_checkpoint(str(tmp_path))
+    checkpoint = read_checkpoint(str(tmp_path), expect=expect_nothing)
 
-    assert calls == [(tmp_path, True)]
+    assert calls == [(tmp_path, expect_nothing, True)]
     assert checkpoint.name == tmp_path.name
 
 

@@ -67,7 +67,7 @@ def write_tiny_llama(
             tensors[f"{hf_prefix}{hf_name}.weight"] = _make(f"{prefix}{name}.weight", (HIDDEN,), Q.F32, rng)
     to_write = {t.gguf_name: _as_written(t) for t in tensors.values()}
     to_write.update(replace or {})
-    _write(path, arch, _metadata(arch, len(layer_types), metadata or {}), to_write)
+    write_gguf(path, _metadata(arch, len(layer_types), metadata or {}), to_write, arch)
     return tensors
 
 
@@ -118,16 +118,25 @@ def _metadata(arch: str, num_layers: int, overrides: dict[str, object]) -> dict[
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _write(path: Path, arch: str, metadata: dict[str, object], tensors: dict[str, object]) -> None:
+def write_gguf(path: Path, metadata: dict[str, object], tensors: dict[str, object] | None = None,
+               arch: str = "llama") -> Path:
+    """A GGUF file holding `metadata` and `tensors` (float arrays, or (blocks, type) pairs); None values are
+    left out."""
     writer = GGUFWriter(path, arch)
     for key, value in metadata.items():
-        if isinstance(value, str):
-            writer.add_string(key, value)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
         elif isinstance(value, float):
             writer.add_float32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
         else:
-            writer.add_uint32(key, value)
-    for name, data in tensors.items():
+            writer.add_array(key, value)
+    for name, data in (tensors or {}).items():
         if data is None:
             continue
         if isinstance(data, tuple):
@@ -138,3 +147,4 @@ def _write(path: Path, arch: str, metadata: dict[str, object], tensors: dict[str
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path

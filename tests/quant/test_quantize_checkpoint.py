@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from kilotok.loader.fp8_weight import Fp8Weight
-from kilotok.loader.registry import load_checkpoint
-from kilotok.models.builder import build_model, resolve_weight_mode
+from kilotok.models.builder import build_model
+from kilotok.models.registry import load_checkpoint
+from kilotok.quant.formats import resolve_weight_format
 from kilotok.quant.quantize_checkpoint import quantize_checkpoint
-from tests.models.paged_forward import BLOCK_SIZE, paged_step
+from tests.models.moe_reference import perturb, save_folder
+from tests.models.paged_forward import prompt_logits
 from tests.quant.tiny_hf import TINY, save_tiny_llama
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
@@ -77,23 +79,12 @@ def test_every_layer_reads_back_as_stored(source, tmp_path, scheme):
             assert torch.equal(loaded[name], state[name]), name
 
 
-def attach_cache(model, num_blocks: int) -> None:
-    config = model.config
-    for layer in model.layers:
-        shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype)
-        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype)
-
-
-def kilotok_logits(folder: Path, mode: str) -> torch.Tensor:
+def kilotok_logits(folder: Path, dtype: str) -> torch.Tensor:
     checkpoint = load_checkpoint(str(folder), progress=False)
-    mode = resolve_weight_mode(mode, checkpoint)
-    assert mode != "auto" and (mode == "fp32" or mode == "fp8-stored")
-    model = build_model(checkpoint, mode, progress=False)
-    blocks = -(-len(PROMPT) // BLOCK_SIZE)
-    attach_cache(model, blocks + 1)
-    with torch.no_grad():
-        return paged_step(model, [PROMPT], [0], [list(range(1, blocks + 1))])[0].float()
+    fmt = resolve_weight_format(dtype, checkpoint.weights)
+    # `auto` runs a checkpoint holding FP8 weights as stored.
+    assert fmt.name == {"fp32": "fp32", "auto": "fp8-stored"}[dtype]
+    return prompt_logits(build_model(checkpoint, fmt, progress=False), PROMPT)
 
 
 @pytest.mark.parametrize("scheme", ["fp8-block", "fp8-tensor"])
@@ -107,6 +98,29 @@ def test_transformers_reads_our_fp8_folder(source, tmp_path, scheme):
     assert (kilotok_logits(out, "fp32") - expected).abs().max() < 1e-4
     # kilotok's own FP8 path also quantizes activations and computes in bf16.
     # Each E4M3 rounding is within 2^-4 relative and they mostly cancel: a few percent in all.
+    fp8 = kilotok_logits(out, "auto")
+    assert (fp8 - expected).norm() < 0.1 * expected.norm()
+
+
+@pytest.mark.parametrize("scheme", ["fp8-block", "fp8-channel"])
+def test_moe_folder_keeps_routers_and_runs_close_to_the_source(tmp_path, scheme):
+    """Expert and dense projections quantized, routers not; the scales load with their weights."""
+    torch.manual_seed(0)
+    config = Qwen3MoeConfig(vocab_size=96, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                            num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True, mlp_only_layers=[0])
+    reference = perturb(Qwen3MoeForCausalLM(config), 0, {"gate.weight": 5.0})
+    source = save_folder(reference, tmp_path / "source")
+    out = quantize_checkpoint(load_checkpoint(str(source), progress=False), tmp_path / scheme, scheme)
+
+    weights = load_checkpoint(str(out), progress=False).weights
+
+    assert isinstance(weights["model.layers.1.mlp.experts.3.down_proj.weight"], Fp8Weight)
+    assert isinstance(weights["model.layers.0.mlp.down_proj.weight"], Fp8Weight)
+    router = "model.layers.1.mlp.gate.weight"
+    assert torch.equal(weights[router], reference.state_dict()[router])
+    with torch.no_grad():
+        expected = reference(torch.tensor([PROMPT])).logits[0]
     fp8 = kilotok_logits(out, "auto")
     assert (fp8 - expected).norm() < 0.1 * expected.norm()
 

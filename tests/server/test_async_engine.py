@@ -1,5 +1,6 @@
 """The engine thread's fault isolation, with a scripted stand-in for LLMEngine (no model): a request the
-engine refuses, or a step that raises, fails only the requests involved, and the thread keeps serving."""
+engine fails to take, or a step that raises, fails only the requests involved, and the thread keeps
+serving."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from kilotok.engine.outputs import RequestOutput
-from kilotok.sequence import Sequence, SequenceStatus
-from kilotok.errors import InvalidRequestError
+from kilotok.engine.output import RequestOutput
 from kilotok.sampling_params import SamplingParams
+from kilotok.sequence import Sequence, SequenceStatus, SpecStats
 from kilotok.server.async_engine import AsyncEngine
 from kilotok.server.errors import APIError
 from kilotok.server.metrics import ServerMetrics
@@ -21,23 +21,23 @@ from kilotok.server.metrics import ServerMetrics
 POISON = 13
 """A prompt token that makes the scripted engine's step raise."""
 REFUSED = 7
-"""A prompt token that the scripted engine refuses at add_request."""
+"""A prompt token that makes the scripted engine's submit raise."""
 
 
 class ScriptedEngine:
     """Emits token 1 per step per sequence until max_tokens; raises on a step that runs POISON."""
 
     def __init__(self) -> None:
-        self.scheduler = SimpleNamespace(running=deque(), waiting=deque())
-        self.block_manager = SimpleNamespace(num_usable_blocks=8, num_free_blocks=8)
+        self.scheduler = SimpleNamespace(running=deque(), waiting=deque(), num_preemptions=0)
+        self.block_manager = SimpleNamespace(num_usable_blocks=8, num_free_blocks=8, prefix_query_tokens=0,
+                                             prefix_hit_tokens=0)
+        self.spec_stats = SpecStats()
         self.aborted: list[int] = []
 
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
-        if REFUSED in prompt_token_ids:
-            raise InvalidRequestError("token 7 is not welcome here")
-        seq = Sequence(list(prompt_token_ids), params)
+    def submit(self, seq: Sequence) -> None:
+        if REFUSED in seq.prompt_token_ids:
+            raise RuntimeError("token 7 is not welcome here")
         self.scheduler.running.append(seq)
-        return seq
 
     def abort(self, seq: Sequence) -> None:
         self.aborted.append(seq.seq_id)
@@ -62,7 +62,7 @@ class ScriptedEngine:
 
 async def run_to_end(engine: AsyncEngine, prompt: list[int], max_tokens: int = 3) -> list[RequestOutput]:
     outputs = []
-    async with engine.generate([(prompt, SamplingParams(max_tokens=max_tokens))]) as group:
+    async with engine.generate([Sequence(prompt, SamplingParams(max_tokens=max_tokens))]) as group:
         async for _, output in group:
             outputs.append(output)
     return outputs
@@ -75,7 +75,8 @@ def finished_count(engine: AsyncEngine, reason: str) -> float:
 
 @pytest.fixture
 def engine():
-    async_engine = AsyncEngine(ScriptedEngine(), ServerMetrics("scripted"))
+    scripted = ScriptedEngine()
+    async_engine = AsyncEngine(scripted, ServerMetrics("scripted", scripted))
     async_engine.start()
     yield async_engine
     async_engine.stop(timeout_s=10)
@@ -89,10 +90,10 @@ def test_a_request_runs_to_its_finish(engine):
     assert finished_count(engine, "length") == 1
 
 
-def test_a_refused_request_is_a_400_and_the_thread_keeps_serving(engine):
+def test_a_request_the_engine_cannot_take_is_a_500_and_the_thread_keeps_serving(engine):
     with pytest.raises(APIError) as caught:
         asyncio.run(run_to_end(engine, [REFUSED]))
-    assert caught.value.status == 400 and "token 7" in caught.value.message
+    assert caught.value.status == 500 and "token 7" in caught.value.message
     assert asyncio.run(run_to_end(engine, [1]))[-1].finished
     assert engine.is_alive
 
@@ -109,7 +110,7 @@ def test_a_failing_step_fails_its_requests_with_a_500_and_the_thread_keeps_servi
 
 def test_cancelling_a_group_aborts_its_sequences_in_the_engine(engine):
     async def start_then_cancel() -> None:
-        async with engine.generate([([1], SamplingParams(max_tokens=10_000))]) as group:
+        async with engine.generate([Sequence([1], SamplingParams(max_tokens=10_000))]) as group:
             async for _ in group:
                 group.cancel()
 

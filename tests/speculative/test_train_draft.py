@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from kilotok.cli.main import main
-from kilotok.loader.registry import load_checkpoint
+from kilotok.models.registry import load_checkpoint, model_config
 from kilotok.speculative.eagle3 import load_eagle3
-from kilotok.speculative.eagle3.train import fit as fit_module
-from kilotok.speculative.eagle3.train.data import load_prompts
-from kilotok.speculative.eagle3.train.fit import FitSettings
-from kilotok.speculative.eagle3.train.pipeline import TrainDraftSettings, run_train_draft
+from kilotok.train import fit as fit_module
+from kilotok.train.data import load_prompts
+from kilotok.train.fit import FitSettings
+from kilotok.train.pipeline import TrainDraftSettings, run_train_draft
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,9 @@ def test_prompt_split_is_disjoint_and_stable():
 def test_run_saves_a_loadable_head_with_its_record(trained):
     settings, record, _ = trained
     checkpoint = load_checkpoint(settings.model, progress=False)
-    embedding = torch.zeros(checkpoint.config.vocab_size, checkpoint.config.hidden_size)
-    head = load_eagle3(settings.out, checkpoint.config, embedding)
+    target = model_config(checkpoint.config)
+    embedding = torch.zeros(target.vocab_size, target.hidden_size)
+    head = load_eagle3(settings.out, target, embedding)
     assert head.config.draft_vocab_size == 256 and head.config.aux_layer_ids == (2, 15, 27)
     assert record["train_prompts"] == 4 and record["train_answers_from_target"] == 4
     assert record["tokens_seen"] == 2 * record["train_response_tokens"] > 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from tests.speculative.test_eagle3_model import causal, make_draft
 
-from kilotok.speculative.eagle3.train.trainer import Batch, ttt_loss, unroll
+from kilotok.train.trainer import Batch, ttt_loss, unroll
+from tests.speculative.test_eagle3_model import causal, make_draft
 
 STEPS = 3
 

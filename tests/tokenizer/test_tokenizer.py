@@ -15,6 +15,7 @@ from tokenizers import Regex, pre_tokenizers
 from kilotok.errors import ModelFormatError
 from kilotok.tokenizer.gguf_vocab import byte_level_pre_tokenizer, pre_tokenizer_spec, tokenizer_from_gguf
 from kilotok.tokenizer.tokenizer import tokenizer_from_hf_folder
+from tests.loader.tiny_gguf import write_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -148,27 +149,6 @@ def test_special_ids_and_vocab_match_reference(tokenizer, hf_reference_tokenizer
     assert tokenizer.add_bos_token is False
     assert tokenizer.token_to_id("<|im_end|>") == ref.convert_tokens_to_ids("<|im_end|>")
     assert tokenizer.token_to_id("no such token, surely") is None
-
-
-def write_gguf(path: Path, meta: dict) -> Path:
-    """A tokenizer-only GGUF holding `meta` (None values are left out)."""
-    writer = gguf.GGUFWriter(path, arch="llama")
-    for key, value in meta.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        else:
-            writer.add_array(key, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 TINY_VOCAB = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",

@@ -1,14 +1,58 @@
-"""Turns sampled tokens into text and decides when a request is finished (EOS, stop tokens, stop
-strings, max_tokens, the context window); builds what the caller sees of a request. The text state it
-works on is the request's own (`Sequence.text`)."""
+"""What the caller sees of a request (`RequestOutput`), and how sampled tokens become it: text, and the
+decision that a request is finished (EOS, stop tokens, stop strings, max_tokens, the context window).
+The text state this works on is the request's own (`Sequence.text`)."""
 
 from __future__ import annotations
 
-from kilotok.engine.outputs import RequestOutput
+from dataclasses import asdict, dataclass
+
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
 from kilotok.tokenizer.detokenizer import IncrementalDetokenizer, TextState
 from kilotok.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    """"stop" (EOS, a stop token or a stop string), "length" (max_tokens or the context window), or None
+    while the request is still running."""
+    ttft_s: float
+    """Time to first token: from the request's arrival to its first sampled token."""
+    decode_tokens_per_s: float
+    """Output tokens after the first, per second of decoding: the speed a user sees the answer stream."""
+    e2e_s: float
+    delta_text: str = ""
+    """Text added since the previous update, for streaming."""
+    acceptance_length: float = 1.0
+    """Speculative decoding: tokens emitted per target forward while decoding (1.0 without it)."""
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    target_forwards: int = 0
+    """Decode forwards of the target (verify steps with speculation)."""
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def to_json_dict(self) -> dict:
+        record = asdict(self)
+        record.pop("delta_text")
+        record["num_prompt_tokens"] = self.num_prompt_tokens
+        record["num_output_tokens"] = self.num_output_tokens
+        return record
 
 
 class OutputProcessor:

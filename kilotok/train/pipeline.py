@@ -21,12 +21,12 @@ from kilotok.quant.formats import resolve_weight_format
 from kilotok.speculative.eagle3.checkpoint import load_eagle3, read_training_record, save_eagle3
 from kilotok.speculative.eagle3.config import Eagle3Config
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.eagle3.train.data import TrainingPrompt, load_prompts
-from kilotok.speculative.eagle3.train.distill import dataset_answer_records, distill, read_records
-from kilotok.speculative.eagle3.train.eval import estimate_acceptance
-from kilotok.speculative.eagle3.train.features import FeatureSet, build_feature_set, draft_vocabulary
-from kilotok.speculative.eagle3.train.fit import FitSettings, fit
-from kilotok.speculative.eagle3.train.init import dense_weight, init_from_target, target_head_weight
+from kilotok.train.data import TrainingPrompt, load_prompts
+from kilotok.train.distill import dataset_answer_records, distill, read_records
+from kilotok.train.eval import estimate_acceptance
+from kilotok.train.features import FeatureSet, build_feature_set, draft_vocabulary
+from kilotok.train.fit import FitSettings, fit
+from kilotok.train.init import dense_weight, init_from_target, target_head_weight
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.eagle3.train.features import FeatureSet
-from kilotok.speculative.eagle3.train.trainer import collate, ttt_loss, unroll
+from kilotok.train.features import FeatureSet
+from kilotok.train.trainer import collate, ttt_loss, unroll
 
 SORT_CHUNK_BATCHES = 8
 """Sequences are length-sorted inside chunks of this many batches: less padding, order still shuffled."""

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from kilotok.sampling_params import SamplingParams
-from kilotok.speculative.eagle3.train.data import TrainingPrompt
+from kilotok.train.data import TrainingPrompt
 
 GENERATE_CHUNK = 64
 """Prompts handed to the engine at once: big enough to batch, small enough to write progress often."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.eagle3.train.features import FeatureSet
+from kilotok.train.features import FeatureSet
 
 
 @dataclass

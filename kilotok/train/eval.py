@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
-from kilotok.speculative.eagle3.train.features import FeatureSet
-from kilotok.speculative.eagle3.train.trainer import collate, unroll
+from kilotok.train.features import FeatureSet
+from kilotok.train.trainer import collate, unroll
 
 
 @dataclass(frozen=True)

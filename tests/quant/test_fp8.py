@@ -1,4 +1,5 @@
-"""FP8 quantization against exact E4M3 arithmetic: the grid built from its definition, block maxima by hand."""
+"""FP8 quantization against exact E4M3 arithmetic (the grid built from its definition, block maxima by hand),
+and FP8 products against float64 math on the same quantized operands."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from kilotok.errors import ModelFormatError
-from kilotok.loader.fp8_weight import Fp8Weight
-from kilotok.quant.fp8 import quantize_activations, quantize_fp8
+from kilotok.quant.fp8 import Fp8Linear, fp8_linear, quantize_activations, quantize_fp8
+from tests.quant.weights import spread_weight
+
+BF16_EPS = 2.0**-8
 
 
 def e4m3_grid() -> np.ndarray:
@@ -29,15 +32,6 @@ def nearest_distance(x: np.ndarray) -> np.ndarray:
     """Distance from each x to the nearest E4M3 value."""
     index = np.clip(np.searchsorted(GRID, x), 1, len(GRID) - 1)
     return np.minimum(np.abs(GRID[index] - x), np.abs(GRID[index - 1] - x))
-
-
-def spread_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    """Rows of very different magnitudes, an outlier column, and an all-zero row."""
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 1, rows)[:, None]
-    weight[:, 3] *= 20
-    weight[-1] = 0
-    return weight
 
 
 def block_maxima(weight: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -88,6 +82,11 @@ def test_all_zero_weight_round_trips():
     assert torch.equal(quantized.dequantize(), torch.zeros(4, 8))
 
 
+def test_vectors_are_rejected_by_name():
+    with pytest.raises(ModelFormatError, match="cannot quantize model.norm.weight of shape \\(8,\\)"):
+        quantize_fp8(torch.ones(8), "block", name="model.norm.weight")
+
+
 @pytest.mark.parametrize("group", [64, 128])
 def test_activation_codes_are_nearest_per_group(group):
     x = torch.randn(3, 192, generator=torch.Generator().manual_seed(2)) * torch.tensor([1e-3, 1.0, 50.0])[:, None]
@@ -102,33 +101,54 @@ def test_activation_codes_are_nearest_per_group(group):
     assert (np.abs(values.double().numpy() - exact) <= nearest_distance(exact) + 1e-6 * np.abs(exact)).all()
 
 
-def fp8_parts(seed: int, rows: list[int], scheme: str) -> list[Fp8Weight]:
-    return [quantize_fp8(spread_weight(r, 576, seed + i), scheme) for i, r in enumerate(rows)]
+def operands(rows: int, cols: int, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=generator) * torch.logspace(-2, 0.5, rows)[:, None]
+    x = torch.randn(batch, cols, generator=generator) * torch.logspace(-1, 1, batch)[:, None]
+    return weight, x
 
 
-@pytest.mark.parametrize("scheme,rows", [
-    ("block", [576, 192, 192]),   # q/k/v of the default model: q ends mid-block
-    ("block", [256, 128]),        # aligned: the grids concatenate as they are
-    ("channel", [64, 32]),
-    ("tensor", [64, 32]),         # different scales: one scale per row
-])
-def test_fusing_rows_keeps_every_value(scheme, rows):
-    parts = fp8_parts(3, rows, scheme)
-    fused = Fp8Weight.concat_rows(parts)
-    assert fused.shape == (sum(rows), 576)
-    assert torch.equal(fused.data.view(torch.uint8), torch.cat([p.data for p in parts]).view(torch.uint8))
-    assert torch.equal(fused.dequantize(), torch.cat([p.dequantize() for p in parts]))
+def reference(x: torch.Tensor, weight, group: int) -> torch.Tensor:
+    """float64 product of the dequantized operands: what an exact FP8 kernel computes."""
+    values, scale = quantize_activations(x, group)
+    x_dequant = values.double() * scale.double().repeat_interleave(group, -1)[:, : x.shape[-1]]
+    return x_dequant @ weight.dequantize().double().T
 
 
-def test_aligned_blocks_and_equal_tensor_scales_stay_in_their_scheme():
-    assert Fp8Weight.concat_rows(fp8_parts(0, [256, 128], "block")).block == (128, 128)
-    part = quantize_fp8(spread_weight(8, 576), "tensor")
-    assert Fp8Weight.concat_rows([part, part]).scheme == "tensor"
+@pytest.mark.parametrize("scheme", ["tensor", "channel", "block"])
+@pytest.mark.parametrize("batch", [1, 9])
+def test_product_matches_float64_on_the_quantized_operands(scheme, batch):
+    weight, x = operands(300, 320, batch)
+    quantized = quantize_fp8(weight, scheme)
+    group = 128 if scheme == "block" else 320
+    bias = torch.randn(300)
+    expected = reference(x, quantized, group) + bias.double()
+    magnitude = (x.double().abs() @ quantized.dequantize().double().abs().T) + bias.double().abs()
+
+    out32 = fp8_linear(x, quantized, bias, out_dtype=torch.float32)
+    out16 = fp8_linear(x.bfloat16(), quantized, bias)
+
+    assert out32.dtype == torch.float32 and out16.dtype == torch.bfloat16
+    assert ((out32.double() - expected).abs() <= 1e-5 * magnitude + 1e-6).all()
+    # bf16 rounds the activation codes' scale product and the output (twice for row-scaled schemes).
+    assert ((out16.double() - reference(x.bfloat16(), quantized, group) - bias.double()).abs()
+            <= 4 * BF16_EPS * magnitude + 1e-3).all()
 
 
-def test_misshapen_scales_and_vectors_are_rejected():
-    data = torch.zeros(256, 256, dtype=torch.float8_e4m3fn)
-    with pytest.raises(ModelFormatError, match=r"\(3, 2\).*256, 256.*128x128.*\(2, 2\)"):
-        Fp8Weight(data, torch.ones(3, 2), (128, 128))
-    with pytest.raises(ModelFormatError, match="cannot quantize model.norm.weight of shape \\(8,\\)"):
-        quantize_fp8(torch.ones(8), "block", name="model.norm.weight")
+def test_quantized_product_is_close_to_the_float_product():
+    weight, x = operands(256, 512, 4)
+    exact = x @ weight.T
+    for scheme in ("tensor", "channel", "block"):
+        out = fp8_linear(x, quantize_fp8(weight, scheme), out_dtype=torch.float32)
+        # Two E4M3 roundings (weights and activations), each within 2^-4 relative, mostly cancelling.
+        assert (out - exact).norm() / exact.norm() < 0.05, scheme
+
+
+def test_leading_dims_and_layer_attributes():
+    weight, x = operands(64, 128, 6)
+    layer = Fp8Linear(quantize_fp8(weight, "channel"))
+    out = layer(x.reshape(2, 3, 128).bfloat16())
+    assert out.shape == (2, 3, 64)
+    assert torch.equal(out.reshape(6, 64), layer(x.bfloat16()))
+    assert (layer.in_features, layer.out_features, layer.scheme) == (128, 64, "channel")
+    assert layer.weight_bytes == 64 * 128 + 64 * 4

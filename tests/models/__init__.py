@@ -1,0 +1,1 @@
+"""Tests of kilotok.models (a package, so that test_registry may share its name with the loader's)."""
