@@ -54,7 +54,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def reference():
-    """transformers' small random Llama that tests/speculative/tiny_engine.py builds engines around."""
-    from tests.speculative.tiny_engine import random_reference
+    """transformers' small random Llama that tests/tiny_engine.py builds engines around."""
+    from tests.tiny_engine import random_reference
 
     return random_reference()

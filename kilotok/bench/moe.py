@@ -15,8 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from kilotok.layers.moe import moe_experts
-from kilotok.layers.moe_router import route
+from kilotok.layers.moe import moe_experts, route
 
 CLI_HELP = "time the grouped MoE expert layer against a naive per-expert masked loop"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -36,8 +36,7 @@ def paged_attention(
             kv_valid = chunked_window_mask(kv_valid, attention_chunk_size)
         return decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
     return torch.ops.kilotok.paged_attention(
-        q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, meta.tree_mask, scale,
-        attention_chunk_size,
+        q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, scale, attention_chunk_size,
     )
 
 
@@ -103,11 +102,10 @@ def paged_attention_reference(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
-    tree_mask: torch.Tensor | None,
     scale: float,
     attention_chunk_size: int = 0,
 ) -> torch.Tensor:
-    """One sequence at a time: gather its blocks, then SDPA with a causal or tree mask."""
+    """One sequence at a time: gather its blocks, then SDPA with a causal mask."""
     block_size = k_cache.shape[1]
     starts = query_start_loc.tolist()
     lengths = context_lens.tolist()
@@ -122,8 +120,7 @@ def paged_attention_reference(
         values = v_cache[blocks].flatten(0, 1)[:context_len]
         mask = None
         if num_new > 1 or attention_chunk_size:
-            mask = _new_token_mask(num_new, context_len, None if tree_mask is None else tree_mask[b], q.device,
-                                   attention_chunk_size)
+            mask = _new_token_mask(num_new, context_len, q.device, attention_chunk_size)
         attended = F.scaled_dot_product_attention(
             queries.transpose(0, 1),
             keys.transpose(0, 1).to(q.dtype),
@@ -141,20 +138,14 @@ _paged_attention_op = torch.library.custom_op("kilotok::paged_attention", mutate
 _paged_attention_op.register_fake(lambda q, *_: torch.empty_like(q))
 
 
-def _new_token_mask(num_new: int, context_len: int, tree_mask: torch.Tensor | None, device,
-                    attention_chunk_size: int = 0) -> torch.Tensor:
+def _new_token_mask(num_new: int, context_len: int, device, attention_chunk_size: int = 0) -> torch.Tensor:
     """[num_new, context_len] bool: every new token sees the whole cached prefix (or, with a chunk size,
-    the part in its own chunk), and the new tokens see each other causally (or as the draft tree says)."""
+    the part in its own chunk), and the new tokens see each other causally."""
     prefix_len = context_len - num_new
     mask = torch.ones(num_new, context_len, dtype=torch.bool, device=device)
-    if tree_mask is None:
-        mask[:, prefix_len:] = torch.ones(num_new, num_new, dtype=torch.bool, device=device).tril()
-    else:
-        mask[:, prefix_len:] = tree_mask
+    mask[:, prefix_len:] = torch.ones(num_new, num_new, dtype=torch.bool, device=device).tril()
     if attention_chunk_size:
-        # A new token's position is the prefix length plus its depth (its visible new tokens minus one).
-        depths = mask[:, prefix_len:].sum(dim=-1) - 1
-        key_positions = torch.cat((torch.arange(prefix_len, device=device), prefix_len + depths))
-        chunk_starts = (prefix_len + depths) // attention_chunk_size * attention_chunk_size
-        mask &= key_positions[None, :] >= chunk_starts[:, None]
+        positions = torch.arange(context_len, device=device)
+        chunk_starts = positions[prefix_len:] // attention_chunk_size * attention_chunk_size
+        mask &= positions[None, :] >= chunk_starts[:, None]
     return mask

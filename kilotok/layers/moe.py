@@ -1,5 +1,6 @@
-"""The routed-expert layer: route, sort the (token, expert) pairs by expert, run every expert once over its
-contiguous group of rows, then scatter the weighted results back to their tokens.
+"""The routed-expert layer: route (which k experts each token goes to, with what weight), sort the (token,
+expert) pairs by expert, run every expert once over its contiguous group of rows, then scatter the
+weighted results back to their tokens.
 
 `grouped_expert_mlp` is the seam where a fused grouped-GEMM kernel goes (it takes rows already sorted by
 expert and the size of each expert's group); everything around it is a handful of whole-batch tensor ops,
@@ -12,7 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kilotok.layers.moe_router import route
+
+def route(logits: torch.Tensor, top_k: int, scoring: str, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits [T, E] -> (weights [T, k] in the logits' dtype, expert ids [T, k] int64).
+
+    "softmax" (Mixtral, Qwen3-MoE): the softmax over all experts, kept for the top k, rescaled to sum to
+    one when `renormalize`. "sigmoid" (Llama 4): the sigmoid of each chosen expert's own logit.
+    Scores are computed in fp32 whatever the activation dtype, as the reference models do.
+    """
+    if scoring == "sigmoid":
+        top_logits, experts = logits.topk(top_k, dim=-1)
+        return torch.sigmoid(top_logits.float()).to(logits.dtype), experts
+    weights, experts = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights.to(logits.dtype), experts
 
 
 def sort_by_expert(experts: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from kilotok.errors import InvalidRequestError
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.speculative.tree import DraftTree
 from kilotok.speculative.verify import verify_sampled
-from tests.speculative.tiny_engine import tiny_llm
+from tests.tiny_engine import tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kilotok import LLM, SamplingParams
-from tests.engine.tiny_oracle import record_calls
+from tests.tiny_engine import record_calls
 
 SYSTEM = ("You are a careful assistant for a public library. Answer in one short paragraph, cite the "
           "shelf section when you know it, and never invent titles.")

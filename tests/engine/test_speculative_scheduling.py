@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from kilotok.speculative.config import SpecConfig
-from tests.engine.tiny_oracle import greedy, greedy_with_logits, random_prompt, record_calls
-from tests.speculative.tiny_engine import random_head_folder, random_reference, tiny_llm
+from tests.tiny_engine import (
+    greedy,
+    greedy_with_logits,
+    random_head_folder,
+    random_prompt,
+    random_reference,
+    record_calls,
+    tiny_llm,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kilotok.layers.linear import DenseLinear
-from kilotok.layers.moe import SparseMoe, grouped_expert_mlp, sort_by_expert
-from kilotok.layers.moe_router import route
+from kilotok.layers.moe import SparseMoe, grouped_expert_mlp, route, sort_by_expert
 from kilotok.models.causal_lm import MLP
 
 transformers = pytest.importorskip("transformers")

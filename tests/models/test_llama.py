@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from kilotok.errors import ModelFormatError
-from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.models.builder import build_model
 from kilotok.models.registry import model_config
-from tests.models.paged_forward import BLOCK_SIZE, attach_cache, paged_step
+from tests.models.paged_forward import attach_cache, paged_step
 
 transformers = pytest.importorskip("transformers")
 
@@ -69,43 +68,6 @@ def test_ragged_prefill_then_decode_matches_transformers(tie, rope_scaling):
         for prompt, got in zip(prompts, ours, strict=True):
             expected = reference(torch.tensor([prompt])).logits[0, -1:]
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-
-
-@torch.inference_mode()
-def test_tree_mask_attends_only_to_ancestors():
-    """Verifying a draft tree: each node must see exactly its ancestors, so its logits equal those of
-    the plain sequence prefix + the node's own branch."""
-    reference, model = _random_pair(False, None, seed=3)
-    attach_cache(model, num_blocks=32)
-    prefix = [5, 17, 33, 2, 8, 61]
-    table = [4, 9, 1, 6]
-    paged_step(model, [prefix], [0], [table])
-    # Tree: node0 -> (node1, node2); node1 -> node3. Positions follow depth, slots follow node order.
-    nodes = [11, 23, 42, 7]
-    parents = [-1, 0, 0, 1]
-    depth = [0, 1, 1, 2]
-    ancestors = torch.zeros(4, 4, dtype=torch.bool)
-    for i in range(4):
-        j = i
-        while j >= 0:
-            ancestors[i, j] = True
-            j = parents[j]
-    tokens = prefix + nodes
-    slots = [table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(len(prefix), len(tokens))]
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots),
-        block_tables=torch.tensor([table], dtype=torch.int32),
-        context_lens=torch.tensor([len(tokens)], dtype=torch.int32),
-        query_start_loc=torch.tensor([0, 4], dtype=torch.int32),
-        tree_mask=ancestors.unsqueeze(0),
-    )
-    positions = torch.tensor([len(prefix) + d for d in depth])
-    hidden, _ = model(torch.tensor(nodes), positions, meta)
-    logits = model.compute_logits(hidden)
-    for i in range(4):
-        branch = [nodes[j] for j in range(4) if ancestors[i, j]]
-        expected = reference(torch.tensor([prefix + branch])).logits[0, -1]
-        torch.testing.assert_close(logits[i], expected, atol=1e-4, rtol=1e-4)
 
 
 def assert_config_matches(config, hf) -> None:

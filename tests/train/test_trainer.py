@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kilotok.train.trainer import Batch, ttt_loss, unroll
-from tests.speculative.test_eagle3_model import causal, make_draft
+from tests.speculative.eagle3.heads import causal, make_draft
 
 STEPS = 3
 

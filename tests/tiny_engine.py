@@ -1,5 +1,7 @@
 """A whole engine around a small random Llama (transformers' own, so it is also the oracle), for the
-speculative decoding tests: fast enough to sample thousands of requests."""
+engine and speculative decoding tests: fast enough to sample thousands of requests. Also the oracles
+those tests compare with (greedy continuations, exact sampling distributions) and spies that record what
+the engine ran."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import random
 import pytest
 import torch
 
+from kilotok import SamplingParams
 from kilotok.llm import LLM
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.models import builder
@@ -119,3 +122,109 @@ def random_head_folder(reference, folder, draft_vocab: int = VOCAB - 2, seed: in
         head.midlayer.self_attn.k_proj.weight.mul_(8.0)
     head.set_draft_vocab(torch.tensor([0, 2, 3, 4, 5, 6][:draft_vocab]))
     return save_eagle3(head, folder, dtype=torch.float32)
+
+
+@torch.no_grad()
+def greedy_with_logits(reference, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], torch.Tensor]:
+    """The greedy continuation of `prompt_ids` and the logits the first token was picked from, from
+    full (uncached) forwards of the reference model."""
+    ids = list(prompt_ids)
+    first_logits = None
+    for _ in range(max_tokens):
+        logits = reference(torch.tensor([ids])).logits[0, -1]
+        first_logits = logits if first_logits is None else first_logits
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt_ids):], first_logits
+
+
+def random_prompt(length: int, seed: int, vocab: int) -> list[int]:
+    return torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def record_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap owner.name so every call's positional arguments and result are appended to the returned list."""
+    calls = []
+    original = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def mixed_prompts(count: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    prompts = []
+    for index in range(count):
+        length = 1 + index % 13
+        # Half the prompts repeat a short pattern, so prompt lookup finds matches and gets accepted.
+        if index % 2:
+            pattern = torch.randint(0, EOS, (3,), generator=generator).tolist()
+            ids = (pattern * length)[:length]
+        else:
+            ids = torch.randint(0, EOS, (length,), generator=generator).tolist()
+        prompts.append({"prompt_token_ids": ids})
+    return prompts
+
+
+def mixed_greedy_params(count: int) -> list[SamplingParams]:
+    lengths = (1, 2, 5, 17, 40)
+    return [SamplingParams(temperature=0.0, max_tokens=lengths[i % len(lengths)], ignore_eos=bool(i % 3),
+                           stop=["<3><3><3>"] if i % 4 == 0 else None)
+            for i in range(count)]
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The target distribution, written out directly: temperature, top-k, then top-p on the rest."""
+    scaled = logits.double() / temperature
+    if top_k:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = scaled.softmax(dim=-1)
+    if top_p < 1:
+        ranked, order = probs.sort(dim=-1, descending=True)
+        drop = (ranked.cumsum(dim=-1) - ranked) >= top_p
+        probs = probs.scatter(-1, order, ranked.masked_fill(drop, 0.0))
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def first_three_token_counts(outputs) -> torch.Tensor:
+    """How often each (token 1, token 2, token 3) continuation was sampled: [VOCAB, VOCAB, VOCAB]."""
+    counts = torch.zeros(VOCAB, VOCAB, VOCAB)
+    for output in outputs:
+        counts[tuple(output.token_ids[:3])] += 1
+    return counts
+
+
+def exact_joint(reference, prompt: list[int], settings: dict) -> torch.Tensor:
+    """P(x1, x2, x3 | prompt) [V, V, V] from transformers' logits over every two-token continuation."""
+    pairs = torch.cartesian_prod(torch.arange(VOCAB), torch.arange(VOCAB))
+    inputs = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
+    with torch.no_grad():
+        logits = reference(inputs).logits
+    n = len(prompt)
+    first = filtered_probs(logits[0, n - 1], **settings)
+    second = filtered_probs(logits[::VOCAB, n], **settings)
+    third = filtered_probs(logits[:, n + 1], **settings).view(VOCAB, VOCAB, VOCAB)
+    return first[:, None, None] * second[:, :, None] * third
+
+
+def chi_square_p_value(observed: torch.Tensor, expected_probs: torch.Tensor) -> float:
+    """Cells expected fewer than 5 times are pooled into one, as the chi-square approximation needs."""
+    total = observed.sum()
+    expected = expected_probs.flatten() * total
+    observed = observed.flatten().double()
+    small = expected < 5
+    bins_observed = torch.cat([observed[~small], observed[small].sum().view(1)])
+    bins_expected = torch.cat([expected[~small], expected[small].sum().view(1)])
+    statistic = ((bins_observed - bins_expected) ** 2 / bins_expected.clamp(min=1e-12)).sum()
+    degrees = len(bins_observed) - 1
+    return float(torch.special.gammaincc(torch.tensor(degrees / 2), statistic / 2))

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from kilotok.errors import ModelFormatError
 from kilotok.speculative.eagle3 import default_draft_path, load_eagle3, save_eagle3
-from tests.speculative.test_eagle3_model import TARGET, causal, make_draft
+from tests.speculative.eagle3.heads import TARGET, causal, make_draft
 
 D, HEADS, KV_HEADS, HEAD_DIM, FFN, DRAFT_VOCAB = 32, 4, 2, 8, 48, 40
 # The tensors of a published EAGLE-3 head (e.g. yuhuili/EAGLE3-LLaMA3.1-Instruct-8B), for this tiny shape.

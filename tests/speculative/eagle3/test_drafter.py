@@ -12,14 +12,15 @@ from kilotok import SamplingParams
 from kilotok.errors import ModelFormatError
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.policy import TreeShape
-from tests.speculative.test_spec_engine import (
-    _chi_square_p_value,
-    _exact_joint,
-    _first_three_token_counts,
-    _greedy_params,
-    _prompts,
+from tests.tiny_engine import (
+    chi_square_p_value,
+    exact_joint,
+    first_three_token_counts,
+    mixed_greedy_params,
+    mixed_prompts,
+    random_head_folder,
+    tiny_llm,
 )
-from tests.speculative.tiny_engine import random_head_folder, tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +36,7 @@ def _eagle3(folder, **shape) -> SpecConfig:
 
 @pytest.mark.parametrize("shape", [{}, {"depth": 1, "topk": 1, "tree_size": 1}, {"depth": 4, "topk": 3}])
 def test_greedy_output_is_identical_to_plain_decoding(monkeypatch, reference, head_folder, shape):
-    prompts, params = _prompts(16, seed=3), _greedy_params(16)
+    prompts, params = mixed_prompts(16, seed=3), mixed_greedy_params(16)
     plain = tiny_llm(monkeypatch, reference, max_model_len=40)
     spec = tiny_llm(monkeypatch, reference, max_model_len=40, spec=_eagle3(head_folder, **shape))
     expected = plain.generate(prompts, params)
@@ -54,10 +55,10 @@ def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, h
                     spec=_eagle3(head_folder))
     params = [SamplingParams(max_tokens=4, ignore_eos=True, seed=seed, **settings) for seed in range(samples)]
     outputs = spec.generate([{"prompt_token_ids": prompt}] * samples, params)
-    counts = _first_three_token_counts(outputs)
-    joint = _exact_joint(reference, prompt, settings)
+    counts = first_three_token_counts(outputs)
+    joint = exact_joint(reference, prompt, settings)
     assert counts[joint == 0].sum() == 0
-    assert _chi_square_p_value(counts, joint) > 1e-3
+    assert chi_square_p_value(counts, joint) > 1e-3
     stats = spec.engine.spec_stats
     assert 0 < stats.accepted_tokens < stats.drafted_tokens
 
