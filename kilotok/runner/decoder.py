@@ -32,10 +32,6 @@ class ScheduledBatch:
     step, or a speculative step, runs them; the rest go through the prefill path."""
 
     @property
-    def sampled_seqs(self) -> list[Sequence]:
-        return [seq for seq, sample in zip(self.seqs, self.samples, strict=True) if sample]
-
-    @property
     def decode_seqs(self) -> list[Sequence]:
         return self.seqs[: self.num_decodes]
 

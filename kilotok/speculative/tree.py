@@ -56,14 +56,6 @@ class DraftTree:
         renumber[ROOT] = ROOT
         return DraftTree([self.tokens[i] for i in kept], [renumber[self.parents[i]] for i in kept])
 
-    def path_to(self, node: int) -> list[int]:
-        """Nodes from the root's child down to `node`."""
-        path = []
-        while node != ROOT:
-            path.append(node)
-            node = self.parents[node]
-        return path[::-1]
-
     def ancestor_mask(self, width: int) -> torch.Tensor:
         """[width, width] bool over root + nodes (+ padding): row r sees column c when c is r itself or an
         ancestor of r; the root is an ancestor of every node. Padding rows see only themselves."""

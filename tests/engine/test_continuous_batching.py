@@ -56,7 +56,7 @@ def test_decoding_continues_while_a_long_prompt_prefills(monkeypatch, reference)
     first = engine.add_request(short, greedy(30))
     for _ in range(2):
         engine.step()
-    decodes = record_calls(monkeypatch, engine.runner, "run")
+    decodes = record_calls(monkeypatch, engine.runner, "decode")
     prefills = record_calls(monkeypatch, engine.runner, "prefill")
     second = engine.add_request(long, greedy(5))
     steps = 0

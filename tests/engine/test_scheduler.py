@@ -1,10 +1,11 @@
 """The scheduler alone on hand-made sequences, with the model's work simulated: the token budget, decode
-before prefill chunks, first come first served, preemption of the newest, and speculative mode."""
+before prefill chunks, first come first served, preemption of the newest, and lookahead slots."""
 
 from __future__ import annotations
 
 from kilotok.engine.block_manager import BlockManager
-from kilotok.engine.scheduler import ScheduledBatch, Scheduler
+from kilotok.engine.scheduler import Scheduler
+from kilotok.runner.decoder import ScheduledBatch
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence, SequenceStatus
 
@@ -77,19 +78,13 @@ def test_the_newest_sequence_is_preempted_and_requeued_first():
     assert list(scheduler.waiting) == [new, waiting]
 
 
-def test_speculative_mode_separates_prefill_and_decode_steps():
-    scheduler = _scheduler(num_blocks=64, budget=6, lookahead_slots=3, mix_prefill_and_decode=False)
+def test_decoding_sequences_get_lookahead_slots_beside_prompt_chunks():
+    scheduler = _scheduler(num_blocks=64, budget=6, lookahead_slots=3)
     first = _add(scheduler, 2)
     _run(scheduler.schedule())
     second = _add(scheduler, 10, first_token=20)
-    chunks = []
-    while not second.prefilled:
-        batch = scheduler.schedule()
-        assert batch.seqs == [second] and batch.num_decodes == 0
-        chunks.append(batch.num_new_tokens[0])
-        _run(batch)
-    assert chunks == [6, 4]
     batch = scheduler.schedule()
-    assert batch.seqs == [first, second] and batch.decode_seqs == batch.seqs and not batch.has_prefill
-    # Room for the draft tree written past each sequence's end.
-    assert all(len(seq.block_table) * BLOCK >= len(seq) + 3 for seq in batch.seqs)
+    assert batch.seqs == [first, second] and batch.num_decodes == 1 and batch.num_new_tokens == [1, 5]
+    # Room for a draft tree written past the decoding sequence's end; the prompt chunk needs only its own.
+    assert len(first.block_table) * BLOCK >= len(first) + 3
+    assert len(second.block_table) == 2

@@ -27,8 +27,6 @@ def reference():
     return random_reference(vocab=VOCAB, seed=4)
 
 
-
-
 def test_chunked_prefill_starts_eagle3_drafts_from_every_prompt_position(monkeypatch, reference, tmp_path):
     spec = SpecConfig("eagle3", draft=str(random_head_folder(reference, tmp_path)), depth=3, topk=2, tree_size=5)
     prompts = [random_prompt(length, seed=length, vocab=VOCAB) for length in (12, 30)]
@@ -37,11 +35,18 @@ def test_chunked_prefill_starts_eagle3_drafts_from_every_prompt_position(monkeyp
         llm = tiny_llm(monkeypatch, reference, spec=spec, max_num_batched_tokens=budget)
         # Cached prompt blocks would come without the target features the head starts from.
         assert llm.engine.block_manager.prefix_cache is None
-        starts = record_calls(monkeypatch, llm.engine.drafter, "start")
+        chunks = record_calls(monkeypatch, llm.engine.decoder.drafter, "prefilled")
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(10))
         assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 10)[0] for p in prompts]
-        features = {tuple(args[0].prompt_token_ids): args[1] for args, _, _ in starts}
-        assert len(starts) == len(features) == len(prompts)
+        features = {}
+        for (seq, start, chunk_features, next_token), _, _ in chunks:
+            key = tuple(seq.prompt_token_ids)
+            assert start == sum(len(f) for f in features.get(key, []))
+            features.setdefault(key, []).append(chunk_features)
+            # Only the chunk that completes the prompt brings the token sampled after it.
+            assert (next_token is not None) == (start + len(chunk_features) == len(key))
+        features = {key: torch.cat(parts) for key, parts in features.items()}
+        assert len(features) == len(prompts)
         runs[budget] = (features, llm.engine.spec_stats)
     (whole, whole_stats), (chunked, chunked_stats) = runs[4096], runs[5]
     for prompt in prompts:

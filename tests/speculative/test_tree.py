@@ -16,7 +16,6 @@ def test_depths_children_and_paths():
     assert TREE.max_depth == 3
     assert TREE.children(-1) == [0, 1]
     assert TREE.children(1) == [3]
-    assert TREE.path_to(4) == [0, 2, 4]
 
 
 def test_ancestor_mask_includes_root_and_self_only():

@@ -44,7 +44,6 @@ def test_greedy_output_is_identical_to_plain_decoding(monkeypatch, reference, he
         assert (got.token_ids, got.finish_reason, got.text) == (want.token_ids, want.finish_reason, want.text)
     stats = spec.engine.spec_stats
     assert 0 < stats.accepted_tokens < stats.drafted_tokens
-    assert not spec.engine.drafter.states, "finished requests must drop their draft state"
 
 
 def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, head_folder):
@@ -101,7 +100,7 @@ def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, he
     (which commits the accepted tokens with the target's features) it must equal the chain recomputed
     over the whole context with no draft cache."""
     spec = tiny_llm(monkeypatch, reference, spec=_eagle3(head_folder, depth=3, topk=1, tree_size=3))
-    engine, drafter = spec.engine, spec.engine.drafter
+    engine, drafter = spec.engine, spec.engine.decoder.drafter
     recorded = []
     head_forward = drafter.head.forward
     drafter.head.forward = lambda *args: recorded.append(head_forward(*args)) or recorded[-1]
@@ -111,7 +110,7 @@ def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, he
         engine.step()
         recorded.clear()
         tree = drafter.propose([seq], TreeShape(depth=3, tree_size=3))[0]
-        drafted = [drafter.states[seq.seq_id].logits] + [out.logits[0, 0] for out in recorded]
+        drafted = [seq.draft_state.cache.logits] + [out.logits[0, 0] for out in recorded]
         steps, chain = _oracle_chain(reference, drafter.head, seq.token_ids, depth=3)
         torch.testing.assert_close(torch.stack(drafted), torch.stack(steps), atol=1e-4, rtol=1e-4)
         assert tree.parents == [-1, 0, 1]
