@@ -20,7 +20,7 @@ from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.tensor import QuantizedTensor, Weight, as_float
 from kilotok.models.causal_lm import MLP, CausalLM, DecoderLayer
 from kilotok.models.config import ModelConfig
-from kilotok.models.family import Getter, ModelFamily
+from kilotok.models.family import ModelFamily
 from kilotok.models.registry import FAMILIES, load_checkpoint, model_config
 from kilotok.quant.formats import WeightFormat, resolve_weight_format, weight_format
 from kilotok.tokenizer.tokenizer import Tokenizer
@@ -33,7 +33,7 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling)
-    layers = [_layer(config, family, _getter(weights, f"model.layers.{i}."), i, fmt, rotary)
+    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
@@ -46,7 +46,23 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     return model.eval()
 
 
-def _layer(config: ModelConfig, family: ModelFamily, get: Getter, index: int, fmt: WeightFormat,
+class LayerWeights:
+    """One decoder layer's weights by name relative to `model.layers.{i}.` (a family `Getter`)."""
+
+    def __init__(self, weights: dict[str, Weight], index: int) -> None:
+        self.weights = weights
+        self.prefix = f"model.layers.{index}."
+
+    def __call__(self, name: str) -> Weight:
+        return _require(self.weights, self.prefix + name)
+
+    def bias(self, *names: str) -> torch.Tensor | None:
+        """The named biases concatenated, or None when the checkpoint has none of them."""
+        found = [self.weights.get(self.prefix + name) for name in names]
+        return torch.cat([as_float(b) for b in found]) if all(b is not None for b in found) else None
+
+
+def _layer(config: ModelConfig, family: ModelFamily, get: LayerWeights, index: int, fmt: WeightFormat,
            rotary: RotaryEmbedding) -> DecoderLayer:
     ffn = family.ffn_prefix
     if config.moe is not None and index in config.moe.layers:
@@ -59,13 +75,12 @@ def _layer(config: ModelConfig, family: ModelFamily, get: Getter, index: int, fm
     return layer
 
 
-def _attention(config: ModelConfig, get: Getter, index: int, fmt: WeightFormat, rotary: RotaryEmbedding) -> Attention:
+def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFormat,
+               rotary: RotaryEmbedding) -> Attention:
     attn = "self_attn."
     qkv = _concat([get(f"{attn}{p}_proj.weight") for p in "qkv"])
-    qkv_bias = o_bias = None
-    if config.attention_bias:
-        qkv_bias = torch.cat([as_float(get(f"{attn}{p}_proj.bias")) for p in "qkv"])
-        o_bias = as_float(get(attn + "o_proj.bias"))
+    qkv_bias = get.bias(*(f"{attn}{p}_proj.bias" for p in "qkv"))
+    o_bias = get.bias(attn + "o_proj.bias")
     q_norm = k_norm = None
     if config.qk_norm == "rms":
         q_norm, k_norm = (_rms_norm(config, get(f"{attn}{p}_norm.weight")) for p in "qk")
@@ -84,14 +99,14 @@ def _attention(config: ModelConfig, get: Getter, index: int, fmt: WeightFormat, 
     )
 
 
-def _mlp(get: Getter, prefix: str, fmt: WeightFormat) -> MLP:
+def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat) -> MLP:
     gate_up = _concat([get(prefix + "gate_proj.weight"), get(prefix + "up_proj.weight")])
-    gate_up_bias = _optional_bias(get, prefix + "gate_proj.bias", prefix + "up_proj.bias")
-    down_bias = _optional_bias(get, prefix + "down_proj.bias")
+    gate_up_bias = get.bias(prefix + "gate_proj.bias", prefix + "up_proj.bias")
+    down_bias = get.bias(prefix + "down_proj.bias")
     return MLP(make_linear(gate_up, gate_up_bias, fmt), make_linear(get(prefix + "down_proj.weight"), down_bias, fmt))
 
 
-def _sparse_moe(config: ModelConfig, family: ModelFamily, get: Getter, fmt: WeightFormat) -> SparseMoe:
+def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt: WeightFormat) -> SparseMoe:
     moe, experts, ffn = config.moe, family.experts, family.ffn_prefix
     # Experts and router stay in a float format (int8/int4 and FP8 formats run them in bf16); the router is
     # never quantised: a rounded logit can change which expert a token goes to.
@@ -108,17 +123,6 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: Getter, fmt: Weig
         gate_on_input=moe.gate_on_input,
         shared_expert=shared,
     )
-
-
-def _getter(weights: dict[str, Weight], prefix: str) -> Getter:
-    return lambda name: _require(weights, prefix + name)
-
-
-def _optional_bias(get: Getter, *names: str) -> torch.Tensor | None:
-    try:
-        return torch.cat([as_float(get(name)) for name in names])
-    except ModelFormatError:
-        return None
 
 
 def _rms_norm(config: ModelConfig, weight: Weight) -> RMSNorm:

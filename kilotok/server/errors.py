@@ -72,7 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_kilotok_error(_: Request, error: KilotokError) -> JSONResponse:
         if isinstance(error, InvalidRequestError):
-            return bad_request(str(error)).response()
+            return bad_request(str(error), param=error.param, code=error.code).response()
         logger.error("request failed: %s", error)
         return server_error(str(error)).response()
 
