@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kilotok.quant.formats import DTYPE_CHOICES
 from kilotok.train.fit import FitSettings
 
 EXAMPLES = """examples:
@@ -44,7 +45,8 @@ def register(subparsers) -> None:
                         help="training-time-test unroll depth (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
-    parser.add_argument("--target-dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8", "int4"],
+    parser.add_argument("--target-dtype", default="auto",
+                        choices=[name for name in DTYPE_CHOICES if not name.startswith("fp8")],
                         help="the target's weight format for answers and features: use the one you will "
                              "run it in (default: %(default)s)")
     parser.add_argument("--answers", choices=["target", "dataset"], default="target",

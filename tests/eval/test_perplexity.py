@@ -14,8 +14,8 @@ from kilotok.cli.main import main
 from kilotok.errors import InvalidRequestError
 from kilotok.eval.perplexity import SequenceLogits, perplexity_windows, score_tokens
 from kilotok.eval.texts import load_text
-from kilotok.loader.registry import load_checkpoint
 from kilotok.models.builder import build_model
+from kilotok.models.registry import load_checkpoint
 
 NUM_TOKENS = 300
 CONTEXT_LEN = 128
