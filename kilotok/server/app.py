@@ -31,6 +31,11 @@ class ServerState:
     served_model_name: str
     api_key: str | None = None
 
+    @property
+    def engine(self) -> LLMEngine:
+        """For reading fixed facts (tokenizer, max_model_len) only: the engine thread owns its state."""
+        return self.async_engine.engine
+
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served_model_name:
             raise APIError(404, f"The model `{name}` does not exist: this server serves "
@@ -73,8 +78,7 @@ async def metrics(state: State) -> Response:
 
 @api.get("/models")
 async def list_models(state: State) -> ModelList:
-    max_model_len = state.async_engine.engine.max_model_len
-    return ModelList(data=[ModelCard(id=state.served_model_name, max_model_len=max_model_len)])
+    return ModelList(data=[ModelCard(id=state.served_model_name, max_model_len=state.engine.max_model_len)])
 
 
 @api.post("/completions")
