@@ -1,8 +1,9 @@
 """The kilotok files one streamed chat request runs through, from the route to the sampled token and back.
 
-Serves the default model (compiled, as `kilotok serve` does) in-process, sends one chat request to warm
-everything up, then lists, in the order they are first entered, the kilotok source files whose
-functions run (on any thread) while a second request is served.
+Serves the default model in-process, sends one chat request to warm everything up, then lists, in the
+order they are first entered, the kilotok source files whose functions run (on any thread) while a
+second request is served. The decode step runs eagerly here: compiled, the model's forward is one graph
+that Python's profiler does not see into.
 
 usage: python scripts/trace_request.py
 """
@@ -32,7 +33,7 @@ def main() -> int:
         if event == "call" and recording.is_set() and frame.f_code.co_filename.startswith(ROOT):
             seen.setdefault(frame.f_code.co_filename.removeprefix(ROOT), None)
 
-    llm = LLM("smollm2-135m", progress=False)
+    llm = LLM("smollm2-135m", progress=False, compile=False)
     threading.setprofile(profile)
     sys.setprofile(profile)
     with TestClient(build_app(llm.engine, "smollm2-135m")) as client:

@@ -2,7 +2,7 @@
 
 The heavy lifting is a `tokenizers.Tokenizer` (Rust BPE); this class adds what an inference engine needs
 on top: which BOS/EOS/pad ids apply, which tokens stop generation, and the model's chat template. GGUF
-files build the backend from metadata (`gguf_tokenizer.py`); Hugging Face folders ship `tokenizer.json`.
+files build the backend from metadata (`gguf_vocab.py`); Hugging Face folders ship `tokenizer.json`.
 """
 
 from __future__ import annotations

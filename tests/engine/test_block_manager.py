@@ -7,8 +7,7 @@ import hashlib
 
 import pytest
 
-from kilotok.engine.block_manager import PADDING_BLOCK, BlockManager
-from kilotok.engine.prefix_cache import chain_hash
+from kilotok.engine.block_manager import PADDING_BLOCK, BlockManager, chain_hash
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
 
