@@ -1,8 +1,8 @@
 """Build a linear layer of the requested precision from a loaded weight (float tensor or raw GGUF blocks).
 
 Fused projections (q/k/v, gate/up) are concatenated along the output dimension by the model builder before
-they get here, so every layer takes one weight. A layer that the int4 or int8 kernels cannot hold (shape
-constraints) falls back to the next wider format: int4 -> int8 -> bf16.
+they get here, so every layer takes one weight. Without kilotok's CPU op, a layer that ATen's int4 or int8
+kernels cannot hold (shape constraints) falls back to the next wider format: int4 -> int8 -> bf16.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from gguf import GGMLQuantizationType
 from torch import nn
 
 from kilotok.loader.fp8_weight import Fp8Weight
@@ -19,6 +20,7 @@ from kilotok.quant.formats import WeightFormat, weight_format
 from kilotok.quant.fp8 import Fp8Linear, quantize_fp8
 from kilotok.quant.int4 import GGUF_INT4_TYPES, Int4Linear
 from kilotok.quant.int8 import Int8Linear
+from kilotok.quant.lowbit import LowBitLinear, PackedWeight, lowbit_available, pack_float, pack_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,10 @@ class DenseLinear(nn.Module):
 def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | str) -> nn.Module:
     """A linear layer y = x @ weight.T + bias in weight format `fmt` (quant/formats.py).
 
-    Float formats hold the (dequantized) weight in their dtype. int8 requantizes per output channel. int4
-    keeps a Q4_0/Q4_1 weight's own codes and scales, and quantizes any other weight per group of 32. FP8
+    Float formats hold the (dequantized) weight in their dtype. int4 and int8 run kilotok's multi-row CPU
+    op (quant/lowbit.py) where it is available, keeping a GGUF Q4_0/Q4_1 (int4) or Q8_0 (int8) weight's
+    own codes and scales and quantizing any other weight in blocks of 32; elsewhere ATen's kernels run:
+    int8 requantized per output channel, int4 from the Q4_0/Q4_1 codes or quantized per group of 32. FP8
     formats keep or make an E4M3 weight and quantize activations per token, output in bf16.
     Every returned module has `in_features`, `out_features` and `weight_bytes` (bytes read per forward).
     """
@@ -58,6 +62,8 @@ def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | s
         return _fp8_linear(weight, bias, fmt)
     if fmt.linear == "float":
         return DenseLinear(as_float(weight), bias, fmt.float_dtype)
+    if lowbit_available():
+        return LowBitLinear(_lowbit_weight(weight, 4 if fmt.linear == "int4" else 8), bias)
     out_features, in_features = weight.shape
     if fmt.linear == "int4" and Int4Linear.supports(out_features, in_features):
         if isinstance(weight, QuantizedTensor) and weight.qtype in GGUF_INT4_TYPES:
@@ -68,6 +74,14 @@ def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | s
         return Int8Linear.from_float(as_float(weight), bias)
     _log_fallback(fmt.linear, "bf16", weight.shape)
     return DenseLinear(as_float(weight), bias, torch.bfloat16)
+
+
+def _lowbit_weight(weight: Weight, bits: int) -> PackedWeight:
+    """A GGUF weight of the wanted width keeps its own codes and scales; anything else is quantized."""
+    stored = GGUF_INT4_TYPES if bits == 4 else {GGMLQuantizationType.Q8_0}
+    if isinstance(weight, QuantizedTensor) and weight.qtype in stored:
+        return pack_gguf(weight)
+    return pack_float(as_float(weight), bits)
 
 
 def _fp8_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat) -> nn.Module:

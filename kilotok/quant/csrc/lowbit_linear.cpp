@@ -1,0 +1,236 @@
+// Multi-row linear layers over 4-bit (GGUF Q4_0/Q4_1) and 8-bit (per-channel) weights for x86 CPUs with
+// AVX-512 VNNI. Registered as kilotok::q4_linear and kilotok::q8_linear; kilotok/quant/lowbit.py builds
+// this file, repacks weights into the layout below, and registers the ops' fake implementations.
+//
+// Activations are quantized per row in blocks of 32 (int8 values, one float scale per block, and the
+// block's exact float sum). A tile of 16 output columns holds one int32 lane per column; vpdpbusd adds,
+// per lane, four u8 x s8 products, so a block of 32 inputs is 8 instructions per row. Each weight tile
+// is loaded and unpacked once per block and applied to up to kRows rows, which is what makes extra rows
+// cheap: at one row a step reads the weights, at eight rows it reads them once and multiplies 8 times.
+//
+// Q4 (w = d * q + m, q in 0..15): the codes are the unsigned operand and the activations the signed one;
+// per block, out += d * da * dot(q, a) + m * sum(x). Q4_0 (w = d * (q - 8)) is m = -8 d.
+// Q8 (w = d * c, c in -127..127: GGUF Q8_0, or per-channel int8 with the same d in every block): the codes
+// are the signed operand and the activations, shifted by 128, the unsigned one; per block,
+// out += d * da * (dot(a + 128, c) - 128 * sum(c)).
+//
+// Every row is computed by the same instructions in the same order whatever the number of rows and
+// their position in a tile, and threads split output columns only, so a row's result does not depend
+// on what else is in the batch.
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+constexpr int64_t kBlock = 32;
+constexpr int64_t kTile = 16;
+constexpr int64_t kRows = 8;
+
+#define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+bool cpu_supported() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+// Row r of x (k floats) -> blocks of 32 int8 values (offset by 128 when `unsigned_codes`), each block's
+// scale amax / 127 and its exact float sum. Positions past k are zero.
+KILOTOK_AVX512 void quantize_row(const float* x, int64_t k, int64_t blocks, bool unsigned_codes, int8_t* codes,
+                                 float* scales, float* sums) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t start = b * kBlock;
+    const int64_t valid = std::min<int64_t>(kBlock, k - start);
+    const __mmask16 lo_mask = valid >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
+    const __mmask16 hi_mask = valid <= 16 ? 0 : valid >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (valid - 16)) - 1);
+    const __m512 lo = _mm512_maskz_loadu_ps(lo_mask, x + start);
+    const __m512 hi = _mm512_maskz_loadu_ps(hi_mask, x + start + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+    const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    __m128i q_lo = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inverse)));
+    __m128i q_hi = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inverse)));
+    if (unsigned_codes) {
+      const __m128i shift = _mm_set1_epi8(static_cast<char>(0x80));
+      q_lo = _mm_xor_si128(q_lo, shift);
+      q_hi = _mm_xor_si128(q_hi, shift);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start), q_lo);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start + 16), q_hi);
+    scales[b] = amax / 127.0f;
+    sums[b] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+  }
+}
+
+struct Activations {
+  torch::Tensor codes;   // [M, blocks * 32] int8
+  torch::Tensor scales;  // [M, blocks] float
+  torch::Tensor sums;    // [M, blocks] float
+};
+
+Activations quantize_activations(const torch::Tensor& x, int64_t blocks, bool unsigned_codes) {
+  const int64_t rows = x.size(0), k = x.size(1);
+  Activations a{torch::empty({rows, blocks * kBlock}, x.options().dtype(torch::kInt8)),
+                torch::empty({rows, blocks}, x.options()), torch::empty({rows, blocks}, x.options())};
+  const float* data = x.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    quantize_row(data + r * k, k, blocks, unsigned_codes, a.codes.data_ptr<int8_t>() + r * blocks * kBlock,
+                 a.scales.data_ptr<float>() + r * blocks, a.sums.data_ptr<float>() + r * blocks);
+  }
+  return a;
+}
+
+// One tile of 16 output columns for R rows. codes: [blocks][4][64] bytes, two 4-bit steps per byte
+// (low nibble step 2j, high nibble step 2j + 1; each step 16 columns x 4 inputs); d, m: [blocks][16].
+template <int R>
+KILOTOK_AVX512 void q4_tile(const uint8_t* codes, const float* d, const float* m, const int8_t* a, const float* da,
+                            const float* sums, int64_t blocks, float* out, int64_t out_stride, __mmask16 columns) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const int64_t a_stride = blocks * kBlock;
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512i w[8];
+    for (int j = 0; j < 4; ++j) {
+      const __m512i packed = _mm512_loadu_si512(codes + (b * 4 + j) * 64);
+      w[2 * j] = _mm512_and_si512(packed, nibble);
+      w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    }
+    const __m512 dw = _mm512_loadu_ps(d + b * kTile);
+    const __m512 mw = _mm512_loadu_ps(m + b * kTile);
+    for (int r = 0; r < R; ++r) {
+      const int32_t* x4 = reinterpret_cast<const int32_t*>(a + r * a_stride + b * kBlock);
+      __m512i dot = _mm512_setzero_si512();
+      for (int step = 0; step < 8; ++step) dot = _mm512_dpbusd_epi32(dot, w[step], _mm512_set1_epi32(x4[step]));
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r * blocks + b]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+      acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sums[r * blocks + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * out_stride, columns, acc[r]);
+}
+
+// One tile for R rows of int8 weights. codes: [blocks][8][64] int8; code_sums: [blocks][16] int32 holding
+// 128 * the block's column sums; d: [blocks][16].
+template <int R>
+KILOTOK_AVX512 void q8_tile(const int8_t* codes, const int32_t* code_sums, const float* d, const int8_t* a,
+                            const float* da, int64_t blocks, float* out, int64_t out_stride, __mmask16 columns) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const int64_t a_stride = blocks * kBlock;
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512i w[8];
+    for (int step = 0; step < 8; ++step) w[step] = _mm512_loadu_si512(codes + (b * 8 + step) * 64);
+    const __m512i correction = _mm512_loadu_si512(code_sums + b * kTile);
+    const __m512 dw = _mm512_loadu_ps(d + b * kTile);
+    for (int r = 0; r < R; ++r) {
+      const int32_t* x4 = reinterpret_cast<const int32_t*>(a + r * a_stride + b * kBlock);
+      __m512i dot = _mm512_setzero_si512();
+      for (int step = 0; step < 8; ++step) dot = _mm512_dpbusd_epi32(dot, _mm512_set1_epi32(x4[step]), w[step]);
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r * blocks + b]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, correction)), scale, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * out_stride, columns, acc[r]);
+}
+
+// Calls `tile(R, first_row)` for every group of up to kRows rows, with R a compile-time constant.
+template <typename Tile>
+void for_row_groups(int64_t rows, Tile tile) {
+  for (int64_t first = 0; first < rows; first += kRows) {
+    switch (std::min(kRows, rows - first)) {
+      case 1: tile(std::integral_constant<int, 1>{}, first); break;
+      case 2: tile(std::integral_constant<int, 2>{}, first); break;
+      case 3: tile(std::integral_constant<int, 3>{}, first); break;
+      case 4: tile(std::integral_constant<int, 4>{}, first); break;
+      case 5: tile(std::integral_constant<int, 5>{}, first); break;
+      case 6: tile(std::integral_constant<int, 6>{}, first); break;
+      case 7: tile(std::integral_constant<int, 7>{}, first); break;
+      default: tile(std::integral_constant<int, 8>{}, first); break;
+    }
+  }
+}
+
+__mmask16 tile_columns(int64_t tile, int64_t out_features) {
+  const int64_t valid = std::min(kTile, out_features - tile * kTile);
+  return valid >= kTile ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
+}
+
+void check_input(const torch::Tensor& x, int64_t blocks, int64_t tiles, int64_t out_features) {
+  TORCH_CHECK(cpu_supported(), "kilotok low-bit linear needs AVX-512 VNNI, which this processor lacks");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(),
+              "x must be a contiguous 2-D float32 tensor");
+  TORCH_CHECK((x.size(1) + kBlock - 1) / kBlock == blocks, "x has ", x.size(1), " columns, the weight ",
+              blocks * kBlock);
+  TORCH_CHECK(tiles * kTile >= out_features && out_features > (tiles - 1) * kTile,
+              "out_features ", out_features, " does not match ", tiles, " tiles of ", kTile);
+}
+
+torch::Tensor q4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
+                        const torch::Tensor& mins, int64_t out_features) {
+  const int64_t tiles = codes.size(0), blocks = codes.size(1);
+  check_input(x, blocks, tiles, out_features);
+  TORCH_CHECK(codes.scalar_type() == torch::kUInt8 && codes.is_contiguous() && codes.size(2) == 4 && codes.size(3) == 64,
+              "q4 codes must be contiguous uint8 [tiles, blocks, 4, 64]");
+  const int64_t rows = x.size(0);
+  const Activations a = quantize_activations(x, blocks, /*unsigned_codes=*/false);
+  torch::Tensor out = torch::empty({rows, out_features}, x.options());
+  const uint8_t* w = codes.data_ptr<uint8_t>();
+  const float* d = scales.data_ptr<float>();
+  const float* m = mins.data_ptr<float>();
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for_row_groups(rows, [&](auto group, int64_t first) {
+        q4_tile<decltype(group)::value>(w + t * blocks * 256, d + t * blocks * kTile, m + t * blocks * kTile,
+                                        a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
+                                        a.scales.data_ptr<float>() + first * blocks,
+                                        a.sums.data_ptr<float>() + first * blocks, blocks,
+                                        out.data_ptr<float>() + first * out_features + t * kTile, out_features,
+                                        tile_columns(t, out_features));
+      });
+    }
+  });
+  return out;
+}
+
+torch::Tensor q8_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
+                        const torch::Tensor& code_sums, int64_t out_features) {
+  const int64_t tiles = codes.size(0), blocks = codes.size(1);
+  check_input(x, blocks, tiles, out_features);
+  TORCH_CHECK(codes.scalar_type() == torch::kInt8 && codes.is_contiguous() && codes.size(2) == 8 && codes.size(3) == 64,
+              "q8 codes must be contiguous int8 [tiles, blocks, 8, 64]");
+  const int64_t rows = x.size(0);
+  const Activations a = quantize_activations(x, blocks, /*unsigned_codes=*/true);
+  torch::Tensor out = torch::empty({rows, out_features}, x.options());
+  const int8_t* w = codes.data_ptr<int8_t>();
+  const int32_t* c = code_sums.data_ptr<int32_t>();
+  const float* s = scales.data_ptr<float>();
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for_row_groups(rows, [&](auto group, int64_t first) {
+        q8_tile<decltype(group)::value>(w + t * blocks * 512, c + t * blocks * kTile, s + t * blocks * kTile,
+                                        a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
+                                        a.scales.data_ptr<float>() + first * blocks, blocks,
+                                        out.data_ptr<float>() + first * out_features + t * kTile, out_features,
+                                        tile_columns(t, out_features));
+      });
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kilotok, m) {
+  m.def("q4_linear(Tensor x, Tensor codes, Tensor scales, Tensor mins, int out_features) -> Tensor");
+  m.def("q8_linear(Tensor x, Tensor codes, Tensor scales, Tensor code_sums, int out_features) -> Tensor");
+  m.def("lowbit_cpu_supported() -> bool", &cpu_supported);
+}
+
+TORCH_LIBRARY_IMPL(kilotok, CPU, m) {
+  m.impl("q4_linear", &q4_linear);
+  m.impl("q8_linear", &q8_linear);
+}
