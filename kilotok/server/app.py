@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kilotok.engine.llm_engine import LLMEngine
@@ -20,6 +20,14 @@ from kilotok.server.async_engine import AsyncEngine
 from kilotok.server.endpoints import create_chat_completion, create_completion
 from kilotok.server.errors import AUTHENTICATION, APIError, install_error_handlers
 from kilotok.server.metrics import ServerMetrics
+from kilotok.server.openapi import (
+    CHAT_RESPONSES,
+    COMPLETION_RESPONSES,
+    HEALTH_RESPONSES,
+    METRICS_DESCRIPTION,
+    ServedFacts,
+    install_openapi,
+)
 from kilotok.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 ENGINE_STOP_TIMEOUT_S = 30.0
@@ -55,8 +63,10 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.kilotok
 
 
-def require_api_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    server_state(request).check_api_key(authorization)
+def require_api_key(request: Request) -> None:
+    # Read from the request, not declared as a header parameter: the document states the key as a
+    # security scheme, and only when the server has one.
+    server_state(request).check_api_key(request.headers.get("authorization"))
 
 
 State = Annotated[ServerState, Depends(server_state)]
@@ -64,14 +74,14 @@ public = APIRouter()
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
-@public.get("/health")
+@public.get("/health", responses=HEALTH_RESPONSES)
 async def health(state: State) -> Response:
     if state.async_engine.is_alive:
         return JSONResponse({"status": "ok"})
     return JSONResponse({"status": "engine stopped"}, status_code=503)
 
 
-@public.get("/metrics")
+@public.get("/metrics", response_class=PlainTextResponse, response_description=METRICS_DESCRIPTION)
 async def metrics(state: State) -> Response:
     return Response(state.async_engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -81,13 +91,13 @@ async def list_models(state: State) -> ModelList:
     return ModelList(data=[ModelCard(id=state.served_model_name, max_model_len=state.engine.max_model_len)])
 
 
-@api.post("/completions")
+@api.post("/completions", responses=COMPLETION_RESPONSES)
 async def completions(body: CompletionRequest, request: Request, state: State):
     state.check_model(body.model)
     return await create_completion(body, request, state.async_engine, state.served_model_name)
 
 
-@api.post("/chat/completions")
+@api.post("/chat/completions", responses=CHAT_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State):
     state.check_model(body.model)
     return await create_chat_completion(body, request, state.async_engine, state.served_model_name)
@@ -114,6 +124,8 @@ def build_app(engine: LLMEngine, served_model_name: str, api_key: str | None = N
     app = FastAPI(title="kilotok", summary="OpenAI-compatible LLM server", lifespan=lifespan)
     app.state.kilotok = ServerState(async_engine, served_model_name, api_key)
     install_error_handlers(app)
+    install_openapi(app, ServedFacts(served_model_name, engine.max_model_len, engine.model_config.vocab_size,
+                                     api_key_required=api_key is not None))
     app.include_router(public)
     app.include_router(api)
     return app

@@ -1,11 +1,12 @@
 """POST /v1/completions and /v1/chat/completions: from a request body to validated engine requests, and
 from the engine's outputs to one JSON body or a stream of server-sent events ending with `data: [DONE]`.
 
-Every check of a request happens here, once, before anything reaches the engine, so a bad request is a
-400 and never touches a running batch: fields kilotok cannot honour, the prompt forms, the number of
-choices, an explicit max_tokens past the context window, and the engine's own checks (`new_request`:
-context window, KV-cache room, vocabulary, sampling values), each fault with one message. A client that
-disconnects cancels its sequences at once, so their KV blocks go back to the pool.
+A body arrives validated against its schema (`protocol.py`: types, ranges, fields kilotok cannot honour).
+The checks no schema can make happen here, once, before anything reaches the engine, so a bad request is
+a 400 and never touches a running batch: the number of prompts times n, an explicit max_tokens past the
+context window, and the engine's own checks (`new_request`: context window, KV-cache room, vocabulary,
+sampling values), each fault with one message. A client that disconnects cancels its sequences at once,
+so their KV blocks go back to the pool.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from kilotok.engine.llm_engine import CONTEXT_LENGTH_EXCEEDED, LLMEngine
 from kilotok.engine.output import RequestOutput
 from kilotok.errors import InvalidRequestError
-from kilotok.sampling_params import SamplingParams
+from kilotok.sampling_params import SEED_MAX, SEED_MIN, SamplingParams
 from kilotok.sequence import Sequence
 from kilotok.server.async_engine import AsyncEngine, RequestGroup
 from kilotok.server.errors import APIError, bad_request
@@ -52,7 +53,6 @@ CLIENT_CLOSED_REQUEST = 499
 
 
 async def create_completion(body: CompletionRequest, request: Request, async_engine: AsyncEngine, model: str):
-    _reject_unsupported(body)
     prompts = _completion_prompts(body.prompt, async_engine.engine)
     seqs = _engine_requests(body, prompts, async_engine.engine, param="prompt")
     chunks = CompletionChunks(new_id("cmpl"), model)
@@ -67,8 +67,7 @@ async def create_completion(body: CompletionRequest, request: Request, async_eng
 
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, async_engine: AsyncEngine,
                                  model: str):
-    _reject_unsupported(body)
-    messages = [_message_dict(message, position) for position, message in enumerate(body.messages)]
+    messages = [_message_dict(message) for message in body.messages]
     try:
         prompt = async_engine.engine.tokenizer.encode_chat(messages)
     except InvalidRequestError as error:
@@ -85,51 +84,21 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     return await _respond(request, async_engine, body, seqs, chunks, final, len(prompt))
 
 
-def _reject_unsupported(body: SamplingRequest) -> None:
-    """Fields kilotok cannot honour get a clear 400 instead of being silently ignored."""
-    unsupported = [
-        (body.presence_penalty not in (None, 0), "presence_penalty", "leave it unset or 0"),
-        (body.frequency_penalty not in (None, 0), "frequency_penalty", "leave it unset or 0"),
-        (bool(body.logit_bias), "logit_bias", "leave it unset"),
-    ]
-    if isinstance(body, CompletionRequest):
-        unsupported += [
-            (body.logprobs is not None, "logprobs", "leave it unset"),
-            (body.echo, "echo", "leave it false"),
-            (bool(body.suffix), "suffix", "leave it unset"),
-            (body.best_of not in (None, body.n), "best_of", "leave it unset or equal to n"),
-        ]
-    else:
-        unsupported += [
-            (body.logprobs or bool(body.top_logprobs), "logprobs", "leave it unset or false"),
-            (bool(body.tools) or body.tool_choice not in (None, "none"), "tools", "send no tools"),
-            (bool(body.response_format) and body.response_format.get("type") not in (None, "text"),
-             "response_format", "use response_format text"),
-        ]
-    for present, name, advice in unsupported:
-        if present:
-            raise bad_request(f"{name} is not supported by kilotok: {advice}", param=name)
-
-
 def _completion_prompts(prompt: str | list, engine: LLMEngine) -> list[list[int]]:
-    """OpenAI's four prompt forms: a string, strings, token ids, lists of token ids."""
+    """OpenAI's four prompt forms (validated, never empty): a string, strings, token ids, lists of token ids."""
     if isinstance(prompt, str):
         return [engine.tokenizer.encode(prompt)]
-    if not prompt:
-        raise bad_request("prompt is empty: send a string or a list of strings or token ids", param="prompt")
-    if all(isinstance(item, int) for item in prompt):
-        return [list(prompt)]
-    if all(isinstance(item, str) for item in prompt):
+    if isinstance(prompt[0], str):
         return [engine.tokenizer.encode(text) for text in prompt]
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
     return [list(ids) for ids in prompt]
 
 
-def _message_dict(message: ChatMessage, position: int) -> dict:
+def _message_dict(message: ChatMessage) -> dict:
     """The plain {"role", "content"} form chat templates read; text parts are joined by newlines."""
     content = message.content
     if isinstance(content, list):
-        if any(part.type != "text" or part.text is None for part in content):
-            raise bad_request("only text content parts are supported", param=f"messages.{position}.content")
         content = "\n".join(part.text for part in content)
     return {"role": message.role, "content": content or ""}
 
@@ -149,7 +118,8 @@ def _engine_requests(body: SamplingRequest, prompts: list[list[int]], engine: LL
                 f" ({len(ids)} in the prompt, {wanted} to generate): lower max_tokens or shorten the prompt.",
                 param="max_tokens", code=CONTEXT_LENGTH_EXCEEDED)
         for choice in range(body.n):
-            params = _sampling_params(body, choice, wanted or engine.output_room(len(ids)))
+            params = _sampling_params(body, choice, wanted or engine.output_room(len(ids)),
+                                      engine.model_config.vocab_size)
             try:
                 seqs.append(engine.new_request(ids, params))
             except InvalidRequestError as error:
@@ -157,14 +127,16 @@ def _engine_requests(body: SamplingRequest, prompts: list[list[int]], engine: LL
     return seqs
 
 
-def _sampling_params(body: SamplingRequest, choice: int, max_tokens: int) -> SamplingParams:
+def _sampling_params(body: SamplingRequest, choice: int, max_tokens: int, vocab_size: int) -> SamplingParams:
     try:
         return SamplingParams(
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0,
+            # A top-k past the vocabulary keeps every token, as the clamped one does; the clamp keeps a huge
+            # value out of the sampler's int64 tensors.
+            top_k=min(body.top_k or 0, vocab_size),
             min_p=body.min_p or 0.0,
-            seed=None if body.seed is None else body.seed + choice,
+            seed=None if body.seed is None else _choice_seed(body.seed, choice),
             max_tokens=max_tokens,
             stop=body.stop or None,
             stop_token_ids=body.stop_token_ids,
@@ -174,6 +146,11 @@ def _sampling_params(body: SamplingRequest, choice: int, max_tokens: int) -> Sam
         )
     except InvalidRequestError as error:
         raise bad_request(str(error), param=error.param) from None
+
+
+def _choice_seed(seed: int, choice: int) -> int:
+    """seed + choice, wrapped into the range torch takes, so every seed the schema allows works for any n."""
+    return SEED_MIN + (seed + choice - SEED_MIN) % (SEED_MAX - SEED_MIN + 1)
 
 
 def _usage(outputs: list[RequestOutput], prompts: list[list[int]]) -> Usage:

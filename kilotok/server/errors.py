@@ -1,10 +1,13 @@
 """Errors shaped like OpenAI's, `{"error": {"message", "type", "param", "code"}}`, for every failure path:
 our own checks, FastAPI's validation (its 422 becomes a 400, as OpenAI clients expect), unknown routes,
-and bugs (500), so that no client ever has to parse a second format."""
+methods a route does not take (a 405 with the `Allow` header), and bugs (500), so that no client ever has
+to parse a second format."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kilotok.errors import InvalidRequestError, KilotokError
+from kilotok.server.protocol import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("kilotok.server")
 
@@ -34,10 +38,11 @@ class APIError(Exception):
         self.code = code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump()
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -54,13 +59,30 @@ def validation_error(error: RequestValidationError) -> APIError:
     if not problems:
         return bad_request("the request body is invalid")
     first = problems[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return bad_request(f"the request body is not valid JSON: {first.get('msg')}")
-    param = ".".join(location) or None
+    param = _field_path(first, error.body)
     where = f"field {param!r}: " if param else "the request body: "
     extra = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
     return bad_request(f"{where}{first.get('msg')}{extra}", param=param)
+
+
+def _field_path(problem: dict, body: Any) -> str | None:
+    """The dotted path in the body of the field a problem is about. Pydantic's location also names the
+    member of a union it tried (`prompt.token ids.0`): such a name does not step into the body, so it is
+    dropped, unless it is the field a `missing` problem reports."""
+    location = list(problem.get("loc", ()))
+    if location[:1] == ["body"]:
+        location = location[1:]
+    names, value = [], body
+    for position, part in enumerate(location):
+        if isinstance(value, dict) and part in value or (
+                isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)):
+            value = value[part]
+        elif problem.get("type") != "missing" or position < len(location) - 1:
+            continue
+        names.append(str(part))
+    return ".".join(names) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -76,9 +98,13 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.error("request failed: %s", error)
         return server_error(str(error)).response()
 
-    async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = NOT_FOUND if error.status_code == 404 else INVALID_REQUEST
-        return APIError(error.status_code, str(error.detail), kind).response()
+        message = str(error.detail)
+        if error.status_code == 405:
+            # Starlette names the route's methods in the exception's Allow header (RFC 9110 requires it).
+            message = f"{request.method} is not allowed on {request.url.path}: use {error.headers['Allow']}"
+        return APIError(error.status_code, message, kind).response(error.headers)
 
     async def on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
         logger.exception("unexpected error while handling a request")

@@ -1,47 +1,122 @@
-"""The OpenAI wire format: the request bodies kilotok accepts and the response bodies and stream chunks
-it sends. Unknown request fields are ignored, as OpenAI-compatible servers do; fields kilotok cannot
-honour are rejected by `endpoints.py` with a 400 that names them."""
+"""The OpenAI wire format: the request bodies kilotok accepts, and the bodies, stream chunks and errors it
+sends. A request body's JSON schema is the contract: types are strict (no "1" or true for 1), every range
+the server enforces is a constraint, and fields kilotok cannot honour accept only the values that ask for
+nothing, so a request the schema allows is never refused for its form and one it forbids is a 400 that
+names the field. Unknown fields are ignored, as OpenAI-compatible servers do. What no schema can say (a
+prompt's length in tokens against the context window, the number of prompts times `n`) is checked by
+`endpoints.py`."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from kilotok.sampling_params import SEED_MAX, SEED_MIN
 
 MAX_CHOICES = 128
 """Most completions one request may ask for (`n` times the number of prompts)."""
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 2.0 as an integer; strict pydantic alone would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
+
+def integer(**bounds: int) -> Any:
+    """An integer within `bounds` (ge, le). The bounds come before the validator, so they reach the JSON
+    schema as `minimum` and `maximum`."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+Integer = integer()
+TokenId = integer(ge=0)
+Text = Annotated[str, Field(min_length=1)]
+
+
+def unsupported(kind: Any, *off: Any, advice: str) -> Any:
+    """A field kilotok cannot honour: it parses as OpenAI types it, but only the values that ask for nothing
+    (`off`, and null) pass, and the schema lists exactly those, so clients that send the neutral value
+    keep working and any other value is a 400 that says what to do."""
+    accepted = (None, *off)
+
+    def check(value: Any) -> Any:
+        if value not in accepted:
+            raise PydanticCustomError("unsupported", "not supported by kilotok: {advice}", {"advice": advice})
+        return value
+
+    schema = {"enum": list(accepted), "description": f"Not supported by kilotok: {advice}."}
+    return Annotated[kind | None, AfterValidator(check), WithJsonSchema(schema)]
+
+
+def _one_or_list(value: Any) -> str:
+    return "list" if isinstance(value, list) else "one"
+
+
+def one_or_list(one: Any, many: Any) -> Any:
+    """A value or a list of values. The JSON shape picks the member, so an error names the position
+    that is wrong instead of listing why the value is not each of the members."""
+    return Annotated[Annotated[one, Tag("one")] | Annotated[many, Tag("list")], Discriminator(_one_or_list)]
+
+
+def _prompt_form(value: Any) -> str:
+    if not isinstance(value, list):
+        return "text"
+    first = value[0] if value else None
+    return "texts" if isinstance(first, str) else "token id lists" if isinstance(first, list) else "token ids"
+
+
+Prompt = Annotated[
+    Annotated[Text, Tag("text")]
+    | Annotated[list[Text], Field(min_length=1, max_length=MAX_CHOICES), Tag("texts")]
+    | Annotated[list[TokenId], Field(min_length=1), Tag("token ids")]
+    | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES),
+                Tag("token id lists")],
+    Discriminator(_prompt_form),
+]
+"""OpenAI's four prompt forms: a string, strings, token ids, lists of token ids (never empty)."""
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
+class SamplingRequest(Body):
     """Fields that completions and chat completions share."""
 
-    model_config = ConfigDict(extra="ignore")
-
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: integer(ge=1) | None = None
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    n: integer(ge=1, le=MAX_CHOICES) = 1
+    seed: integer(ge=SEED_MIN, le=SEED_MAX) | None = None
+    stop: one_or_list(Text, list[Text]) | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: unsupported(float, 0, advice="leave it unset or 0") = None
+    frequency_penalty: unsupported(float, 0, advice="leave it unset or 0") = None
+    logit_bias: unsupported(dict[str, float], {}, advice="leave it unset") = None
     user: str | None = None
     # Extensions that vLLM also accepts.
-    top_k: int | None = None
-    min_p: float | None = None
-    stop_token_ids: list[int] | None = None
+    top_k: integer(ge=-1) | None = None
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     # kilotok's own: let the server's speculative decoding draft for this request (the output is the same).
@@ -57,36 +132,32 @@ class SamplingRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: Prompt
+    echo: unsupported(bool, False, advice="leave it unset or false") = None
+    logprobs: unsupported(Integer, advice="leave it unset") = None
+    suffix: unsupported(str, "", advice="leave it unset") = None
+    best_of: unsupported(Integer, 1, advice="leave it unset or 1: kilotok does not rank candidates") = None
 
 
-class TextContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-    text: str | None = None
+class TextContentPart(Body):
+    type: Literal["text"]
+    text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
+    content: one_or_list(str, list[TextContentPart]) | None = None
     name: str | None = None
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    max_completion_tokens: integer(ge=1) | None = None
+    logprobs: unsupported(bool, False, advice="leave it unset or false") = None
+    top_logprobs: unsupported(Integer, 0, advice="leave it unset or 0") = None
+    tools: unsupported(list[Any], [], advice="send no tools") = None
+    tool_choice: unsupported(Any, "none", advice="leave it unset or 'none'") = None
+    response_format: unsupported(dict[str, Any], {"type": "text"}, advice="leave it unset or {'type': 'text'}") = None
 
     @property
     def output_limit(self) -> int | None:
@@ -184,18 +255,18 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class StreamChunks:
-    """Builds the chunks of one streamed response, all with the same id, creation time and model; a
-    subclass names its chunk type and what a choice's opening and text deltas look like."""
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
 
-    chunk_type: type[BaseModel]
 
-    def __init__(self, request_id: str, model: str) -> None:
-        self.request_id, self.model, self.created = request_id, model, now_unix()
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, the one shape of every failure the server answers."""
 
-    def _chunk(self, choices: list[BaseModel], usage: Usage | None = None) -> BaseModel:
-        return self.chunk_type(id=self.request_id, created=self.created, model=self.model, choices=choices,
-                               usage=usage)
+    error: ErrorDetail
 
-    def usage(self, usage: Usage) -> BaseModel:
-        return self._chunk([], usage)
+
+class Health(BaseModel):
+    status: Literal["ok", "engine stopped"]

@@ -1,4 +1,5 @@
-"""make_linear in every weight format against an fp32 matmul with the gguf package's dequantized weight;
+"""make_linear in every weight format against an fp32 matmul with the gguf package's dequantized weight,
+int4 and int8 both through kilotok's CPU op and through ATen's kernels (where the op is unavailable);
 FP8 formats keep stored FP8 weights or quantize float ones."""
 
 from __future__ import annotations
@@ -16,20 +17,30 @@ from kilotok.quant.formats import FORMATS
 from kilotok.quant.fp8 import Fp8Linear, quantize_fp8
 from kilotok.quant.int4 import Int4Linear
 from kilotok.quant.int8 import Int8Linear
+from kilotok.quant.lowbit import LowBitLinear, lowbit_available
 
 OUT_FEATURES, IN_FEATURES = 48, 96
 
 # Relative error of the output norm each mode may show on a Q4_1 weight (whose int4 codes are reused):
-# fp32 only reorders sums; fp16 and bf16 round inputs and weights (2^-11 and 2^-8 relative), int8 adds
-# per-channel rounding of roughly 1/254 of a row's max per weight; int4 only rounds its scales to bf16.
+# fp32 only reorders sums; fp16 and bf16 round inputs and weights (2^-11 and 2^-8 relative); int8 adds
+# rounding of roughly 1/254 of a row's (ATen) or block's (op) max per weight; int4 through ATen only rounds
+# its scales to bf16, through the op it rounds activations to int8 per block (about 1/254 of the block's
+# max each, so well under 1% of the output).
 TOLERANCES = {"fp32": 1e-6, "fp16": 2e-3, "bf16": 1e-2, "int8": 2e-2, "int4": 1e-2}
 EXPECTED_TYPES = {
-    "fp32": DenseLinear,
-    "fp16": DenseLinear,
-    "bf16": DenseLinear,
-    "int8": Int8Linear,
-    "int4": Int4Linear,
+    "aten": {"fp32": DenseLinear, "fp16": DenseLinear, "bf16": DenseLinear, "int8": Int8Linear, "int4": Int4Linear},
+    "op": {"fp32": DenseLinear, "fp16": DenseLinear, "bf16": DenseLinear, "int8": LowBitLinear, "int4": LowBitLinear},
 }
+
+
+@pytest.fixture(params=["op", "aten"])
+def kernels(request, monkeypatch) -> str:
+    """Which low-bit kernels make_linear may use: kilotok's op, or ATen's as on processors without it."""
+    if request.param == "op" and not lowbit_available():
+        pytest.skip("the low-bit op needs AVX-512 VNNI and a C++ compiler")
+    if request.param == "aten":
+        monkeypatch.setattr("kilotok.layers.linear.lowbit_available", lambda: False)
+    return request.param
 
 
 def quantized_weight(qtype: GGMLQuantizationType, shape: tuple[int, int]) -> QuantizedTensor:
@@ -43,7 +54,7 @@ def reference(weight: QuantizedTensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", list(TOLERANCES))
 @pytest.mark.parametrize("as_blocks", [True, False], ids=["gguf", "float"])
-def test_every_mode_matches_the_fp32_matmul(mode: str, as_blocks: bool) -> None:
+def test_every_mode_matches_the_fp32_matmul(mode: str, as_blocks: bool, kernels: str) -> None:
     weight = quantized_weight(GGMLQuantizationType.Q4_1, (OUT_FEATURES, IN_FEATURES))
     dense = reference(weight)
     bias = torch.randn(OUT_FEATURES, generator=torch.Generator().manual_seed(1))
@@ -53,7 +64,7 @@ def test_every_mode_matches_the_fp32_matmul(mode: str, as_blocks: bool) -> None:
     layer = make_linear(weight if as_blocks else dense, bias, mode)
     out = layer(x).float()
 
-    assert isinstance(layer, EXPECTED_TYPES[mode])
+    assert isinstance(layer, EXPECTED_TYPES[kernels][mode])
     assert (layer.in_features, layer.out_features) == (IN_FEATURES, OUT_FEATURES)
     assert ((out - expected).norm() / expected.norm()).item() < TOLERANCES[mode]
 
@@ -70,14 +81,14 @@ def test_float_modes_store_and_compute_in_their_dtype(mode: str, dtype: torch.dt
     assert not layer.weight.requires_grad
 
 
-def test_int4_requantizes_other_block_types() -> None:
+def test_int4_requantizes_other_block_types(kernels: str) -> None:
     weight = quantized_weight(GGMLQuantizationType.Q8_0, (OUT_FEATURES, IN_FEATURES))
     x = torch.randn(3, IN_FEATURES).bfloat16()
     expected = x.float() @ reference(weight).T
 
     layer = make_linear(weight, None, "int4")
 
-    assert isinstance(layer, Int4Linear)
+    assert isinstance(layer, EXPECTED_TYPES[kernels]["int4"])
     # 4-bit min/max rounding of Gaussian weights: error about 8% of a weight's spread, averaged down by K.
     assert ((layer(x).float() - expected).norm() / expected.norm()).item() < 0.15
 
@@ -86,7 +97,9 @@ def test_int4_requantizes_other_block_types() -> None:
     ("mode", "shape", "fallback"),
     [("int4", (24, 64), Int8Linear), ("int4", (16, 40), DenseLinear), ("int8", (16, 40), DenseLinear)],
 )
-def test_shapes_the_kernels_cannot_hold_fall_back(mode: str, shape: tuple[int, int], fallback: type) -> None:
+def test_shapes_atens_kernels_cannot_hold_fall_back(mode: str, shape: tuple[int, int], fallback: type,
+                                                    monkeypatch) -> None:
+    monkeypatch.setattr("kilotok.layers.linear.lowbit_available", lambda: False)
     weight = torch.randn(shape)
     x = torch.randn(2, shape[1])
 
@@ -96,15 +109,18 @@ def test_shapes_the_kernels_cannot_hold_fall_back(mode: str, shape: tuple[int, i
     torch.testing.assert_close(layer(x).float(), x @ weight.T, atol=0.1, rtol=0.05)
 
 
-def test_weight_bytes_per_mode() -> None:
+def test_weight_bytes_per_mode(kernels: str) -> None:
     weight, bias = torch.randn(OUT_FEATURES, IN_FEATURES), torch.randn(OUT_FEATURES)
     weights = OUT_FEATURES * IN_FEATURES
+    # The op keeps a float32 scale (and a Q4 min, or a Q8 code sum) per block of 32 and a float32 bias.
+    per_block = 2 * 4 * weights // 32
     expected = {
         "fp32": 4 * (weights + OUT_FEATURES),
         "fp16": 2 * (weights + OUT_FEATURES),
         "bf16": 2 * (weights + OUT_FEATURES),
-        "int8": weights + 2 * OUT_FEATURES + 2 * OUT_FEATURES,
-        "int4": weights // 2 + 2 * 2 * weights // 32 + 2 * OUT_FEATURES,
+        "int8": weights + (per_block + 4 * OUT_FEATURES if kernels == "op" else 4 * OUT_FEATURES),
+        "int4": weights // 2 + (per_block + 4 * OUT_FEATURES if kernels == "op" else 2 * 2 * weights // 32
+                                + 2 * OUT_FEATURES),
     }
 
     for mode, size in expected.items():
