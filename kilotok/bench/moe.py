@@ -6,15 +6,13 @@ from random logits, so experts are hit about uniformly."""
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from kilotok.bench.report import median_ms
 from kilotok.layers.moe import moe_experts, route
 
 CLI_HELP = "time the grouped MoE expert layer against a naive per-expert masked loop"
@@ -45,20 +43,6 @@ def naive_masked_moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tens
         gate, up = F.linear(rows, gate_up[expert]).chunk(2, dim=-1)
         out += mask_weight * F.linear(F.silu(gate) * up, down[expert]).float()
     return out.to(x.dtype)
-
-
-def median_ms(fns: list[Callable[[], torch.Tensor]], repeats: int) -> list[float]:
-    """Median milliseconds per call of each function, timed in alternation so that load on a shared
-    machine falls on all of them alike."""
-    times: list[list[float]] = [[] for _ in fns]
-    for fn in fns:
-        fn()
-    for _ in range(repeats):
-        for fn, samples in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(samples) for samples in times]
 
 
 @torch.inference_mode()

@@ -13,6 +13,8 @@ import os
 import platform
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +90,20 @@ def percentile(values: list[float], percent: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median milliseconds per call of each function, timed in alternation so that load on a shared
+    machine falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
+        fn()
+    for _ in range(repeats):
+        for fn, samples in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(samples) for samples in times]
 
 
 def table_lines(rows: list[tuple[str, ...]], left_aligned: int = 0) -> list[str]:

@@ -15,6 +15,8 @@ PyTorch, for tests and for tensors the ops cannot take.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +35,15 @@ TILE = 16
 
 @functools.cache
 def lowbit_available() -> bool:
-    """Build and load the ops once per process; False, with one line on stderr, where they cannot run."""
+    """Build and load the ops once per process; False, with one line on stderr, where they cannot run or
+    KILOTOK_LOWBIT_KERNELS=0 asks for ATen's kernels (to compare the two)."""
+    if os.environ.get("KILOTOK_LOWBIT_KERNELS") == "0":
+        print("kilotok: KILOTOK_LOWBIT_KERNELS=0: using ATen's int4/int8 kernels", file=sys.stderr)
+        return False
     try:
         from torch.utils import cpp_extension
 
+        _find_ninja()
         if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{EXTENSION}/{EXTENSION}.so")):
             print("kilotok: compiling the CPU low-bit kernels (once; cached on disk)", file=sys.stderr)
         cpp_extension.load(name=EXTENSION, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
@@ -50,6 +57,15 @@ def lowbit_available() -> bool:
         return False
     _register_fakes()
     return True
+
+
+def _find_ninja() -> None:
+    """torch's extension builder runs `ninja` from PATH; the pip package installs it beside the interpreter,
+    which is not on PATH when a virtual environment is used without activating it."""
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def _register_fakes() -> None:

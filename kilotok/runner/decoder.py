@@ -95,7 +95,7 @@ class PlainDecoder:
         return results
 
     def decode(self, seqs: list[Sequence]) -> list[StepResult]:
-        return [StepResult([token], 1) for token in self.runner.decode(seqs).tolist()]
+        return [StepResult([token], 1) for token in self.runner.decode(seqs)[0].tolist()]
 
     def prefill(self, batch: ScheduledBatch) -> tuple[list[StepResult], list[torch.Tensor] | None]:
         """Results of the prompt chunks, and each chunk's features when the runner collects them."""

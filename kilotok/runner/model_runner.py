@@ -191,15 +191,16 @@ class ModelRunner:
         return self.sample([seqs[row] for row in complete], logits), features
 
     @torch.inference_mode()
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Run each sequence's last token (not yet cached) and sample the next one: [B] int64."""
+    def decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run each sequence's last token (not yet cached) and sample the next one: [B] int64, and the
+        rows' features [B, k * d] when they are collected."""
         padded = _bucket(len(seqs))
         inputs = token_rows(seqs, [len(seq) for seq in seqs], padded, self.block_size, self.max_blocks_per_seq,
                             self.device)
         meta = inputs.meta
         meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, self.block_size, self.device)
-        logits, _ = self.decode_rows(inputs.input_ids, inputs.positions, meta)
-        return self.sample(seqs, logits[: len(seqs)])
+        logits, features = self.decode_rows(inputs.input_ids, inputs.positions, meta)
+        return self.sample(seqs, logits[: len(seqs)]), None if features is None else features[: len(seqs)]
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)

@@ -28,7 +28,7 @@ from kilotok.server.openapi import (
     ServedFacts,
     install_openapi,
 )
-from kilotok.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from kilotok.server.protocol import ChatCompletionRequest, CompletionRequest, Health, ModelCard, ModelList
 
 ENGINE_STOP_TIMEOUT_S = 30.0
 
@@ -77,8 +77,8 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 @public.get("/health", responses=HEALTH_RESPONSES)
 async def health(state: State) -> Response:
     if state.async_engine.is_alive:
-        return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return JSONResponse(Health(status="ok").model_dump())
+    return JSONResponse(Health(status="engine stopped").model_dump(), status_code=503)
 
 
 @public.get("/metrics", response_class=PlainTextResponse, response_description=METRICS_DESCRIPTION)

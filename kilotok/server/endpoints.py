@@ -110,6 +110,7 @@ def _engine_requests(body: SamplingRequest, prompts: list[list[int]], engine: LL
         raise bad_request(f"{len(prompts)} prompts times n={body.n} asks for more than {MAX_CHOICES} completions: "
                           "split the request", param="n")
     limit, wanted = engine.max_model_len, body.output_limit
+    _check_output_limits(body, limit)
     seqs = []
     for ids in prompts:
         if wanted is not None and len(ids) < limit < len(ids) + wanted:
@@ -125,6 +126,17 @@ def _engine_requests(body: SamplingRequest, prompts: list[list[int]], engine: LL
             except InvalidRequestError as error:
                 raise bad_request(str(error), param=error.param or param, code=error.code) from None
     return seqs
+
+
+def _check_output_limits(body: SamplingRequest, limit: int) -> None:
+    """Every output limit the body gives leaves room for a prompt token, as the schema states (at most
+    max_model_len - 1), even a max_tokens that max_completion_tokens overrides."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, name, None)
+        if value is not None and value >= limit:
+            raise bad_request(f"This model's maximum context length is {limit} tokens: {name}={value} leaves no "
+                              f"room for the prompt; ask for at most {limit - 1}.", param=name,
+                              code=CONTEXT_LENGTH_EXCEEDED)
 
 
 def _sampling_params(body: SamplingRequest, choice: int, max_tokens: int, vocab_size: int) -> SamplingParams:
@@ -149,7 +161,7 @@ def _sampling_params(body: SamplingRequest, choice: int, max_tokens: int, vocab_
 
 
 def _choice_seed(seed: int, choice: int) -> int:
-    """seed + choice, wrapped into the range torch takes, so every seed the schema allows works for any n."""
+    """seed + choice, wrapped into the range torch takes, so any integer is a seed, for any n."""
     return SEED_MIN + (seed + choice - SEED_MIN) % (SEED_MAX - SEED_MIN + 1)
 
 

@@ -106,8 +106,8 @@ def _add_stream_chunks(document: dict) -> None:
     schemas = document["components"]["schemas"]
     for chunk in STREAM_CHUNKS:
         schema = chunk.model_json_schema(ref_template=SCHEMAS + "{model}", mode="serialization")
-        schemas.update(schema.pop("$defs", {}))
-        schemas.setdefault(chunk.__name__, schema)
+        for name, definition in {**schema.pop("$defs", {}), chunk.__name__: schema}.items():
+            schemas.setdefault(name, definition)
 
 
 def _describe_served_model(document: dict, facts: ServedFacts) -> None:

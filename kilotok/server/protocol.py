@@ -24,8 +24,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kilotok.sampling_params import SEED_MAX, SEED_MIN
-
 MAX_CHOICES = 128
 """Most completions one request may ask for (`n` times the number of prompts)."""
 
@@ -41,9 +39,20 @@ def integer(**bounds: int) -> Any:
     return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
 
 
+def _unicode(value: str) -> str:
+    # JSON can escape an unpaired surrogate ("\ud800"), which is no character: the tokenizer cannot take it,
+    # and no answer could quote it back.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise PydanticCustomError("string_unicode", "not valid Unicode: it holds an unpaired surrogate") from None
+    return value
+
+
 Integer = integer()
 TokenId = integer(ge=0)
-Text = Annotated[str, Field(min_length=1)]
+Unicode = Annotated[str, AfterValidator(_unicode)]
+Text = Annotated[Unicode, Field(min_length=1)]
 
 
 def unsupported(kind: Any, *off: Any, advice: str) -> Any:
@@ -100,19 +109,20 @@ class StreamOptions(Body):
 class SamplingRequest(Body):
     """Fields that completions and chat completions share."""
 
-    model: str | None = None
+    model: Unicode | None = None
     max_tokens: integer(ge=1) | None = None
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: integer(ge=1, le=MAX_CHOICES) = 1
-    seed: integer(ge=SEED_MIN, le=SEED_MAX) | None = None
+    # Any integer: endpoints.py wraps it into the range torch takes.
+    seed: Integer | None = None
     stop: one_or_list(Text, list[Text]) | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: unsupported(float, 0, advice="leave it unset or 0") = None
     frequency_penalty: unsupported(float, 0, advice="leave it unset or 0") = None
     logit_bias: unsupported(dict[str, float], {}, advice="leave it unset") = None
-    user: str | None = None
+    user: Unicode | None = None
     # Extensions that vLLM also accepts.
     top_k: integer(ge=-1) | None = None
     min_p: float | None = Field(default=None, ge=0, le=1)
@@ -132,6 +142,9 @@ class SamplingRequest(Body):
 
 
 class CompletionRequest(SamplingRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "The three primary colours are",
+                                                               "max_tokens": 16}]})
+
     prompt: Prompt
     echo: unsupported(bool, False, advice="leave it unset or false") = None
     logprobs: unsupported(Integer, advice="leave it unset") = None
@@ -141,16 +154,19 @@ class CompletionRequest(SamplingRequest):
 
 class TextContentPart(Body):
     type: Literal["text"]
-    text: str
+    text: Unicode
 
 
 class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: one_or_list(str, list[TextContentPart]) | None = None
-    name: str | None = None
+    content: one_or_list(Unicode, list[TextContentPart]) | None = None
+    name: Unicode | None = None
 
 
 class ChatCompletionRequest(SamplingRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "messages": [{"role": "user", "content": "Name three rivers."}], "max_tokens": 32, "stream": True}]})
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: integer(ge=1) | None = None
     logprobs: unsupported(bool, False, advice="leave it unset or false") = None

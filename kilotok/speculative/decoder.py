@@ -55,9 +55,8 @@ class SpeculativeDecoder:
 
     def decode(self, seqs: list[Sequence]) -> list[StepResult]:
         trees = self._fitted_trees(seqs, self._draft(seqs))
-        if not any(trees) and not self.drafter.aux_layer_ids:
-            # Nothing to verify and no features wanted: the (compiled) plain decode step is cheaper.
-            return [StepResult(r.tokens, r.num_computed, DraftOutcome(0, 0, 0)) for r in self.target.decode(seqs)]
+        if not any(trees):
+            return self._plain_step(seqs)
         logits, features = self._verify(seqs, trees)
         results = []
         for row, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
@@ -68,6 +67,16 @@ class SpeculativeDecoder:
             self.drafter.verified(seq, tokens, None if features is None else features[row, kept_rows])
             results.append(StepResult(tokens, len(tokens), DraftOutcome(len(tree), tree.max_depth,
                                                                         len(verdict.accepted))))
+        return results
+
+    def _plain_step(self, seqs: list[Sequence]) -> list[StepResult]:
+        """Nothing to verify: the plain decode step, whose features (when the drafter reads them) it hands
+        on, so drafting can resume at any later step."""
+        tokens, features = self.runner.decode(seqs)
+        results = []
+        for row, (seq, token) in enumerate(zip(seqs, tokens.tolist(), strict=True)):
+            self.drafter.verified(seq, [token], None if features is None else features[row : row + 1])
+            results.append(StepResult([token], 1, DraftOutcome(0, 0, 0)))
         return results
 
     def _draft(self, seqs: list[Sequence]) -> list[DraftTree]:

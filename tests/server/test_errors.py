@@ -54,12 +54,39 @@ def test_engine_side_parameter_checks_are_400(client):
 
 
 def test_unsupported_features_are_400_and_say_so(client):
-    with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
+    with pytest.raises(openai.BadRequestError, match="'logprobs': not supported"):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True)
-    with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
+    with pytest.raises(openai.BadRequestError, match="'logprobs': not supported"):
         client.completions.create(model=MODEL, prompt="Hi", logprobs=2)
-    with pytest.raises(openai.BadRequestError, match="presence_penalty"):
+    with pytest.raises(openai.BadRequestError, match="'presence_penalty': not supported"):
         client.completions.create(model=MODEL, prompt="Hi", presence_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="'tools': not supported"):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {}}}])
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"messages": MESSAGES, "top_logprobs": "2"}, "top_logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages.0.content.0.text"),
+    ("/v1/completions", {"prompt": [1, True]}, "prompt.1"),
+    ("/v1/completions", {"prompt": ""}, "prompt"),
+    ("/v1/completions", {"prompt": "Hi", "n": True}, "n"),
+    ("/v1/completions", {"prompt": "Hi", "temperature": "0.5"}, "temperature"),
+])
+def test_what_the_schema_forbids_is_400_naming_the_field(served, path, body, param):
+    status, answer = raw_post(served, path, json.dumps(body).encode())
+    assert status == 400
+    assert assert_openai_error_shape(answer)["param"] == param
+
+
+def test_a_method_the_route_does_not_take_is_405_with_allow(served):
+    request = urllib.request.Request(f"{served.root_url}/v1/chat/completions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 405
+    assert caught.value.headers["Allow"] == "POST"
+    assert_openai_error_shape(json.loads(caught.value.read()))
 
 
 def test_wrong_or_missing_api_key_is_401(served):

@@ -9,8 +9,9 @@ A step then expands: the root's top-k children form level 1; each level runs the
 frontier (the k best nodes of that level by cumulative log-probability, each reading its parent's
 output feature) and scores its top-k children; after `depth` levels the best `tree_size` nodes overall
 form the tree. A child never scores above its parent, so the best nodes always include their ancestors.
-The speculative keys of a step are dropped; after verification the accepted tokens are committed with
-the target's features, which the next step's drafting reads.
+The speculative keys of a step are dropped; the accepted tokens are committed with the target's
+features when the sequence is next drafted for, so steps that do not draft (the batch-size policy
+drafts nothing at large batches) leave the head idle.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ class _HeadCache:
 class DraftState:
     """The drafter's state of one sequence, kept in `seq.draft_state`."""
 
-    prompt_features: list[torch.Tensor] = field(default_factory=list)
-    """Target features of the prompt chunks prefilled so far: the head runs over the whole prompt at once
-    when it completes, so chunked and whole prefills draft alike."""
+    pending_features: list[torch.Tensor] = field(default_factory=list)
+    """Target features the head has not run over yet: a prompt's chunks, and every later step's kept
+    positions, until the sequence is next drafted for. The head then runs over them all at once, so a
+    chunked prefill drafts as a whole one does and steps that do not draft cost the head nothing."""
+    pending_tokens: list[int] = field(default_factory=list)
+    """The token after each pending feature's position (known for a prompt once it completes)."""
     cache: _HeadCache | None = None
 
 
@@ -88,23 +92,33 @@ class Eagle3Drafter:
         head = load_eagle3(folder, model.config, model.embed_tokens.weight)
         return cls(head, spec.topk)
 
-    @torch.inference_mode()
     def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
+        if not seq.params.speculate:
+            return  # never drafted for: nothing to keep
         if start == 0:
             seq.draft_state = DraftState()
         state: DraftState = seq.draft_state
-        state.prompt_features.append(features)
+        state.pending_features.append(features)
         if next_token is not None:
-            features = torch.cat(state.prompt_features)
-            state.prompt_features = []
-            self._commit(state, seq.token_ids[1:] + [next_token], features)
+            state.pending_tokens.extend(seq.token_ids[1:] + [next_token])
+
+    def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
+        if seq.params.speculate:
+            seq.draft_state.pending_features.append(features)
+            seq.draft_state.pending_tokens.extend(tokens)
 
     @torch.inference_mode()
-    def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
-        self._commit(seq.draft_state, tokens, features)
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        for seq in seqs:
+            self.catch_up(seq.draft_state)
+        return [self._grow(seq.draft_state.cache, shape) for seq in seqs]
 
-    def _commit(self, state: DraftState, tokens: list[int], features: torch.Tensor) -> None:
-        """Run the head over the next inputs (token t + 1, target feature t) and keep their keys."""
+    def catch_up(self, state: DraftState) -> None:
+        """Run the head over the pending inputs (token t + 1, target feature t) and keep their keys."""
+        if not state.pending_tokens:
+            return
+        features, tokens = torch.cat(state.pending_features), state.pending_tokens
+        state.pending_features, state.pending_tokens = [], []
         cache = state.cache
         start = 0 if cache is None else cache.committed
         count = features.shape[0]
@@ -117,10 +131,6 @@ class Eagle3Drafter:
         past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
         state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1])
-
-    @torch.inference_mode()
-    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
-        return [self._grow(seq.draft_state.cache, shape) for seq in seqs]
 
     def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
         candidates: list[_Candidate] = []
