@@ -1,6 +1,7 @@
-"""The OpenAI-compatible FastAPI app around an already-loaded engine: its routes, its API key, and the
-engine loop's lifetime. /v1 routes need the API key when the server has one; /health and /metrics do not,
-so load balancers and Prometheus can reach them without it (as with vLLM)."""
+"""The OpenAI-compatible FastAPI app around an already-loaded engine: its routes (with what each answers,
+for the OpenAPI document of openapi.py), its API key, and the engine loop's lifetime. /v1 routes need the
+API key when the server has one; /health and /metrics do not, so load balancers and Prometheus can reach
+them without it (as with vLLM)."""
 
 from __future__ import annotations
 
