@@ -109,6 +109,11 @@ class Eagle3DraftModel(nn.Module):
         t2d[: config.draft_vocab_size] = True
         self.register_buffer("t2d", t2d)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the head computes in: its norms', which stay float when its linears are quantized."""
+        return self.norm.weight.dtype
+
     def set_draft_vocab(self, target_ids: torch.Tensor) -> None:
         """Draft id i stands for target id `target_ids[i]` (sorted ascending, as the reference stores it)."""
         target_ids = target_ids.to(torch.int64).sort().values
@@ -127,12 +132,12 @@ class Eagle3DraftModel(nn.Module):
 
     def fuse(self, aux_hidden: torch.Tensor) -> torch.Tensor:
         """[..., 3d] (target layers concatenated in aux_layer_ids order) -> [..., d]."""
-        return self.fc(aux_hidden.to(self.fc.weight.dtype))
+        return self.fc(aux_hidden.to(self.compute_dtype))
 
     def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
                 past_k: torch.Tensor | None, past_v: torch.Tensor | None, mask: torch.Tensor) -> Eagle3Output:
         """Every query row of `mask` must allow at least one key (its own), or its output is NaN."""
-        dtype = self.fc.weight.dtype
+        dtype = self.compute_dtype
         layer = self.midlayer
         residual = hidden.to(dtype)
         embedded = self.embed_tokens(input_ids).to(dtype)
