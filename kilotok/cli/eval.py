@@ -13,7 +13,9 @@ DEFAULT_MODEL = "smollm2-135m"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="measure a model's accuracy as kilotok runs it",
-        description="Measure a model's accuracy in a given weight format: perplexity or greedy agreement.",
+        description="Measure a model's accuracy in a given weight format: perplexity or greedy agreement. "
+                    "Every loaded weight is first checked for NaN and infinity (as --check-tensors does "
+                    "elsewhere), so a damaged file is refused instead of measured.",
     )
     kinds = parser.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
     _register_perplexity(kinds)

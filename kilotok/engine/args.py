@@ -25,6 +25,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
     group.add_argument("--no-compile", action="store_true",
                        help="run the decode step eagerly instead of with torch.compile")
+    group.add_argument("--check-tensors", action="store_true",
+                       help="check every loaded weight (values and quantization scales) for NaN and infinity "
+                            "before running, naming any damaged tensor")
 
 
 def engine_settings(args: argparse.Namespace) -> dict:
@@ -33,6 +36,7 @@ def engine_settings(args: argparse.Namespace) -> dict:
         "max_model_len": args.max_model_len,
         "kv_cache_gb": args.kv_cache_gb,
         "compile": not args.no_compile,
+        "check_tensors": args.check_tensors,
     }
 
 

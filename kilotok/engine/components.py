@@ -29,7 +29,7 @@ class EngineComponents:
 
 
 def build_components(config: EngineConfig) -> EngineComponents:
-    loaded = load_model(config.model, config.dtype, progress=config.progress)
+    loaded = load_model(config.model, config.dtype, progress=config.progress, check_tensors=config.check_tensors)
     model = loaded.model
     max_model_len = min(config.max_model_len or model.config.max_position_embeddings,
                         model.config.max_position_embeddings)

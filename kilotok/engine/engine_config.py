@@ -29,6 +29,9 @@ class EngineConfig:
     which needs the target's hidden states at every prompt position)."""
     compile: bool = True
     """torch.compile the decode step; falls back to eager where compiling fails."""
+    check_tensors: bool = False
+    """Look through every loaded weight (values, and the scales of quantized blocks) for NaN and infinity
+    before running, to refuse a damaged model file instead of printing garbage."""
     progress: bool = True
     spec: SpecConfig | str | None = None
     """Speculative decoding: a SpecConfig, a method name ("ngram", "eagle3") or None for none."""
@@ -43,6 +46,7 @@ class EngineConfig:
             "max_model_len": self.max_model_len is None or self.max_model_len >= 1,
             "max_num_seqs": self.max_num_seqs >= 1,
             "max_num_batched_tokens": self.max_num_batched_tokens >= 1,
+            "check_tensors": isinstance(self.check_tensors, bool),
         }
         for name, ok in checks.items():
             if not ok:

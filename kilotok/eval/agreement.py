@@ -105,7 +105,7 @@ def greedy_answers(model: str, dtype: str, prompts: list[Conversation], max_toke
                    progress: bool) -> list[list[int]]:
     from kilotok.llm import LLM
 
-    llm = LLM(model, dtype=dtype, compile=False, kv_cache_gb=KV_CACHE_GB, progress=progress)
+    llm = LLM(model, dtype=dtype, compile=False, kv_cache_gb=KV_CACHE_GB, progress=progress, check_tensors=True)
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
     return [output.token_ids for output in outputs]
 

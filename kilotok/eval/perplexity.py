@@ -23,6 +23,7 @@ from tqdm import tqdm
 from kilotok.errors import InvalidRequestError
 from kilotok.eval.texts import DEFAULT_TEXT, TEXT_PACKAGE, TEXT_PACKAGE_VERSION, load_text
 from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.loader.tensor_check import check_tensors
 from kilotok.models.builder import build_model
 from kilotok.models.causal_lm import CausalLM
 from kilotok.models.registry import load_checkpoint, model_config
@@ -171,6 +172,7 @@ def evaluate_perplexity(model: str = "smollm2-135m", dtype: str = "fp32", text: 
     source = f"{TEXT_PACKAGE}=={TEXT_PACKAGE_VERSION}:{text}"
     words = load_text(text)
     checkpoint = load_checkpoint(model, progress=progress)
+    check_tensors(checkpoint)  # a damaged weight would be measured as a bad weight format
     max_positions = model_config(checkpoint.config).max_position_embeddings
     if context_len > max_positions:
         raise InvalidRequestError(f"--context-len {context_len} exceeds the model's context of {max_positions}")

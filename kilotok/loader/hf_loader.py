@@ -21,6 +21,7 @@ SINGLE_WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TEXT_MODEL_PREFIX = "language_model."
 
+RESTORE = "download or copy the model folder again"
 # safetensors dtype codes of floating-point tensors; integer Llama weights mean a format we can't run.
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
@@ -47,7 +48,7 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
         )
     raw = _read_json(config_path)
     if not isinstance(raw, dict):
-        raise ModelFormatError(f"{config_path} must hold a JSON object")
+        raise ModelFormatError(f"{config_path} must hold a JSON object; {RESTORE}")
     return raw
 
 
@@ -88,14 +89,14 @@ def _locate_shards(folder: Path) -> dict[Path, list[str] | None]:
     index = _read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ModelFormatError(f"{index_path} has no 'weight_map' naming the shard of each tensor")
+        raise ModelFormatError(f"{index_path} has no 'weight_map' naming the shard of each tensor; {RESTORE}")
     shards: dict[Path, list[str] | None] = {}
     for name, shard_name in weight_map.items():
         shard = folder / shard_name
         if not shard.is_file():
             raise ModelFormatError(
-                f"{INDEX_FILE} puts tensor {name!r} in shard {shard_name!r}, which is missing from {folder}; "
-                "the download is incomplete"
+                f"{INDEX_FILE} puts tensor {name!r} in shard {shard_name!r}, which is missing from {folder}: "
+                f"the download is incomplete; {RESTORE}"
             )
         shards.setdefault(shard, []).append(name)
     return shards
@@ -106,7 +107,7 @@ def _open_shard(shard: Path) -> Any:
         return safe_open(shard, framework="pt")
     except (SafetensorError, OSError) as error:
         raise ModelFormatError(
-            f"cannot read safetensors file {shard}: {error}; it may be truncated or corrupt"
+            f"cannot read safetensors file {shard}: {error}; it may be truncated or corrupt: {RESTORE}"
         ) from error
 
 
@@ -117,7 +118,8 @@ def _tensor_owners(shards: dict[Path, list[str] | None], handles: dict[Path, Any
         stored = set(handles[shard].keys())
         for name in indexed_names if indexed_names is not None else sorted(stored):
             if name not in stored:
-                raise ModelFormatError(f"{INDEX_FILE} puts tensor {name!r} in {shard.name}, which lacks it")
+                raise ModelFormatError(f"{INDEX_FILE} puts tensor {name!r} in {shard}, which lacks it: the index "
+                                       f"and the shards come from different versions; {RESTORE}")
             owner[name] = shard
     return owner
 
@@ -149,7 +151,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFormatError(f"cannot parse {path}: {error}") from error
+        raise ModelFormatError(f"{path} is not readable JSON ({error}); {RESTORE}") from error
 
 
 def text_model_names(stored: list[str]) -> dict[str, str]:

@@ -6,7 +6,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from kilotok.errors import ModelNotFoundError
+from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.loader.checkpoint import Checkpoint, ExpectTensors
 
 
@@ -47,16 +47,25 @@ def read_checkpoint(name_or_path: str, expect: ExpectTensors | None = None, prog
     """Resolve and load a model; the checkpoint is named after the alias, or else the file or folder.
     `expect` says which tensors its config implies (models/registry.py); without it nothing is checked."""
     path = resolve_model(name_or_path)
+    try:
+        checkpoint = _load(path, expect, progress)
+    except ModelFormatError as error:
+        # Every message names the file at fault; those raised from metadata alone name the model here.
+        if str(path) in str(error):
+            raise
+        raise ModelFormatError(f"{path}: {error}") from error
+    checkpoint.name = name_or_path if name_or_path in MODEL_ALIASES else path.name
+    return checkpoint
+
+
+def _load(path: Path, expect: ExpectTensors | None, progress: bool) -> Checkpoint:
     if path.is_dir():
         from kilotok.loader.hf_loader import load_hf_folder
 
-        checkpoint = load_hf_folder(path, expect, progress)
-    else:
-        from kilotok.loader.gguf_loader import load_gguf
+        return load_hf_folder(path, expect, progress)
+    from kilotok.loader.gguf_loader import load_gguf
 
-        checkpoint = load_gguf(path, expect, progress)
-    checkpoint.name = name_or_path if name_or_path in MODEL_ALIASES else path.name
-    return checkpoint
+    return load_gguf(path, expect, progress)
 
 
 def _alias_path(name: str, alias: ModelAlias) -> Path:

@@ -18,6 +18,7 @@ from kilotok.layers.rotary import RotaryEmbedding
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.tensor import QuantizedTensor, Weight, as_float
+from kilotok.loader.tensor_check import check_tensors as find_damaged_tensors
 from kilotok.models.causal_lm import MLP, CausalLM, DecoderLayer
 from kilotok.models.config import ModelConfig
 from kilotok.models.family import ModelFamily
@@ -154,8 +155,12 @@ class LoadedModel:
     model: CausalLM
 
 
-def load_model(name_or_path: str, dtype: str | WeightFormat = "auto", progress: bool = True) -> LoadedModel:
-    """Load and build a model by alias, GGUF file or Hugging Face folder, in weight format `dtype`."""
+def load_model(name_or_path: str, dtype: str | WeightFormat = "auto", progress: bool = True,
+               check_tensors: bool = False) -> LoadedModel:
+    """Load and build a model by alias, GGUF file or Hugging Face folder, in weight format `dtype`;
+    `check_tensors` first looks through every weight for NaN and infinity (a damaged file)."""
     checkpoint = load_checkpoint(name_or_path, progress)
+    if check_tensors:
+        find_damaged_tensors(checkpoint)
     fmt = resolve_weight_format(dtype, checkpoint.weights)
     return LoadedModel(checkpoint.name, checkpoint.tokenizer, fmt, build_model(checkpoint, fmt, progress))

@@ -92,15 +92,18 @@ def validate_messages(messages: object) -> list[dict[str, Any]]:
 
 
 class ChatTemplate:
-    """A compiled chat template, with the special-token variables (`bos_token`, ...) it may use."""
+    """A compiled chat template, with the special-token variables (`bos_token`, ...) it may use. `origin`
+    names where the template came from, for error messages."""
 
-    def __init__(self, source: str, special_tokens: Mapping[str, str | None]):
+    def __init__(self, source: str, special_tokens: Mapping[str, str | None],
+                 origin: str = "the model's chat template"):
+        self._origin = origin
         try:
             self._template = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as error:
             raise ModelFormatError(
-                f"the model's chat template is not valid Jinja (line {error.lineno}: {error.message}); "
-                "fix or replace the template in the model's tokenizer files"
+                f"{origin} is not valid Jinja (line {error.lineno}: {error.message}); fix the template there, "
+                "or remove it to serve plain prompts only"
             ) from error
         self._special_tokens = dict(special_tokens)
 
@@ -112,5 +115,12 @@ class ChatTemplate:
             return self._template.render(
                 messages=checked, add_generation_prompt=add_generation_prompt, **context
             )
-        except jinja2.TemplateError as error:
-            raise InvalidRequestError(f"the model's chat template rejected the messages: {error}") from error
+        # The template is code from the model's files: any error it raises (its own raise_exception, an
+        # undefined variable, a TypeError in an expression) is about these messages or the template, never
+        # a kilotok bug, so it becomes a request error instead of a crash.
+        except Exception as error:
+            detail = str(error) if isinstance(error, jinja2.TemplateError) else f"{type(error).__name__}: {error}"
+            raise InvalidRequestError(
+                f"{self._origin} could not render these messages ({detail}); change the messages (many "
+                "templates want e.g. alternating user and assistant turns) or fix the template"
+            ) from error

@@ -175,6 +175,7 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> Tokenizer:
         unk_token_id=ids["unknown_token_id"],
         extra_eos_token_ids=[i for i in (ids["eot_token_id"], ids["eom_token_id"]) if i is not None],
         chat_template=_metadata(reader, "tokenizer.chat_template"),
+        chat_template_origin=f"{reader.data.filename} (tokenizer.chat_template)",
         name=_metadata(reader, "general.name", "this model"),
     )
 

@@ -35,15 +35,20 @@ class Tokenizer:
         unk_token_id: int | None = None,
         extra_eos_token_ids: Iterable[int] = (),
         chat_template: str | None = None,
+        chat_template_origin: str | None = None,
         name: str = "this model",
     ):
+        """`chat_template_origin` names the file (and key) the template was read from, for error messages.
+        A template that does not compile fails here, when the model loads, not at its first chat request."""
         self._backend = backend
         self._bos_token_id = bos_token_id
         self._pad_token_id = pad_token_id
-        self._special_ids = {"bos_token": bos_token_id, "eos_token": eos_token_id,
-                             "unk_token": unk_token_id, "pad_token": pad_token_id}
+        special_ids = {"bos_token": bos_token_id, "eos_token": eos_token_id,
+                       "unk_token": unk_token_id, "pad_token": pad_token_id}
         self._chat_template_source = chat_template
-        self._chat_template: ChatTemplate | None = None
+        origin = f"the chat template in {chat_template_origin}" if chat_template_origin else "the model's chat template"
+        tokens = {key: self._token_text(i) for key, i in special_ids.items()}
+        self._chat_template = ChatTemplate(chat_template, tokens, origin) if chat_template else None
         self._name = name
         stop_ids = [eos_token_id, *extra_eos_token_ids, *self._end_of_turn_ids(chat_template)]
         self._eos_token_ids = tuple(dict.fromkeys(i for i in stop_ids if i is not None))
@@ -97,7 +102,11 @@ class Tokenizer:
         `add_special_tokens` adds BOS/EOS only where the model's settings say so."""
         if not isinstance(text, str):
             raise InvalidRequestError(f"text to encode must be a string, got {type(text).__name__}")
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:  # what the Rust binding raises for a string that is not valid Unicode, among others
+            _check_unicode(text)
+            raise
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -115,17 +124,23 @@ class Tokenizer:
 
     def _template(self) -> ChatTemplate:
         if self._chat_template is None:
-            if not self._chat_template_source:
-                raise InvalidRequestError(
-                    f"{self._name} has no chat template, so it cannot take chat messages; "
-                    "send a plain text prompt (completion) instead"
-                )
-            tokens = {key: self._token_text(i) for key, i in self._special_ids.items()}
-            self._chat_template = ChatTemplate(self._chat_template_source, tokens)
+            raise InvalidRequestError(
+                f"{self._name} has no chat template, so it cannot take chat messages; "
+                "send a plain text prompt (completion) instead"
+            )
         return self._chat_template
 
     def _token_text(self, token_id: int | None) -> str | None:
         return None if token_id is None else self._backend.id_to_token(token_id)
+
+
+def _check_unicode(text: str) -> None:
+    """Python strings can hold lone surrogates (JSON's "\\ud800", undecodable bytes of a command line)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRequestError(f"the text is not valid Unicode ({error.reason} at character {error.start}); "
+                                  "send UTF-8 text without lone surrogates") from error
 
 
 def _read_json(path: Path) -> dict:
@@ -147,15 +162,20 @@ def _token_name(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _chat_template_from(folder: Path, config: dict) -> str | None:
+def _chat_template_from(folder: Path, config: dict) -> tuple[str | None, str]:
+    """The folder's chat template and where it was found."""
     template_file = folder / "chat_template.jinja"
     if template_file.is_file():
-        return template_file.read_text(encoding="utf-8")
+        try:
+            return template_file.read_text(encoding="utf-8"), str(template_file)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelFormatError(f"{template_file} is not readable UTF-8 text ({error}); restore it from the "
+                                   "model, or remove it to use tokenizer_config.json's template") from error
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
         template = named.get("default")
-    return template if isinstance(template, str) else None
+    return (template if isinstance(template, str) else None), f"{folder / 'tokenizer_config.json'} (chat_template)"
 
 
 def tokenizer_from_hf_folder(folder: Path) -> Tokenizer:
@@ -174,11 +194,13 @@ def tokenizer_from_hf_folder(folder: Path) -> Tokenizer:
     try:
         backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
     except Exception as error:  # the Rust loader raises bare Exceptions on malformed files
-        raise ModelFormatError(f"{tokenizer_file} could not be loaded: {error}") from error
+        raise ModelFormatError(f"{tokenizer_file} could not be loaded: {error}; restore it from the model (or save "
+                               "the tokenizer again with transformers' save_pretrained)") from error
     # Older repositories name their special tokens in special_tokens_map.json only.
     config = _read_json(folder / "special_tokens_map.json") | _read_json(folder / "tokenizer_config.json")
     ids = {key: _id_of(backend, config.get(key), key, folder) for key in
            ("bos_token", "eos_token", "pad_token", "unk_token")}
+    chat_template, chat_template_origin = _chat_template_from(folder, config)
     return Tokenizer(
         backend,
         bos_token_id=ids["bos_token"],
@@ -186,7 +208,8 @@ def tokenizer_from_hf_folder(folder: Path) -> Tokenizer:
         pad_token_id=ids["pad_token"],
         unk_token_id=ids["unk_token"],
         extra_eos_token_ids=_generation_eos_ids(folder),
-        chat_template=_chat_template_from(folder, config),
+        chat_template=chat_template,
+        chat_template_origin=chat_template_origin,
         name=folder.name,
     )
 
@@ -197,7 +220,8 @@ def _id_of(backend: tokenizers.Tokenizer, value: object, key: str, folder: Path)
         return None
     token_id = backend.token_to_id(name)
     if token_id is None:
-        raise ModelFormatError(f"{folder}: {key} {name!r} of tokenizer_config.json is not in tokenizer.json")
+        raise ModelFormatError(f"{folder}: {key} {name!r} of tokenizer_config.json is not in tokenizer.json; the "
+                               "two files come from different tokenizers: restore both from the model")
     return token_id
 
 

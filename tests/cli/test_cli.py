@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from kilotok.speculative.eagle3.checkpoint import DRAFTS_DIR
+from tests.loader.gguf_damage import damaged_default_model
+from tests.quant.tiny_hf import save_tiny_llama
 
 REQUIRED_KEYS = {"text", "token_ids", "num_prompt_tokens", "num_output_tokens", "ttft_s", "decode_tokens_per_s",
                  "finish_reason"}
@@ -81,3 +86,37 @@ def test_malformed_prompts_file_names_the_line(tmp_path: Path):
     result = kilotok("generate", "--prompts-file", str(prompts), *FAST)
     assert result.returncode == 2
     assert "bad.jsonl:2" in result.stderr
+
+
+def _damaged_gguf(tmp_path: Path, default_gguf_path: Path) -> list[str]:
+    return ["--model", str(damaged_default_model(default_gguf_path, tmp_path)), "--check-tensors"]
+
+
+def _corrupt_head(tmp_path: Path, default_gguf_path: Path) -> list[str]:
+    """The known case: a corrupt head file ended in safetensors' `SafetensorError: invalid header length`."""
+    head = Path(shutil.copytree(DRAFTS_DIR / "smollm2-135m-eagle3", tmp_path / "head"))
+    weights = head / "model.safetensors"
+    weights.write_bytes((2**40).to_bytes(8, "little") + weights.read_bytes()[8:])
+    return ["--spec", "eagle3", "--draft", str(head)]
+
+
+def _failing_template(tmp_path: Path, default_gguf_path: Path) -> list[str]:
+    save_tiny_llama(tmp_path)
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": "{{ 1 / 0 }}"}))
+    return ["--model", str(tmp_path), "--chat"]
+
+
+@pytest.mark.parametrize(("damage", "file", "fault"), [
+    (_damaged_gguf, "damaged.gguf", "1 tensor holds NaN or infinity (model.layers.3.mlp.down_proj.weight: NaN or "
+                                    "infinite Q4_1 block scales: 1, the first at (row, block) (0, 10))"),
+    (_corrupt_head, "head/model.safetensors", "is not a readable safetensors file"),
+    (_failing_template, "tokenizer_config.json (chat_template)", "ZeroDivisionError: division by zero"),
+])
+def test_a_bad_file_is_one_line_naming_it(tmp_path, default_gguf_path, damage, file, fault):
+    args = damage(tmp_path, default_gguf_path)
+    result = kilotok("generate", "--prompt", "t3", "--max-tokens", "2", *FAST, *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("kilotok: error: ") and f"{tmp_path}/{file}" in error and fault in error
+

@@ -1,4 +1,4 @@
-"""`kilotok generate --spec ...` options and how they reach SpecConfig."""
+"""`kilotok generate` options and how they reach the engine: `--spec ...` to SpecConfig, `--check-tensors`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from kilotok.cli import generate
-from kilotok.engine.args import spec_config
+from kilotok.engine.args import engine_settings, spec_config
+from kilotok.engine.engine_config import EngineConfig
 from kilotok.errors import InvalidRequestError
 from kilotok.speculative.config import SpecConfig
 
@@ -33,3 +34,11 @@ def test_bad_spec_values_are_refused():
         spec_config(_parse(["--spec", "eagle3", "--spec-tree-size", "0"]))
     with pytest.raises(InvalidRequestError, match="unknown"):
         SpecConfig.of("lookahead")
+
+
+def test_check_tensors_is_off_unless_asked():
+    assert engine_settings(_parse([]))["check_tensors"] is False
+    assert engine_settings(_parse(["--check-tensors"]))["check_tensors"] is True
+    assert EngineConfig().check_tensors is False
+    with pytest.raises(InvalidRequestError, match="check_tensors='yes' is out of range"):
+        EngineConfig(check_tensors="yes")

@@ -7,11 +7,11 @@ import torch
 
 from kilotok import SamplingParams
 from kilotok.engine.llm_engine import CONTEXT_LENGTH_EXCEEDED
-from kilotok.errors import InvalidRequestError
+from kilotok.errors import InvalidRequestError, ModelFormatError
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.speculative.tree import DraftTree
 from kilotok.speculative.verify import verify_sampled
-from tests.tiny_engine import tiny_llm
+from tests.tiny_engine import random_reference, tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,3 +53,13 @@ def test_seeded_sampling_and_acceptance_run_on_a_cuda_generator():
     verdicts = [verify_sampled(DraftTree.chain([3, 4]), probs[:1].expand(3, -1), make_generator(11, "cuda"))
                 for _ in range(2)]
     assert verdicts[0] == verdicts[1]
+
+
+def test_check_tensors_reaches_the_loader(monkeypatch):
+    damaged = random_reference(seed=1)
+    with torch.no_grad():
+        damaged.model.layers[1].mlp.up_proj.weight[2, 3] = float("inf")
+    tiny_llm(monkeypatch, damaged)  # loads: nothing checks by default
+    with pytest.raises(ModelFormatError, match=r"model\.layers\.1\.mlp\.up_proj\.weight: NaN or infinite values: 1, "
+                                               r"the first at \(2, 3\)"):
+        tiny_llm(monkeypatch, damaged, check_tensors=True)

@@ -12,6 +12,7 @@ from kilotok.bench.prompts import HELD_OUT_PROMPTS
 from kilotok.cli.main import main
 from kilotok.errors import InvalidRequestError
 from kilotok.eval.agreement import agreement_counts, common_prefix_length, load_prompt_set, matching_positions
+from tests.loader.gguf_damage import damaged_default_model
 
 
 def test_prefix_and_positions_on_hand_made_pairs():
@@ -80,3 +81,9 @@ def test_agreement_of_a_format_with_itself_is_complete(capsys):
 def test_too_many_bench_prompts_is_a_clear_error(capsys):
     assert main(["eval", "agreement", "--prompts", "bench", "--num-prompts", "99"]) == 2
     assert "more than the 8 bench prompts" in capsys.readouterr().err
+
+
+def test_a_damaged_model_is_refused_not_measured(capsys, tmp_path, default_gguf_path):
+    damaged = damaged_default_model(default_gguf_path, tmp_path)
+    assert main(["eval", "agreement", "--model", str(damaged), "--prompts", "bench", "--num-prompts", "1"]) == 2
+    assert f"{damaged}: 1 tensor holds NaN or infinity (model.layers.3.mlp.down_proj.weight" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from kilotok.eval.perplexity import SequenceLogits, perplexity_windows, score_to
 from kilotok.eval.texts import load_text
 from kilotok.models.builder import build_model
 from kilotok.models.registry import load_checkpoint
+from tests.loader.gguf_damage import damaged_default_model
 
 NUM_TOKENS = 300
 CONTEXT_LEN = 128
@@ -136,3 +137,9 @@ def test_perplexity_command_reports_windows_and_tokens(capsys):
 def test_bad_input_gets_a_clear_error(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_damaged_model_is_refused_not_measured(capsys, tmp_path, default_gguf_path):
+    damaged = damaged_default_model(default_gguf_path, tmp_path)
+    assert main(["eval", "perplexity", "--model", str(damaged), "--max-tokens", "8", "--context-len", "8"]) == 2
+    assert f"{damaged}: 1 tensor holds NaN or infinity (model.layers.3.mlp.down_proj.weight" in capsys.readouterr().err

@@ -174,6 +174,26 @@ def test_index_naming_a_missing_shard(tmp_path):
         load_checked(tmp_path)
 
 
+def test_index_and_shards_that_disagree(tmp_path):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA), shard=True)
+    index_path = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    weight_map = index["weight_map"]
+    other_shard = next(shard for shard in weight_map.values() if shard != weight_map["model.norm.weight"])
+    index_path.write_text(json.dumps({**index, "weight_map": {**weight_map, "model.norm.weight": other_shard}}))
+    with pytest.raises(ModelFormatError, match=rf"'model\.norm\.weight' in {tmp_path / other_shard}, which lacks "
+                                               "it: .*download or copy the model folder again"):
+        load_checked(tmp_path)
+
+
+@pytest.mark.parametrize("file", ["config.json", "model.safetensors.index.json"])
+def test_unreadable_json_is_named(tmp_path, file):
+    save_model(tmp_path, LlamaConfig(**SMALL_LLAMA), shard=True)
+    (tmp_path / file).write_text("{oops")
+    with pytest.raises(ModelFormatError, match=f"{tmp_path / file} is not readable JSON .*download or copy"):
+        load_checked(tmp_path)
+
+
 def rewrite_weights(folder: Path, edit) -> None:
     path = folder / "model.safetensors"
     tensors = load_file(path)

@@ -1,4 +1,5 @@
-"""Pre-quantized folders: fbgemm_fp8 layouts read by hand, and bad quantization configs or scales named."""
+"""Pre-quantized folders: fbgemm_fp8 layouts read by hand, and bad quantization configs or scales named (NaN
+and infinity by the tensor check)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from safetensors.torch import load_file, save_file
 from kilotok.errors import ModelFormatError
 from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.hf_quant import attach_fp8_scales
+from kilotok.loader.tensor_check import check_tensors
 from kilotok.models.registry import load_checkpoint
 from kilotok.quant.quantize_checkpoint import quantize_checkpoint
 from tests.quant.tiny_hf import save_tiny_llama
 
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
+UP_PROJ = "model.layers.1.mlp.up_proj.weight"
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +133,20 @@ def test_stacked_experts_with_wrong_scales_are_named():
     with pytest.raises(ModelFormatError, match=r"'e.down_proj_scale' has shape \(2, 8, 1\).*\(2, 1, 16\) or "
                                                r"\(2, 16, 1\)"):
         attach_fp8_scales(tensors, {"quant_method": "fbgemm_fp8"})
+
+
+@pytest.mark.parametrize(("stored", "index", "value", "fault"), [
+    (UP_PROJ + "_scale_inv", (2, 1), float("inf"), "NaN or infinite scales: 1, the first at (2, 1)"),
+    (UP_PROJ, (130, 4), float("nan"), "NaN FP8 values: 1, the first at (130, 4)"),
+])
+def test_a_non_finite_scale_or_value_loads_and_fails_the_check(block_folder, tmp_path, stored, index, value, fault):
+    def damage(tensors: dict[str, torch.Tensor]) -> None:
+        tensors[stored][index] = value
+
+    folder = edited_copy(block_folder, tmp_path, damage)
+    checkpoint = load_checkpoint(str(folder), progress=False)
+    assert isinstance(checkpoint.weights[UP_PROJ], Fp8Weight)
+    with pytest.raises(ModelFormatError) as error:
+        check_tensors(checkpoint)
+    assert str(error.value) == (f"{folder}: 1 tensor holds NaN or infinity ({UP_PROJ}: {fault}); the checkpoint is "
+                                "damaged: download or convert the model again")

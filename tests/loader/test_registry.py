@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kilotok.errors import ModelNotFoundError
+from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.loader import hf_loader
 from kilotok.loader.checkpoint import Checkpoint, ExpectedTensors
 from kilotok.loader.registry import MODEL_ALIASES, read_checkpoint, resolve_model
@@ -105,3 +105,14 @@ def test_folder_loads_through_hf_loader(monkeypatch, tmp_path):
 def test_registry_does_not_import_model_package():
     resolve_model(ALIAS)
     assert MODEL_ALIASES[ALIAS].package not in sys.modules
+
+
+@pytest.mark.parametrize("message", ["config.json needs an integer 'hidden_size', got 'wide'", "{path}/x.json is bad"])
+def test_every_format_error_names_the_model_once(monkeypatch, tmp_path, message):
+    def load(path: Path, expect=None, progress: bool = True) -> Checkpoint:
+        raise ModelFormatError(message.format(path=path))
+
+    monkeypatch.setattr(hf_loader, "load_hf_folder", load)
+    with pytest.raises(ModelFormatError) as error:
+        read_checkpoint(str(tmp_path))
+    assert str(error.value).count(str(tmp_path)) == 1 and str(error.value).endswith(message.format(path=tmp_path))

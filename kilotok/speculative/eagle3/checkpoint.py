@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from kilotok.errors import ModelFormatError, ModelNotFoundError
@@ -29,6 +30,9 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 DRAFTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "drafts"
 SHIPPED_DRAFTS = {"smollm2-135m": "smollm2-135m-eagle3", "SmolLM2-135M-Instruct.Q4_1.gguf": "smollm2-135m-eagle3"}
+REDO = "copy the head folder again, or train a head with `kilotok train-draft`"
+SIZE_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+               "vocab_size", "draft_vocab_size", "max_position_embeddings")
 
 
 def default_draft_path(model_name: str) -> Path | None:
@@ -64,7 +68,11 @@ def read_training_record(folder: str | Path) -> dict[str, Any]:
 def load_eagle3(folder: str | Path, target_config: ModelConfig, target_embedding: torch.Tensor) -> Eagle3DraftModel:
     """Load a head for `target_config`; raises ModelFormatError listing every mismatch with the target."""
     folder = Path(folder)
-    config = config_from_json(_read_config(folder), target_config)
+    raw = _read_config(folder)
+    try:
+        config = config_from_json(raw, target_config)
+    except ModelFormatError as error:
+        raise ModelFormatError(f"{folder / CONFIG_FILE}: {error}; fix the field, or {REDO}") from error
     problems = config.mismatches(target_config)
     if tuple(target_embedding.shape) != (target_config.vocab_size, target_config.hidden_size):
         problems.append(f"target embedding has shape {tuple(target_embedding.shape)}, expected "
@@ -72,11 +80,9 @@ def load_eagle3(folder: str | Path, target_config: ModelConfig, target_embedding
     if problems:
         raise ModelFormatError(f"draft head {folder} does not fit this target model: " + "; ".join(problems)
                                + ". Train a head for this model with `kilotok train-draft`.")
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ModelFormatError(f"draft head {folder} has no {WEIGHTS_FILE}")
     model = Eagle3DraftModel(config, target_embedding)
-    _load_tensors(model, load_file(str(weights_path)), folder)
+    weights_path = folder / WEIGHTS_FILE
+    _load_tensors(model, _read_weights(weights_path), weights_path)
     return model.eval()
 
 
@@ -114,6 +120,10 @@ def config_from_json(raw: dict[str, Any], target: ModelConfig) -> Eagle3Config:
     if ARCHITECTURE not in raw.get("architectures", []):
         raise ModelFormatError(f"not an EAGLE-3 head: architectures is {raw.get('architectures')}, "
                                f"expected [{ARCHITECTURE!r}]")
+    for name in SIZE_FIELDS:
+        value = raw.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelFormatError(f"EAGLE-3 config field {name!r} must be a positive integer, got {value!r}")
     try:
         ours = raw.get("kilotok", {})
         fingerprint = TargetFingerprint(**ours["target"]) if "target" in ours else TargetFingerprint(
@@ -138,7 +148,7 @@ def config_from_json(raw: dict[str, Any], target: ModelConfig) -> Eagle3Config:
             aux_layer_ids=tuple(int(i) for i in aux_ids),
             target=fingerprint,
         )
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ModelFormatError(f"EAGLE-3 config is missing or has a malformed field: {error}") from error
 
 
@@ -155,20 +165,58 @@ def _rope_scaling(raw: dict[str, Any] | None) -> RopeScaling | None:
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise ModelNotFoundError(f"no draft head at {folder}: {CONFIG_FILE} is missing")
+        problem = f"{CONFIG_FILE} is missing" if folder.is_dir() else "the folder does not exist"
+        raise ModelNotFoundError(f"no draft head at {folder}: {problem}; pass --draft an EAGLE-3 head folder "
+                                 f"({CONFIG_FILE} and {WEIGHTS_FILE}), or train one with `kilotok train-draft`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{path} is not valid JSON: {error}") from error
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"{path} is not readable JSON ({error}); {REDO}") from error
+    if not isinstance(raw, dict):
+        raise ModelFormatError(f"{path} should hold a JSON object, not {type(raw).__name__}; {REDO}")
+    return raw
 
 
-def _load_tensors(model: Eagle3DraftModel, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFormatError(f"draft head {path.parent} has no {WEIGHTS_FILE}; {REDO}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ModelFormatError(f"{path} is not a readable safetensors file ({error}): it is truncated or "
+                               f"corrupt; {REDO}") from error
+
+
+def _load_tensors(model: Eagle3DraftModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
     expected = {name: t for name, t in model.state_dict().items() if not name.startswith("embed_tokens.")}
-    missing = sorted(set(expected) - set(tensors))
-    wrong = [f"{n} {tuple(tensors[n].shape)} (expected {tuple(t.shape)})"
-             for n, t in expected.items() if n in tensors and tensors[n].shape != t.shape]
-    if missing or wrong:
-        raise ModelFormatError(f"draft head {folder}: missing tensors {missing}; wrong shapes {wrong}")
+    problems = _tensor_problems(expected, tensors, model.config.target_vocab_size)
+    if problems:
+        raise ModelFormatError(f"{path} does not hold the tensors its {CONFIG_FILE} describes: "
+                               f"{'; '.join(problems)}; {REDO}")
     with torch.no_grad():
         for name, target_tensor in expected.items():
             target_tensor.copy_(tensors[name].to(target_tensor.dtype))
+
+
+def _tensor_problems(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                     target_vocab_size: int) -> list[str]:
+    """Missing tensors, wrong shapes, integers where weights belong (or floats for the vocabulary map), and
+    draft ids mapped outside the target's vocabulary."""
+    problems = [f"{name} is missing" for name in sorted(set(expected) - set(tensors))]
+    for name, want in expected.items():
+        got = tensors.get(name)
+        if got is None:
+            continue
+        if got.shape != want.shape:
+            problems.append(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        elif got.is_floating_point() != want.is_floating_point():
+            problems.append(f"{name} is {str(got.dtype).removeprefix('torch.')}, expected "
+                            f"{'floating-point' if want.is_floating_point() else 'integer'} values")
+    d2t = tensors.get("d2t")
+    if not problems and d2t is not None:
+        target_ids = torch.arange(len(d2t)) + d2t
+        outside = ((target_ids < 0) | (target_ids >= target_vocab_size)).nonzero().flatten().tolist()
+        if outside:
+            problems.append(f"d2t maps draft ids {outside[:5]} outside the target vocabulary [0, "
+                            f"{target_vocab_size})")
+    return problems

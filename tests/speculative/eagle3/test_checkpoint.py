@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from kilotok.errors import ModelFormatError
+from kilotok.errors import ModelFormatError, ModelNotFoundError
 from kilotok.speculative.eagle3 import default_draft_path, load_eagle3, save_eagle3
 from tests.speculative.eagle3.heads import TARGET, causal, make_draft
 
@@ -116,3 +117,69 @@ def test_missing_tensor_and_wrong_architecture_are_reported(saved, tmp_path):
 
 def test_unknown_model_has_no_shipped_head():
     assert default_draft_path("no-such-model") is None
+
+
+
+def _rewrite_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _rewrite_tensors(folder, **changes):
+    tensors = load_file(folder / "model.safetensors")
+    save_file({**tensors, **changes}, folder / "model.safetensors")
+
+
+def _write_header_length(folder):
+    """The known case: this ended in safetensors' own `SafetensorError` and a traceback."""
+    path = folder / "model.safetensors"
+    path.write_bytes((2**40).to_bytes(8, "little") + path.read_bytes()[8:])
+
+
+def _truncate(folder):
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-64])
+
+
+BAD_HEADS = {
+    "header length": ("model.safetensors", _write_header_length, "not a readable safetensors file .*header too large"),
+    "truncated": ("model.safetensors", _truncate, "not a readable safetensors file .*truncated or corrupt"),
+    "no weights": ("model.safetensors", lambda f: (f / "model.safetensors").unlink(), "has no model.safetensors"),
+    "config not JSON": ("config.json", lambda f: (f / "config.json").write_text("{oops"), "not readable JSON"),
+    "config not UTF-8": ("config.json", lambda f: (f / "config.json").write_bytes(b'{"a": "\xff"}'),
+                         "not readable JSON"),
+    "config a list": ("config.json", lambda f: (f / "config.json").write_text("[1]"), "a JSON object, not list"),
+    "size not a number": ("config.json", lambda f: _rewrite_config(f, hidden_size="wide"),
+                          "'hidden_size' must be a positive integer, got 'wide'"),
+    "no heads": ("config.json", lambda f: _rewrite_config(f, num_key_value_heads=0),
+                 "'num_key_value_heads' must be a positive integer, got 0"),
+    "bad aux ids": ("config.json", lambda f: _rewrite_config(f, kilotok={"aux_layer_ids": ["a"]}),
+                    "malformed field: invalid literal"),
+    "wrong shape": ("model.safetensors", lambda f: _rewrite_tensors(f, **{"fc.weight": torch.zeros(3, 3)}),
+                    r"fc.weight has shape \(3, 3\), expected \(32, 96\)"),
+    "integer weight": ("model.safetensors",
+                       lambda f: _rewrite_tensors(f, **{"norm.weight": torch.ones(32, dtype=torch.int32)}),
+                       "norm.weight is int32, expected floating-point values"),
+    "float vocabulary map": ("model.safetensors", lambda f: _rewrite_tensors(f, d2t=torch.zeros(DRAFT_VOCAB) + 0.5),
+                             "d2t is float32, expected integer values"),
+    "vocabulary map out of range": (
+        "model.safetensors", lambda f: _rewrite_tensors(f, d2t=torch.full((DRAFT_VOCAB,), 97, dtype=torch.int64)),
+        r"d2t maps draft ids \[0, 1, 2, 3, 4\] outside the target vocabulary \[0, 97\)"),
+}
+
+
+@pytest.mark.parametrize(("file", "damage", "fault"), BAD_HEADS.values(), ids=BAD_HEADS.keys())
+def test_a_bad_head_file_is_named_with_its_fault(saved, file, damage, fault):
+    model, folder = saved
+    damage(folder)
+    with pytest.raises(ModelFormatError, match=fault) as error:
+        load_eagle3(folder, TARGET, model.embed_tokens.weight)
+    message = str(error.value)
+    assert str(folder) in message and file in message and "kilotok train-draft" in message
+
+
+def test_a_missing_head_says_what_to_pass(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="the folder does not exist; pass --draft an EAGLE-3 head folder"):
+        load_eagle3(tmp_path / "absent", TARGET, torch.zeros(97, 32))
+    with pytest.raises(ModelNotFoundError, match="config.json is missing; pass --draft"):
+        load_eagle3(tmp_path, TARGET, torch.zeros(97, 32))
