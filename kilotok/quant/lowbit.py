@@ -15,6 +15,7 @@ PyTorch, for tests and for tensors the ops cannot take.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import sys
@@ -28,7 +29,9 @@ from kilotok.loader.tensor import QuantizedTensor
 from kilotok.quant.gguf_blocks import GROUP_SIZE, unpack_blocks
 
 SOURCE = Path(__file__).parent / "csrc" / "lowbit_linear.cpp"
-EXTENSION = "kilotok_lowbit"
+EXTENSION = f"kilotok_lowbit_{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}"
+"""Named by the source's hash, so that installs (or checkouts) with different sources keep their own builds
+instead of rebuilding over each other."""
 TILE = 16
 """Output columns per tile: one int32 lane of a 512-bit register each."""
 

@@ -6,7 +6,7 @@
 // block's exact float sum). A tile of 16 output columns holds one int32 lane per column; vpdpbusd adds,
 // per lane, four u8 x s8 products, so a block of 32 inputs is 8 instructions per row. Each weight tile
 // is loaded and unpacked once per block and applied to up to kRows rows, which is what makes extra rows
-// cheap: at one row a step reads the weights, at eight rows it reads them once and multiplies 8 times.
+// cheap: at one row a step reads the weights, at sixteen rows it reads them once and multiplies 16 times.
 //
 // Q4 (w = d * q + m, q in 0..15): the codes are the unsigned operand and the activations the signed one;
 // per block, out += d * da * dot(q, a) + m * sum(x). Q4_0 (w = d * (q - 8)) is m = -8 d.
@@ -29,7 +29,7 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 constexpr int64_t kTile = 16;
-constexpr int64_t kRows = 8;
+constexpr int kRows = 16;  // 16 accumulators + 8 weight steps + scales fit the 32 zmm registers
 
 #define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
@@ -137,21 +137,19 @@ KILOTOK_AVX512 void q8_tile(const int8_t* codes, const int32_t* code_sums, const
   for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * out_stride, columns, acc[r]);
 }
 
-// Calls `tile(R, first_row)` for every group of up to kRows rows, with R a compile-time constant.
+// Calls `tile(R, first_row)` with R = n as a compile-time constant, 1 <= n <= kRows.
+template <int R = kRows, typename Tile>
+void call_with_rows(int64_t n, Tile& tile, int64_t first) {
+  if constexpr (R > 1) {
+    if (n < R) return call_with_rows<R - 1>(n, tile, first);
+  }
+  tile(std::integral_constant<int, R>{}, first);
+}
+
+// Calls `tile(R, first_row)` for every group of up to kRows rows.
 template <typename Tile>
 void for_row_groups(int64_t rows, Tile tile) {
-  for (int64_t first = 0; first < rows; first += kRows) {
-    switch (std::min(kRows, rows - first)) {
-      case 1: tile(std::integral_constant<int, 1>{}, first); break;
-      case 2: tile(std::integral_constant<int, 2>{}, first); break;
-      case 3: tile(std::integral_constant<int, 3>{}, first); break;
-      case 4: tile(std::integral_constant<int, 4>{}, first); break;
-      case 5: tile(std::integral_constant<int, 5>{}, first); break;
-      case 6: tile(std::integral_constant<int, 6>{}, first); break;
-      case 7: tile(std::integral_constant<int, 7>{}, first); break;
-      default: tile(std::integral_constant<int, 8>{}, first); break;
-    }
-  }
+  for (int64_t first = 0; first < rows; first += kRows) call_with_rows(std::min<int64_t>(kRows, rows - first), tile, first);
 }
 
 __mmask16 tile_columns(int64_t tile, int64_t out_features) {
