@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if llm.engine.config.compile:
         print("kilotok: compiling the decode graphs for every batch size up to --max-num-seqs", file=sys.stderr)
         spec = llm.engine.config.spec
-        rows = spec.tree_policy().max_verify_rows(args.max_num_seqs) if spec.enabled else args.max_num_seqs
+        rows = spec.tree_policy(args.model).max_verify_rows(args.max_num_seqs) if spec.enabled else args.max_num_seqs
         llm.engine.runner.compile_buckets(rows)
     app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key,
                     start_engine_thread=False)

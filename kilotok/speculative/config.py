@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
-from kilotok.speculative.policy import SpecPolicy, TreeShape
+from kilotok.speculative.policy import SpecPolicy, TreeShape, processor_family, shipped_policy_path
 
 SPEC_METHODS = ("none", "ngram", "eagle3")
 
 DEFAULT_POLICY = SpecPolicy(((4, TreeShape(64, 64)),))
-"""Until `kilotok bench spec-policy` has measured a machine: the configured tree up to batch 4, none above."""
+"""Where no policy is given or shipped for the model and processor: the configured tree up to batch 4,
+none above."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class SpecConfig:
     proposes mostly wrong chains, whose verification costs more than it saves."""
     ngram_max: int = 3
     policy: str | None = None
-    """JSON table of tree shape by batch size (`kilotok bench spec-policy --out FILE`); None uses
-    DEFAULT_POLICY. Shapes never exceed depth and tree_size, which size the KV slots a step reserves."""
+    """JSON table of tree shape by batch size (`kilotok bench spec-policy --out FILE`); None uses the table
+    shipped for the model on this processor family, else DEFAULT_POLICY. Shapes never exceed depth and
+    tree_size, which size the KV slots a step reserves."""
 
     def __post_init__(self) -> None:
         if self.method not in SPEC_METHODS:
@@ -62,8 +64,9 @@ class SpecConfig:
         """KV-cache slots a step needs beyond the sequence itself."""
         return self.depth if self.method == "ngram" else self.tree_size
 
-    def tree_policy(self) -> SpecPolicy:
-        policy = SpecPolicy.load(self.policy) if self.policy else DEFAULT_POLICY
+    def tree_policy(self, model_name: str = "") -> SpecPolicy:
+        path = self.policy or shipped_policy_path(model_name, self.method, processor_family())
+        policy = SpecPolicy.load(path) if path else DEFAULT_POLICY
         return policy.capped(TreeShape(self.depth, self.max_draft_nodes))
 
     @classmethod

@@ -138,4 +138,4 @@ def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model
         from kilotok.speculative.eagle3.drafter import Eagle3Drafter
 
         drafter = Eagle3Drafter.load(spec, model, model_name)
-    return SpeculativeDecoder(target, drafter, spec.tree_policy(), max_model_len, spec.max_draft_nodes)
+    return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name), max_model_len, spec.max_draft_nodes)

@@ -4,11 +4,16 @@ A draft tree pays for itself when the target forward is memory-bound: at batch 1
 rows costs little more than decoding one. As the batch grows the forward turns compute-bound, extra rows
 cost their full price, and speculation stops paying. The policy is a table from batch size to tree
 shape (or none), measured on the machine by `kilotok bench spec-policy` and stored as JSON.
+
+kilotok ships tables measured on the processor families it was tuned on (assets/spec-policies/MODEL/
+METHOD-FAMILY.json, written by that command, never by hand) and picks the one for the processor it runs
+on; elsewhere, or for other models, the configured tree runs up to batch 4.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +93,32 @@ class SpecPolicy:
             return cls.from_json(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
             raise InvalidRequestError(f"spec policy file {path} is not valid JSON: {error}") from error
+
+
+SHIPPED_POLICIES = Path(__file__).resolve().parents[1] / "assets" / "spec-policies"
+
+
+def processor_family(cpu_flags: set[str] | None = None) -> str | None:
+    """The CPU family a shipped policy is measured for: extra rows cost differently with AMX, with
+    AVX-512 VNNI alone, and without either (no table). `cpu_flags` defaults to this machine's."""
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if "avx512_vnni" not in flags:
+        return None
+    return "avx512-vnni-amx" if "amx_int8" in flags or "amx_tile" in flags else "avx512-vnni"
+
+
+def shipped_policy_path(model_name: str, method: str, family: str | None) -> Path | None:
+    """The shipped table for a registered model name, a method and a processor family, if there is one."""
+    if family is None or not re.fullmatch(r"[\w.-]+", model_name):
+        return None
+    path = SHIPPED_POLICIES / model_name / f"{method}-{family}.json"
+    return path if path.is_file() else None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())

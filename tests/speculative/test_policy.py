@@ -7,7 +7,9 @@ import pytest
 from kilotok.errors import InvalidRequestError
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.ngram import NgramDrafter
-from kilotok.speculative.policy import SpecPolicy, TreeShape
+from kilotok.speculative import policy as policy_module
+from kilotok.speculative.config import DEFAULT_POLICY
+from kilotok.speculative.policy import SHIPPED_POLICIES, SpecPolicy, TreeShape, processor_family
 
 POLICY = SpecPolicy(((1, TreeShape(6, 16)), (4, TreeShape(4, 6)), (8, None), (16, TreeShape(1, 1))))
 
@@ -56,3 +58,28 @@ def test_ngram_chains_follow_the_shape():
 
     assert drafter.propose([Seq()], TreeShape(depth=2, tree_size=8))[0].tokens == [3, 4]
     assert drafter.propose([Seq()], TreeShape(depth=8, tree_size=3))[0].tokens == [3, 4, 5]
+
+
+def test_processor_families_tell_amx_and_vnni_apart():
+    assert processor_family({"avx512f", "avx512_vnni", "amx_tile", "amx_int8"}) == "avx512-vnni-amx"
+    assert processor_family({"avx512f", "avx512_vnni"}) == "avx512-vnni"
+    assert processor_family({"avx2", "fma"}) is None
+
+
+def test_the_table_shipped_for_the_model_and_processor_is_picked(tmp_path, monkeypatch):
+    shipped = tmp_path / "smollm2-135m"
+    POLICY.save(shipped / "eagle3-avx512-vnni.json")
+    monkeypatch.setattr(policy_module, "SHIPPED_POLICIES", tmp_path)
+    monkeypatch.setattr(policy_module, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    config = SpecConfig(method="eagle3", depth=8, tree_size=16)
+    assert config.tree_policy("smollm2-135m") == POLICY.capped(TreeShape(8, 16))
+    assert config.tree_policy("other-model") == DEFAULT_POLICY.capped(TreeShape(8, 16))
+    assert config.tree_policy("../smollm2-135m") == DEFAULT_POLICY.capped(TreeShape(8, 16))
+    monkeypatch.setattr(policy_module, "_cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_tile"})
+    assert config.tree_policy("smollm2-135m") == DEFAULT_POLICY.capped(TreeShape(8, 16))
+
+
+def test_every_shipped_table_loads():
+    tables = list(SHIPPED_POLICIES.glob("*/*.json"))
+    for path in tables:
+        assert SpecPolicy.load(path).limits, path
