@@ -11,14 +11,14 @@ tensors under Triton's interpreter (TRITON_INTERPRET=1), where they check the ke
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
 from kilotok.errors import InvalidRequestError
 
 
-class KernelBackend(str, Enum):
+class KernelBackend(StrEnum):
     TORCH = "torch"
     TRITON = "triton"
 
@@ -42,7 +42,7 @@ def interpreting() -> bool:
 def resolve_backend(requested: str | KernelBackend, device: torch.device | str) -> KernelBackend:
     """`auto`: Triton on a CUDA device where Triton is installed, else the torch reference. An explicit
     `triton` needs Triton and either a CUDA device or the interpreter."""
-    requested = str(requested.value if isinstance(requested, KernelBackend) else requested)
+    requested = str(requested)
     if requested not in BACKEND_CHOICES:
         raise InvalidRequestError(f"unknown kernel backend {requested!r}; choose one of {', '.join(BACKEND_CHOICES)}")
     on_cuda = torch.device(device).type == "cuda"

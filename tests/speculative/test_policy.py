@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kilotok.errors import InvalidRequestError
-from kilotok.speculative.config import SpecConfig
-from kilotok.speculative.ngram import NgramDrafter
 from kilotok.speculative import policy as policy_module
-from kilotok.speculative.config import DEFAULT_POLICY
+from kilotok.speculative.config import DEFAULT_POLICY, SpecConfig
+from kilotok.speculative.ngram import NgramDrafter
 from kilotok.speculative.policy import SHIPPED_POLICIES, SpecPolicy, TreeShape, processor_family
 
 POLICY = SpecPolicy(((1, TreeShape(6, 16)), (4, TreeShape(4, 6)), (8, None), (16, TreeShape(1, 1))))
