@@ -80,5 +80,6 @@ def test_the_table_shipped_for_the_model_and_processor_is_picked(tmp_path, monke
 
 def test_every_shipped_table_loads():
     tables = list(SHIPPED_POLICIES.glob("*/*.json"))
+    assert tables, f"no policy tables under {SHIPPED_POLICIES}"
     for path in tables:
         assert SpecPolicy.load(path).limits, path
