@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kilotok.kernels.backend import KernelBackend
 from kilotok.sampling_params import SamplingParams
 
 
@@ -175,6 +176,9 @@ def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 class Sampler:
     """logits [B, V] -> next tokens [B] (int64), one SamplingTensors and one generator per row."""
+
+    def __init__(self, backend: KernelBackend = KernelBackend.TORCH) -> None:
+        self.backend = backend
 
     def __call__(
         self, logits: torch.Tensor, t: SamplingTensors, generators: Sequence[torch.Generator | None]
