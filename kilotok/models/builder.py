@@ -38,8 +38,7 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling)
-    kernels = KernelChoice(backend, pdl)
-    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels)
+    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, backend, pdl)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
@@ -50,12 +49,6 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype)
     model.norm.weight.copy_(as_float(_require(weights, "model.norm.weight")))
     return model.eval()
-
-
-@dataclass(frozen=True)
-class KernelChoice:
-    backend: KernelBackend
-    pdl: bool
 
 
 class LayerWeights:
@@ -75,20 +68,20 @@ class LayerWeights:
 
 
 def _layer(config: ModelConfig, family: ModelFamily, get: LayerWeights, index: int, fmt: WeightFormat,
-           rotary: RotaryEmbedding, kernels: KernelChoice) -> DecoderLayer:
+           rotary: RotaryEmbedding, backend: KernelBackend, pdl: bool) -> DecoderLayer:
     ffn = family.ffn_prefix
     if config.moe is not None and index in config.moe.layers:
         feed_forward = _sparse_moe(config, family, get, fmt)
     else:
         feed_forward = _mlp(get, ffn, fmt)
-    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, kernels), feed_forward)
+    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, backend, pdl), feed_forward)
     layer.input_layernorm.weight.copy_(as_float(get("input_layernorm.weight")))
     layer.post_attention_layernorm.weight.copy_(as_float(get("post_attention_layernorm.weight")))
     return layer
 
 
 def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFormat,
-               rotary: RotaryEmbedding, kernels: KernelChoice) -> Attention:
+               rotary: RotaryEmbedding, backend: KernelBackend, pdl: bool) -> Attention:
     attn = "self_attn."
     qkv = _concat([get(f"{attn}{p}_proj.weight") for p in "qkv"])
     qkv_bias = get.bias(*(f"{attn}{p}_proj.bias" for p in "qkv"))
@@ -108,8 +101,8 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
         chunk_size=config.attention_chunk_size if index in config.chunked_layers else 0,
         temperature=(config.floor_scale, config.attn_scale) if config.attn_temperature_tuning and not use_rope
         else None,
-        backend=kernels.backend,
-        pdl=kernels.pdl,
+        backend=backend,
+        pdl=pdl,
     )
 
 

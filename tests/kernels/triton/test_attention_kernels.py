@@ -42,7 +42,7 @@ def sequences(lengths: list[int], block_size: int, num_blocks: int, cached: list
 
 def both_backends(q, caches, meta, scale, chunk=0):
     expected = paged_attention(q, *caches, meta, scale, chunk, TORCH)
-    got = paged_attention(q, *caches, meta, scale, chunk, TRITON)
+    got = paged_attention(q, *caches, meta, scale, chunk, TRITON, pdl=True)
     return got, expected
 
 
@@ -125,5 +125,5 @@ def test_store_kv_writes_each_token_at_its_slot():
     v = fused[:, 60:120].reshape(7, 3, 20)
     slots = torch.tensor([5, 6, 29, 11, 0, 17, 23])
     store_kv(k, v, *k_caches, slots, TORCH)
-    store_kv(k, v, *v_caches, slots, TRITON)
+    store_kv(k, v, *v_caches, slots, TRITON, pdl=True)
     assert torch.equal(v_caches[0], k_caches[0]) and torch.equal(v_caches[1], k_caches[1])
