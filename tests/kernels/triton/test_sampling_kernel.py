@@ -53,7 +53,7 @@ def test_drawn_frequencies_follow_the_exact_distribution():
     """Temperature and min-p only: the interpreter runs a row's 63 bisection passes of top-k and top-p too
     slowly for thousands of draws; those filters are checked token for token against the reference above,
     whose own frequencies tests/layers/test_sampler.py checks."""
-    draws = 2000
+    draws = 500
     torch.manual_seed(2)
     settings = {"temperature": 0.8, "min_p": 0.1}
     t = SamplingTensors.from_params([SamplingParams(**settings)] * draws, "cpu")
