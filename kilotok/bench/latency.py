@@ -17,6 +17,7 @@ from kilotok.bench.prompts import BENCH_PROMPTS, bench_prompts
 from kilotok.bench.report import log, machine_info, percentile, table_lines, write_json
 from kilotok.engine.args import add_spec_args, spec_config
 from kilotok.errors import InvalidRequestError
+from kilotok.kernels.backend import BACKEND_CHOICES
 from kilotok.speculative.config import SPEC_METHODS, SpecConfig
 
 CLI_HELP = "time TTFT and decode speed at batch 1, optionally against transformers and llama.cpp"
@@ -31,6 +32,7 @@ AGREEMENT_TOKENS = 32
 class LatencySettings:
     model: str = "smollm2-135m"
     dtype: str = "auto"
+    backend: str = "auto"
     max_tokens: int = 128
     num_prompts: int = len(BENCH_PROMPTS)
     warmup: int = 1
@@ -66,7 +68,8 @@ class KilotokRunner:
         self._sampling_params = SamplingParams
         spec = settings.spec_config or settings.spec
         spec_options = {} if spec == "none" else {"spec": spec}
-        self.llm = LLM(settings.model, dtype=settings.dtype, progress=False, **spec_options)
+        self.llm = LLM(settings.model, dtype=settings.dtype, backend=settings.backend, progress=False,
+                       **spec_options)
         self.acceptance_lengths: list[float] = []
         """One per measured run, warmup included (1.0 without speculation)."""
 
@@ -268,6 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = LatencySettings()
     parser.add_argument("--model", default=defaults.model, help="model name, GGUF file or HF folder")
     parser.add_argument("--dtype", default=defaults.dtype, help="kilotok compute dtype (default: auto)")
+    parser.add_argument("--backend", default=defaults.backend, choices=BACKEND_CHOICES,
+                        help="kernel implementations, as for generate (default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="tokens generated per prompt, EOS ignored (default: %(default)s)")
     parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts,
@@ -282,7 +287,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     settings = LatencySettings(
-        model=args.model, dtype=args.dtype, max_tokens=args.max_tokens, num_prompts=args.num_prompts,
+        model=args.model, dtype=args.dtype, backend=args.backend, max_tokens=args.max_tokens,
+        num_prompts=args.num_prompts,
         warmup=args.warmup, compare=args.compare, spec=args.spec,
         spec_config=spec_config(args) if args.spec != "none" else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kilotok.kernels.backend import BACKEND_CHOICES
 from kilotok.quant.formats import DTYPE_CHOICES
 from kilotok.sampling_params import SamplingParams
 from kilotok.speculative.config import SPEC_METHODS, SpecConfig
@@ -25,6 +26,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
     group.add_argument("--no-compile", action="store_true",
                        help="run the decode step eagerly instead of with torch.compile")
+    group.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                       help="kernel implementations: triton runs kilotok's Triton kernels on a CUDA device, torch the "
+                            "PyTorch reference; auto picks triton where CUDA and Triton are available "
+                            "(default: %(default)s)")
+    group.add_argument("--no-pdl", action="store_true",
+                       help="launch Triton kernels without Programmatic Dependent Launch (on by default on "
+                            "Hopper and newer GPUs)")
     group.add_argument("--check-tensors", action="store_true",
                        help="check every loaded weight (values and quantization scales) for NaN and infinity "
                             "before running, naming any damaged tensor")
@@ -37,6 +45,8 @@ def engine_settings(args: argparse.Namespace) -> dict:
         "kv_cache_gb": args.kv_cache_gb,
         "compile": not args.no_compile,
         "check_tensors": args.check_tensors,
+        "backend": args.backend,
+        "pdl": not args.no_pdl,
     }
 
 

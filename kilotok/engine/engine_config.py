@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
+from kilotok.kernels.backend import BACKEND_CHOICES, KernelBackend
 from kilotok.quant.formats import check_dtype
 from kilotok.speculative.config import SpecConfig
 
@@ -32,12 +33,23 @@ class EngineConfig:
     check_tensors: bool = False
     """Look through every loaded weight (values, and the scales of quantized blocks) for NaN and infinity
     before running, to refuse a damaged model file instead of printing garbage."""
+    backend: str = "auto"
+    """Kernel implementations (kernels/backend.py): auto runs the Triton kernels on a CUDA device where
+    Triton is installed and the PyTorch reference elsewhere; torch or triton force one."""
+    pdl: bool = True
+    """Launch back-to-back Triton kernels with Programmatic Dependent Launch where the GPU has it (Hopper
+    and newer); off, each kernel waits for the previous one to finish, as without PDL."""
     progress: bool = True
     spec: SpecConfig | str | None = None
     """Speculative decoding: a SpecConfig, a method name ("ngram", "eagle3") or None for none."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", SpecConfig.of(self.spec))
+        if isinstance(self.backend, KernelBackend):
+            object.__setattr__(self, "backend", self.backend.value)
+        if self.backend not in BACKEND_CHOICES:
+            raise InvalidRequestError(f"unknown kernel backend {self.backend!r}; choose one of "
+                                      f"{', '.join(BACKEND_CHOICES)}")
         check_dtype(self.dtype)
         checks = {
             "block_size": self.block_size >= 1,
@@ -47,6 +59,7 @@ class EngineConfig:
             "max_num_seqs": self.max_num_seqs >= 1,
             "max_num_batched_tokens": self.max_num_batched_tokens >= 1,
             "check_tensors": isinstance(self.check_tensors, bool),
+            "pdl": isinstance(self.pdl, bool),
         }
         for name, ok in checks.items():
             if not ok:

@@ -24,6 +24,7 @@ class LLMEngine:
         self.model_name = parts.model_name
         self.tokenizer = parts.tokenizer
         self.weight_format = parts.weight_format
+        self.backend = parts.backend
         self.model_config = parts.model.config
         self.max_model_len = parts.max_model_len
         self.runner = parts.runner

@@ -1,8 +1,11 @@
-"""Attention over the paged KV cache: one entry point, a PyTorch reference here, device kernels beside it.
+"""Attention over the paged KV cache: one entry point, a PyTorch reference here, Triton kernels beside it
+(kernels/triton/), chosen by the `backend` argument.
 
 Model code calls `store_kv` and `paged_attention` and never looks at which implementation runs. The
 reference is registered as a custom op so that `torch.compile` treats it as one opaque call: the decode
-graph keeps static shapes while the op itself reads the (data-dependent) context lengths.
+graph keeps static shapes while the op itself reads the (data-dependent) context lengths. The Triton
+kernels read the block table directly: decode rows through `block_tables` and `context_lens` (plus the
+tree mask when verifying a draft tree) rather than the gathered key window the reference uses.
 """
 
 from __future__ import annotations
@@ -11,24 +14,31 @@ import torch
 import torch.nn.functional as F
 
 from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.kernels.backend import KernelBackend
 
 
 def store_kv(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False,
 ) -> None:
     """Write new keys/values [T, Hkv, D] into caches [num_blocks, block_size, Hkv, D] at flat slots."""
+    if backend is KernelBackend.TRITON:
+        _triton_ops().store_kv(k, v, k_cache, v_cache, slot_mapping, pdl)
+        return
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    attention_chunk_size: int = 0,
+    attention_chunk_size: int = 0, backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False,
 ) -> torch.Tensor:
     """q: [T, Hq, D] -> [T, Hq, D]. Keys are each sequence's cached tokens, new ones included.
 
     With `attention_chunk_size` C > 0 (Llama 4's local layers), a query at position p sees only the keys
-    of its own chunk, positions C * (p // C) .. p."""
+    of its own chunk, positions C * (p // C) .. p. `pdl` lets Triton kernels overlap their launches."""
+    if backend is KernelBackend.TRITON:
+        return _triton_attention(q, k_cache, v_cache, meta, scale, attention_chunk_size, pdl)
     if meta.kv_gather_index is not None:
         # The runner may hand the window over as [B, chunks, VALUE_CHUNK] (see model_runner.py).
         kv_valid = meta.kv_valid.flatten(1)
@@ -38,6 +48,23 @@ def paged_attention(
     return torch.ops.kilotok.paged_attention(
         q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, scale, attention_chunk_size,
     )
+
+
+def _triton_ops():
+    # Imported on first use: Triton is an optional extra, needed only when its backend was chosen.
+    from kilotok.kernels.triton import ops
+
+    return ops
+
+
+def _triton_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                      scale: float, attention_chunk_size: int, pdl: bool) -> torch.Tensor:
+    ops = _triton_ops()
+    if meta.kv_gather_index is not None:  # decode rows: one query each
+        return ops.paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.tree_mask,
+                                          meta.tree_positions, scale, attention_chunk_size, pdl)
+    return ops.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens,
+                                       meta.query_start_loc, scale, attention_chunk_size, pdl)
 
 
 def chunked_window_mask(kv_valid: torch.Tensor, chunk: int) -> torch.Tensor:

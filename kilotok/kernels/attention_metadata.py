@@ -28,3 +28,9 @@ class AttentionMetadata:
     VALUE_CHUNK]). With it, decode attention is plain tensor ops that torch.compile can fuse."""
     kv_valid: torch.Tensor | None = None
     """[B, L] bool: which entries of kv_gather_index are real keys rather than padding."""
+    tree_mask: torch.Tensor | None = None
+    """[R, W] bool, speculative verification only (for kernels that read the block table rather than the
+    gathered window): which of the sequence's W draft-tree keys (the root, then the nodes, at cache
+    positions prefix + j) row r sees; the prefix is context_lens[r] less the row's visible tree keys."""
+    tree_positions: torch.Tensor | None = None
+    """[R, W] int32 with tree_mask: each tree key's position in the sequence (the root's plus its depth)."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from kilotok.kernels.attention import paged_attention, store_kv
 from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.kernels.backend import KernelBackend
 from kilotok.layers.norm import RMSNorm, l2_normalize
 from kilotok.layers.rotary import RotaryEmbedding, rotate_pairs
 
@@ -30,9 +31,11 @@ class Attention(nn.Module):
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, qkv_proj: nn.Module, o_proj: nn.Module,
                  rotary: RotaryEmbedding | None, rope_interleaved: bool = False, q_norm: RMSNorm | None = None,
                  k_norm: RMSNorm | None = None, l2_norm_eps: float | None = None, chunk_size: int = 0,
-                 temperature: tuple[float, float] | None = None) -> None:
+                 temperature: tuple[float, float] | None = None, backend: KernelBackend = KernelBackend.TORCH,
+                 pdl: bool = False) -> None:
         """`rotary` None: no RoPE. `l2_norm_eps`: Llama 4's QK norm. `chunk_size` > 0: each query sees only
-        its own chunk of positions. `temperature` (floor_scale, attn_scale): Llama 4's query scaling."""
+        its own chunk of positions. `temperature` (floor_scale, attn_scale): Llama 4's query scaling.
+        `backend` picks the attention kernels; `pdl` lets Triton kernels overlap their launches."""
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -47,6 +50,8 @@ class Attention(nn.Module):
         self.l2_norm_eps = l2_norm_eps
         self.chunk_size = chunk_size
         self.temperature = temperature
+        self.backend = backend
+        self.pdl = pdl
         # Filled by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D].
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -65,8 +70,9 @@ class Attention(nn.Module):
             q, k = l2_normalize(q, self.l2_norm_eps), l2_normalize(k, self.l2_norm_eps)
         if self.temperature is not None:
             q = (q * temperature_scales(positions, *self.temperature)).to(q.dtype)
-        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        attended = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale, self.chunk_size)
+        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.backend, self.pdl)
+        attended = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale, self.chunk_size, self.backend,
+                                   self.pdl)
         return self.o_proj(attended.reshape(-1, q_size))
 
     def _rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kilotok.kernels.backend import KernelBackend
 from kilotok.sampling_params import SamplingParams
 
 
@@ -174,11 +175,24 @@ def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
-    """logits [B, V] -> next tokens [B] (int64), one SamplingTensors and one generator per row."""
+    """logits [B, V] -> next tokens [B] (int64), one SamplingTensors and one generator per row.
+
+    With the Triton backend the filters and the race run as one kernel per row (kernels/triton/sampling.py)
+    on the same noise, so seeded requests draw the same tokens as with the reference. An all-greedy batch
+    stays one `torch.argmax` with either backend: that is already a single kernel."""
+
+    def __init__(self, backend: KernelBackend = KernelBackend.TORCH) -> None:
+        self.backend = backend
 
     def __call__(
         self, logits: torch.Tensor, t: SamplingTensors, generators: Sequence[torch.Generator | None]
     ) -> torch.Tensor:
         if t.all_greedy:
             return logits.argmax(dim=-1)
+        if self.backend is KernelBackend.TRITON:
+            from kilotok.kernels.triton.sampling import sample_tokens  # Triton is optional: import on use
+
+            noise = exponential_noise(logits.shape, generators, logits.device)
+            return sample_tokens(logits, noise, t.temperatures, t.top_k, t.top_p, t.min_p, t.greedy, t.any_top_k,
+                                 t.any_top_p, t.any_min_p)
         return sample(processed_probs(logits, t), generators)

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from kilotok.errors import ModelFormatError
+from kilotok.kernels.backend import KernelBackend, resolve_backend
 from kilotok.layers.attention import Attention
 from kilotok.layers.linear import make_linear
 from kilotok.layers.moe import SparseMoe
@@ -27,14 +28,17 @@ from kilotok.quant.formats import WeightFormat, resolve_weight_format, weight_fo
 from kilotok.tokenizer.tokenizer import Tokenizer
 
 
-def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True) -> CausalLM:
+def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True,
+                backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> CausalLM:
+    """`backend` (already resolved) is handed to every layer; `pdl` lets its Triton kernels overlap their
+    launches (kernels/triton/pdl.py)."""
     fmt = weight_format(fmt)
     config = model_config(checkpoint.config)
     weights = checkpoint.weights
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling)
-    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary)
+    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, backend, pdl)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
@@ -64,20 +68,20 @@ class LayerWeights:
 
 
 def _layer(config: ModelConfig, family: ModelFamily, get: LayerWeights, index: int, fmt: WeightFormat,
-           rotary: RotaryEmbedding) -> DecoderLayer:
+           rotary: RotaryEmbedding, backend: KernelBackend, pdl: bool) -> DecoderLayer:
     ffn = family.ffn_prefix
     if config.moe is not None and index in config.moe.layers:
         feed_forward = _sparse_moe(config, family, get, fmt)
     else:
         feed_forward = _mlp(get, ffn, fmt)
-    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary), feed_forward)
+    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, backend, pdl), feed_forward)
     layer.input_layernorm.weight.copy_(as_float(get("input_layernorm.weight")))
     layer.post_attention_layernorm.weight.copy_(as_float(get("post_attention_layernorm.weight")))
     return layer
 
 
 def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFormat,
-               rotary: RotaryEmbedding) -> Attention:
+               rotary: RotaryEmbedding, backend: KernelBackend, pdl: bool) -> Attention:
     attn = "self_attn."
     qkv = _concat([get(f"{attn}{p}_proj.weight") for p in "qkv"])
     qkv_bias = get.bias(*(f"{attn}{p}_proj.bias" for p in "qkv"))
@@ -97,6 +101,8 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
         chunk_size=config.attention_chunk_size if index in config.chunked_layers else 0,
         temperature=(config.floor_scale, config.attn_scale) if config.attn_temperature_tuning and not use_rope
         else None,
+        backend=backend,
+        pdl=pdl,
     )
 
 
@@ -153,14 +159,18 @@ class LoadedModel:
     tokenizer: Tokenizer
     weight_format: WeightFormat
     model: CausalLM
+    backend: KernelBackend
 
 
 def load_model(name_or_path: str, dtype: str | WeightFormat = "auto", progress: bool = True,
-               check_tensors: bool = False) -> LoadedModel:
-    """Load and build a model by alias, GGUF file or Hugging Face folder, in weight format `dtype`;
+               check_tensors: bool = False, backend: str | KernelBackend = "auto", pdl: bool = True) -> LoadedModel:
+    """Load and build a model by alias, GGUF file or Hugging Face folder, in weight format `dtype`, with
+    the kernel `backend` (auto, torch, triton) resolved for the device the model is built on;
     `check_tensors` first looks through every weight for NaN and infinity (a damaged file)."""
+    backend = resolve_backend(backend, torch.get_default_device())
     checkpoint = load_checkpoint(name_or_path, progress)
     if check_tensors:
         find_damaged_tensors(checkpoint)
     fmt = resolve_weight_format(dtype, checkpoint.weights)
-    return LoadedModel(checkpoint.name, checkpoint.tokenizer, fmt, build_model(checkpoint, fmt, progress))
+    model = build_model(checkpoint, fmt, progress, backend, pdl)
+    return LoadedModel(checkpoint.name, checkpoint.tokenizer, fmt, model, backend)

@@ -22,6 +22,7 @@ import torch
 
 from kilotok.kernels.attention import KEY_WINDOW_ALIGN, VALUE_CHUNK, aligned_window
 from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.kernels.backend import KernelBackend
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.causal_lm import CausalLM
 from kilotok.sequence import Sequence
@@ -125,12 +126,13 @@ def _bucket(rows: int) -> int:
 
 class ModelRunner:
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int, max_model_len: int,
-                 compile_decode: bool) -> None:
+                 compile_decode: bool, backend: KernelBackend = KernelBackend.TORCH) -> None:
+        """`backend`: the kernels the model was built with, which the sampler uses too."""
         self.model = model
         self.block_size = block_size
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.device = next(model.parameters()).device
-        self.sampler = Sampler()
+        self.sampler = Sampler(backend)
         self._allocate_kv_cache(num_blocks)
         self._decode_forward = self._forward_logits
         if compile_decode:

@@ -17,6 +17,9 @@ from kilotok.runner.model_runner import PADDING_BLOCK
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
 
+TREE_ALIGN = 16
+"""Tree-mask widths are padded to a multiple of this, so compiled decode graphs see few distinct shapes."""
+
 
 def verify_width(trees: list[DraftTree]) -> int:
     """Rows per sequence: the root plus the largest tree (smaller trees are padded)."""
@@ -30,7 +33,11 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
 
     Node i of a tree writes its K/V at the slot of position len(seq) + i; its RoPE position is the root's
     plus its depth. Rows past a tree's end, and rows past `len(seqs) * width`, are padding: they write
-    into the padding block and attend only to that slot."""
+    into the padding block and attend only to that slot.
+
+    Besides the gathered windows (the PyTorch reference reads those), the metadata carries the tree in
+    the form the Triton decode kernel reads with the block table: each row's tree mask and the tree keys'
+    positions (kernels/attention_metadata.py)."""
     padding_slot = PADDING_BLOCK * block_size
     offsets = torch.arange(block_size, dtype=torch.int64)
     window = aligned_window(max(len(seq) for seq in seqs) + width - 1)
@@ -42,6 +49,9 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
     slots = [padding_slot] * padded_rows
     context_lens = [1] * padded_rows
     block_tables = torch.full((padded_rows, max_blocks), PADDING_BLOCK, dtype=torch.int32)
+    tree_width = -(-width // TREE_ALIGN) * TREE_ALIGN
+    tree_mask = torch.zeros((padded_rows, tree_width), dtype=torch.bool)
+    tree_positions = torch.zeros((padded_rows, tree_width), dtype=torch.int32)
     for b, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
         root = len(seq) - 1
         table = torch.tensor(seq.block_table, dtype=torch.int64)
@@ -54,6 +64,8 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
         slots[rows] = node_slots.tolist()
         block_tables[rows, : len(table)] = table.to(torch.int32)
         mask = tree.ancestor_mask(len(tree) + 1)
+        tree_mask[rows, : len(tree) + 1] = mask
+        tree_positions[rows, : len(tree) + 1] = torch.tensor(positions[rows], dtype=torch.int32)
         for r in range(len(tree) + 1):
             seen = node_slots[mask[r]]
             gather[first + r, :root] = all_slots[:root]
@@ -67,6 +79,8 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
         query_start_loc=torch.arange(padded_rows + 1, dtype=torch.int32, device=device),
         kv_gather_index=gather.to(device),
         kv_valid=valid.to(device),
+        tree_mask=tree_mask.to(device),
+        tree_positions=tree_positions.to(device),
     )
     ids = torch.tensor(input_ids, dtype=torch.int64, device=device)
     return ids, torch.tensor(positions, dtype=torch.int64, device=device), meta

@@ -1,4 +1,5 @@
-"""`kilotok generate` options and how they reach the engine: `--spec ...` to SpecConfig, `--check-tensors`."""
+"""`kilotok generate` options and how they reach the engine: `--spec ...` to SpecConfig, `--check-tensors`,
+`--backend` and `--no-pdl`."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def test_check_tensors_is_off_unless_asked():
     assert EngineConfig().check_tensors is False
     with pytest.raises(InvalidRequestError, match="check_tensors='yes' is out of range"):
         EngineConfig(check_tensors="yes")
+
+
+def test_backend_and_pdl_options_reach_the_engine_config():
+    default = EngineConfig(**engine_settings(_parse([])))
+    assert (default.backend, default.pdl) == ("auto", True)
+    chosen = EngineConfig(**engine_settings(_parse(["--backend", "torch", "--no-pdl"])))
+    assert (chosen.backend, chosen.pdl) == ("torch", False)
+    with pytest.raises(SystemExit):
+        _parse(["--backend", "cuda"])
+    with pytest.raises(InvalidRequestError, match="kernel backend"):
+        EngineConfig(backend="cuda")

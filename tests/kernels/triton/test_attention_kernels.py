@@ -1,0 +1,129 @@
+"""The Triton attention kernels against the PyTorch reference behind the same entry points, on random
+caches whose blocks are scattered over the cache, with ragged context lengths, block sizes and head
+dimensions that are not multiples of the kernels' tiles, grouped-query heads, and chunked-local masks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from kilotok.kernels.attention import paged_attention, store_kv
+from kilotok.kernels.backend import KernelBackend
+from kilotok.runner.model_runner import decode_key_window, token_rows
+from kilotok.sampling_params import SamplingParams
+from kilotok.sequence import Sequence
+from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.verify_inputs import build_verify_inputs
+
+TRITON = KernelBackend.TRITON
+TORCH = KernelBackend.TORCH
+
+
+def random_cache(num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(num_blocks * 31 + block_size)
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    return (torch.randn(shape, generator=generator).to(dtype), torch.randn(shape, generator=generator).to(dtype))
+
+
+def sequences(lengths: list[int], block_size: int, num_blocks: int, cached: list[int] | None = None):
+    """Sequences of the given lengths over blocks drawn at random from 1..num_blocks-1 (block 0 is padding)."""
+    free = list(range(1, num_blocks))
+    random.Random(sum(lengths)).shuffle(free)
+    seqs = []
+    for index, length in enumerate(lengths):
+        seq = Sequence(list(range(length)), SamplingParams())
+        seq.block_table = [free.pop() for _ in range(-(-length // block_size))]
+        seq.num_cached_tokens = cached[index] if cached else length - 1
+        seqs.append(seq)
+    return seqs
+
+
+def both_backends(q, caches, meta, scale, chunk=0):
+    expected = paged_attention(q, *caches, meta, scale, chunk, TORCH)
+    got = paged_attention(q, *caches, meta, scale, chunk, TRITON, pdl=True)
+    return got, expected
+
+
+@pytest.mark.parametrize(("lengths", "block_size", "heads", "kv_heads", "head_dim", "chunk"), [
+    ([1, 17, 70, 5], 16, 9, 3, 64, 0),  # the default model's heads; 70 keys span two 64-key tiles
+    ([130, 3], 5, 4, 4, 24, 0),  # a block size and head dimension that match no tile, no grouping
+    ([40, 9, 77], 8, 6, 2, 32, 16),  # chunked-local: the query sees only its own chunk of 16
+])
+def test_paged_decode_matches_the_reference(lengths, block_size, heads, kv_heads, head_dim, chunk):
+    num_blocks = sum(-(-n // block_size) for n in lengths) + 3
+    caches = random_cache(num_blocks, block_size, kv_heads, head_dim)
+    seqs = sequences(lengths, block_size, num_blocks)
+    padded = len(seqs) + 2  # padding rows, as in a decode bucket
+    inputs = token_rows(seqs, lengths, padded, block_size, max(len(s.block_table) for s in seqs), torch.device("cpu"))
+    meta = inputs.meta
+    meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, block_size, torch.device("cpu"))
+    q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(3))
+    got, expected = both_backends(q, caches, meta, head_dim**-0.5, chunk)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_paged_decode_in_bf16_caches():
+    lengths, block_size, head_dim = [33, 90], 16, 64
+    caches = random_cache(10, block_size, 2, head_dim, torch.bfloat16)
+    seqs = sequences(lengths, block_size, 10)
+    inputs = token_rows(seqs, lengths, 2, block_size, 6, torch.device("cpu"))
+    inputs.meta.kv_gather_index, inputs.meta.kv_valid = decode_key_window(seqs, 2, block_size, torch.device("cpu"))
+    q = torch.randn(2, 8, head_dim, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    got, expected = both_backends(q, caches, inputs.meta, head_dim**-0.5)
+    # The kernel rounds the softmax weights to bf16 for the value product, as flash attention does.
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
+
+
+TREES = [DraftTree([5, 6, 7, 8, 9], [-1, 0, 0, 1, 3]), DraftTree.chain([4, 4, 4]), DraftTree([], [])]
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_tree_verification_rows_match_their_gathered_windows(chunk):
+    """The rows speculative verification builds (speculative/verify_inputs.py): the reference reads each
+    row's gathered window, the kernel the block table, the tree mask and the nodes' positions."""
+    block_size, kv_heads, heads, head_dim = 4, 2, 6, 40
+    width = 1 + max(len(tree) for tree in TREES)
+    lengths = [23, 7, 14]
+    seqs = sequences([n + width - 1 for n in lengths], block_size, 40)
+    for seq, length in zip(seqs, lengths, strict=True):
+        seq.token_ids = seq.token_ids[:length]  # blocks reserved for the tree's lookahead slots
+    caches = random_cache(40, block_size, kv_heads, head_dim)
+    padded = len(seqs) * width + 3
+    _, _, meta = build_verify_inputs(seqs, TREES, width, padded, block_size, 12, torch.device("cpu"))
+    q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(5))
+    got, expected = both_backends(q, caches, meta, head_dim**-0.5, chunk)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("cached", "new", "block_size", "chunk"), [
+    ([0, 0], [21, 3], 16, 0),  # whole prompts, one longer than a query tile
+    ([13, 30, 0], [5, 19, 1], 6, 0),  # chunked prefill: new tokens after cached ones
+    ([11, 0], [26, 37], 8, 12),  # chunked-local attention across several chunks
+])
+def test_paged_prefill_matches_the_reference(cached, new, block_size, chunk):
+    heads, kv_heads, head_dim = 6, 3, 48
+    lengths = [c + n for c, n in zip(cached, new, strict=True)]
+    num_blocks = sum(-(-n // block_size) for n in lengths) + 2
+    caches = random_cache(num_blocks, block_size, kv_heads, head_dim)
+    seqs = sequences(lengths, block_size, num_blocks, cached)
+    inputs = token_rows(seqs, lengths, len(seqs), block_size, max(len(s.block_table) for s in seqs),
+                        torch.device("cpu"))
+    q = torch.randn(sum(new), heads, head_dim, generator=torch.Generator().manual_seed(6))
+    got, expected = both_backends(q, caches, inputs.meta, head_dim**-0.5, chunk)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_store_kv_writes_each_token_at_its_slot():
+    k_caches = random_cache(6, 5, 3, 20)
+    v_caches = [c.clone() for c in k_caches]
+    generator = torch.Generator().manual_seed(7)
+    # K and V as the attention layer has them: views into a fused projection, rows strided.
+    fused = torch.randn(7, 2 * 3 * 20 + 11, generator=generator)
+    k = fused[:, : 60].reshape(7, 3, 20)
+    v = fused[:, 60:120].reshape(7, 3, 20)
+    slots = torch.tensor([5, 6, 29, 11, 0, 17, 23])
+    store_kv(k, v, *k_caches, slots, TORCH)
+    store_kv(k, v, *v_caches, slots, TRITON, pdl=True)
+    assert torch.equal(v_caches[0], k_caches[0]) and torch.equal(v_caches[1], k_caches[1])
