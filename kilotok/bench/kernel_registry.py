@@ -12,7 +12,9 @@ Adding a kernel is one `BenchKernel` entry in `KERNELS`:
   first, then the kernel, on the same inputs;
 - `workload(model, tokens, dtype)`: a `Workload`, counted by hand from the shapes (each input read once,
   each output written once), which sets the GB/s and TFLOP/s printed next to the measured ceilings;
-- `tolerance`: the largest |out - ref| / |ref| that passes the check (bf16 by default).
+- `tolerance`: the largest |out - ref| / |ref| that passes the check (bf16 by default);
+- `pdl`: the kernel also takes `pdl=True` (kernels/triton/pdl.py), and is timed that way too on Hopper and
+  newer GPUs.
 
 The bench draws several input sets per case (enough to pass the L2 cache), so `inputs` must allocate fresh
 tensors on every call.
@@ -90,6 +92,7 @@ class BenchKernel:
     kernel: Callable[..., object]
     workload: Callable[[ModelShape, int, torch.dtype], Workload]
     tolerance: float = 1e-2
+    pdl: bool = False
 
 
 def _random(*shape: int, device: torch.device, dtype: torch.dtype = DTYPE, scale: float = 1.0) -> torch.Tensor:
@@ -162,9 +165,9 @@ def _triton(entry_point: Callable[..., object]) -> Callable[..., object]:
 
 KERNELS: tuple[BenchKernel, ...] = (
     BenchKernel("rms_norm", _rms_norm_inputs, rms_norm_reference, _triton(rms_norm),
-                _rows_workload(tensors_read=1, tensors_written=1, flops_per_element=4, weight=True)),
+                _rows_workload(tensors_read=1, tensors_written=1, flops_per_element=4, weight=True), pdl=True),
     BenchKernel("add_rms_norm", _add_rms_norm_inputs, add_rms_norm_reference, _triton(add_rms_norm),
-                _rows_workload(tensors_read=2, tensors_written=2, flops_per_element=5, weight=True)),
-    BenchKernel("swiglu", _swiglu_inputs, swiglu_reference, _triton(swiglu), _swiglu_workload),
-    BenchKernel("rope", _rope_inputs, rope_reference, _triton(apply_rope), _rope_workload),
+                _rows_workload(tensors_read=2, tensors_written=2, flops_per_element=5, weight=True), pdl=True),
+    BenchKernel("swiglu", _swiglu_inputs, swiglu_reference, _triton(swiglu), _swiglu_workload, pdl=True),
+    BenchKernel("rope", _rope_inputs, rope_reference, _triton(apply_rope), _rope_workload, pdl=True),
 )

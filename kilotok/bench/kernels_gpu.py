@@ -3,6 +3,9 @@ against its PyTorch reference and timed beside that reference in eager torch and
 each model's shapes and token count, with the achieved GB/s and TFLOP/s next to the ceilings measured at the
 start (a large device-to-device copy; a large bf16 matrix product).
 
+"triton+pdl" launches the kernel with Programmatic Dependent Launch (Hopper and newer), so that in the graph
+each call's prologue overlaps the previous call's tail.
+
 Timing: each implementation runs over enough freshly drawn input sets to pass the L2 cache twice (at most
 MAX_INPUT_SETS), captured as one CUDA graph so that launch gaps from Python do not count; a replay of the graph
 is timed with CUDA events, and the figure is the median over replays divided by the calls in the graph.
@@ -10,6 +13,7 @@ is timed with CUDA events, and the figure is the median over replays divided by 
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable
@@ -25,7 +29,7 @@ MAX_INPUT_SETS = 2048
 COPY_BYTES = 2**30
 MATMUL_SIZE = 8192
 DEFAULT_L2_BYTES = 64 * 2**20
-IMPLEMENTATIONS = ("triton", "torch", "torch.compile")
+IMPLEMENTATIONS = ("triton", "triton+pdl", "torch", "torch.compile")
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ def bench_case(entry: BenchKernel, model: ModelShape, tokens: int, implementatio
 def run_gpu_bench(settings: GpuBenchSettings) -> dict[str, object]:
     import triton
 
+    from kilotok.kernels.triton.pdl import pdl_enabled
+
     device = torch.device("cuda")
     torch.manual_seed(0)
     log("measuring the ceilings: a 1 GiB device copy, an 8192^3 bf16 matrix product")
@@ -165,6 +171,8 @@ def run_gpu_bench(settings: GpuBenchSettings) -> dict[str, object]:
     with torch._dynamo.config.patch(recompile_limit=len(models) * len(settings.tokens) + 8):
         for entry in entries:
             implementations = {"triton": entry.kernel, "torch": entry.reference}
+            if entry.pdl and pdl_enabled(True, device):
+                implementations["triton+pdl"] = functools.partial(entry.kernel, pdl=True)
             if settings.compile:
                 implementations["torch.compile"] = torch.compile(entry.reference, dynamic=False)
             for model in models:

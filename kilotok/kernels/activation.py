@@ -15,12 +15,13 @@ def swiglu_reference(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def swiglu(gate_up: torch.Tensor, backend: KernelBackend = KernelBackend.TORCH) -> torch.Tensor:
-    """silu(gate) * up, with gate the first half of the last dimension and up the second."""
+def swiglu(gate_up: torch.Tensor, backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> torch.Tensor:
+    """silu(gate) * up, with gate the first half of the last dimension and up the second. `pdl`: the Triton
+    kernel may overlap its launch with the previous kernel's tail (kernels/triton/pdl.py)."""
     if gate_up.shape[-1] % 2:
         raise InvalidRequestError(f"swiglu needs an even last dimension (gate and up), got {gate_up.shape[-1]}")
     if backend is KernelBackend.TORCH:
         return swiglu_reference(gate_up)
-    from kilotok.kernels.triton import activation
+    from kilotok.kernels.triton import fused_ops  # Triton is an optional extra: imported on first use
 
-    return activation.swiglu(gate_up)
+    return fused_ops.swiglu(gate_up, pdl)

@@ -23,26 +23,31 @@ def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torc
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
-             backend: KernelBackend = KernelBackend.TORCH) -> torch.Tensor:
-    """x normalized over its last dimension, times `weight` (fp32) when there is one."""
+             backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> torch.Tensor:
+    """x normalized over its last dimension, times `weight` (fp32) when there is one. `pdl`: the Triton
+    kernel may overlap its launch with the previous kernel's tail (kernels/triton/pdl.py)."""
     if backend is KernelBackend.TORCH:
         return rms_norm_reference(x, weight, eps)
-    from kilotok.kernels.triton import norm
-
-    return norm.rms_norm(x, weight, eps)[0]
+    return _triton_ops().rms_norm(x, weight, eps, pdl)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
-                 backend: KernelBackend = KernelBackend.TORCH) -> tuple[torch.Tensor, torch.Tensor]:
+                 backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(residual + x), residual + x): a decoder layer's residual add and the norm after it, which
     the Triton kernel does in one pass over the row."""
     if backend is KernelBackend.TORCH:
         return add_rms_norm_reference(x, residual, weight, eps)
-    from kilotok.kernels.triton import norm
-
-    return norm.rms_norm(x, weight, eps, residual=residual)
+    return _triton_ops().add_rms_norm(x, residual, weight, eps, pdl)
 
 
-def l2_normalize(x: torch.Tensor, eps: float, backend: KernelBackend = KernelBackend.TORCH) -> torch.Tensor:
+def l2_normalize(x: torch.Tensor, eps: float, backend: KernelBackend = KernelBackend.TORCH,
+                 pdl: bool = False) -> torch.Tensor:
     """RMSNorm without a weight (Llama 4's QK norm), in fp32."""
-    return rms_norm(x, None, eps, backend)
+    return rms_norm(x, None, eps, backend, pdl)
+
+
+def _triton_ops():
+    # Imported on first use: Triton is an optional extra, needed only when its backend was chosen.
+    from kilotok.kernels.triton import fused_ops
+
+    return fused_ops

@@ -41,16 +41,17 @@ def rope_reference(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, co
 
 def apply_rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_table: torch.Tensor,
                sin_table: torch.Tensor, interleaved: bool = False, l2_norm_eps: float | None = None,
-               backend: KernelBackend = KernelBackend.TORCH) -> tuple[torch.Tensor, torch.Tensor]:
+               backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """q [T, Hq, D] and k [T, Hkv, D] rotated by `positions` [T], then L2-normed over D when `l2_norm_eps`
     is set. The Triton backend writes into q and k and returns them: use the returned tensors, and do not
-    count on the inputs keeping their values."""
+    count on the inputs keeping their values. `pdl`: the Triton kernel may overlap its launch with the
+    previous kernel's tail (kernels/triton/pdl.py)."""
     if q.shape[-1] % 2 or q.shape[-1] != 2 * cos_table.shape[-1]:
         raise InvalidRequestError(f"RoPE tables of {cos_table.shape[-1]} frequencies do not fit head_dim "
                                   f"{q.shape[-1]}")
     if backend is KernelBackend.TORCH:
         return rope_reference(positions, q, k, cos_table, sin_table, interleaved, l2_norm_eps)
-    from kilotok.kernels.triton import rotary
+    from kilotok.kernels.triton import fused_ops  # Triton is an optional extra: imported on first use
 
-    rotary.apply_rope_(positions, q, k, cos_table, sin_table, interleaved, l2_norm_eps)
+    fused_ops.apply_rope_(positions, q, k, cos_table, sin_table, interleaved, l2_norm_eps, pdl)
     return q, k

@@ -45,9 +45,10 @@ class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables indexed by each token's position, so batches of any layout work."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None,
-                 backend: KernelBackend = KernelBackend.TORCH) -> None:
+                 backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> None:
         super().__init__()
         self.backend = backend
+        self.pdl = pdl
         inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", angles.cos(), persistent=False)
@@ -57,4 +58,4 @@ class RotaryEmbedding(nn.Module):
                 l2_norm_eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, Hq, D], k: [T, Hkv, D], positions: [T]; `interleaved`: rotate adjacent pairs; `l2_norm_eps`:
         L2-norm each head after rotating (Llama 4). Use the returned tensors: q and k may be rotated in place."""
-        return apply_rope(positions, q, k, self.cos, self.sin, interleaved, l2_norm_eps, self.backend)
+        return apply_rope(positions, q, k, self.cos, self.sin, interleaved, l2_norm_eps, self.backend, self.pdl)

@@ -29,15 +29,17 @@ from kilotok.tokenizer.tokenizer import Tokenizer
 
 
 def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True,
-                backend: KernelBackend = KernelBackend.TORCH) -> CausalLM:
-    """`backend`: the kernels behind the norms, activations and RoPE (resolve_backend decides it)."""
+                backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> CausalLM:
+    """`backend` (already resolved) is handed to every layer; `pdl` lets its Triton kernels overlap their
+    launches (kernels/triton/pdl.py)."""
     fmt = weight_format(fmt)
     config = model_config(checkpoint.config)
     weights = checkpoint.weights
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
-                             config.rope_scaling, backend)
-    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, backend)
+                             config.rope_scaling, backend, pdl)
+    kernels = KernelChoice(backend, pdl)
+    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
@@ -45,9 +47,16 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
         if not config.tie_word_embeddings:
             raise ModelFormatError("checkpoint has no lm_head.weight and does not tie word embeddings")
         head_weight = weights["model.embed_tokens.weight"]
-    model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype, backend)
+    model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype, backend,
+                     pdl)
     model.norm.weight.copy_(as_float(_require(weights, "model.norm.weight")))
     return model.eval()
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    backend: KernelBackend
+    pdl: bool
 
 
 class LayerWeights:
@@ -67,27 +76,28 @@ class LayerWeights:
 
 
 def _layer(config: ModelConfig, family: ModelFamily, get: LayerWeights, index: int, fmt: WeightFormat,
-           rotary: RotaryEmbedding, backend: KernelBackend) -> DecoderLayer:
+           rotary: RotaryEmbedding, kernels: KernelChoice) -> DecoderLayer:
     ffn = family.ffn_prefix
     if config.moe is not None and index in config.moe.layers:
-        feed_forward = _sparse_moe(config, family, get, fmt, backend)
+        feed_forward = _sparse_moe(config, family, get, fmt, kernels)
     else:
-        feed_forward = _mlp(get, ffn, fmt, backend)
-    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, backend), feed_forward, backend)
+        feed_forward = _mlp(get, ffn, fmt, kernels)
+    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, kernels), feed_forward, kernels.backend,
+                         kernels.pdl)
     layer.input_layernorm.weight.copy_(as_float(get("input_layernorm.weight")))
     layer.post_attention_layernorm.weight.copy_(as_float(get("post_attention_layernorm.weight")))
     return layer
 
 
 def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFormat,
-               rotary: RotaryEmbedding, backend: KernelBackend) -> Attention:
+               rotary: RotaryEmbedding, kernels: KernelChoice) -> Attention:
     attn = "self_attn."
     qkv = _concat([get(f"{attn}{p}_proj.weight") for p in "qkv"])
     qkv_bias = get.bias(*(f"{attn}{p}_proj.bias" for p in "qkv"))
     o_bias = get.bias(attn + "o_proj.bias")
     q_norm = k_norm = None
     if config.qk_norm == "rms":
-        q_norm, k_norm = (_rms_norm(config, get(f"{attn}{p}_norm.weight"), backend) for p in "qk")
+        q_norm, k_norm = (_rms_norm(config, get(f"{attn}{p}_norm.weight"), kernels) for p in "qk")
     use_rope = index not in config.nope_layers
     return Attention(
         config.num_heads, config.num_kv_heads, config.head_dim,
@@ -103,22 +113,22 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
     )
 
 
-def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat, backend: KernelBackend) -> MLP:
+def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat, kernels: KernelChoice) -> MLP:
     gate_up = _concat([get(prefix + "gate_proj.weight"), get(prefix + "up_proj.weight")])
     gate_up_bias = get.bias(prefix + "gate_proj.bias", prefix + "up_proj.bias")
     down_bias = get.bias(prefix + "down_proj.bias")
     return MLP(make_linear(gate_up, gate_up_bias, fmt), make_linear(get(prefix + "down_proj.weight"), down_bias, fmt),
-               backend)
+               kernels.backend, kernels.pdl)
 
 
 def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt: WeightFormat,
-                backend: KernelBackend) -> SparseMoe:
+                kernels: KernelChoice) -> SparseMoe:
     moe, experts, ffn = config.moe, family.experts, family.ffn_prefix
     # Experts and router stay in a float format (int8/int4 and FP8 formats run them in bf16); the router is
     # never quantised: a rounded logit can change which expert a token goes to.
     float_format = fmt.float_format
     gate_up, down = experts.read(get, ffn, moe.num_experts)
-    shared = _mlp(get, ffn + experts.shared_expert, fmt, backend) if experts.shared_expert else None
+    shared = _mlp(get, ffn + experts.shared_expert, fmt, kernels) if experts.shared_expert else None
     return SparseMoe(
         router=make_linear(as_float(get(ffn + experts.router)), None, float_format),
         gate_up=gate_up.to(float_format.float_dtype),
@@ -131,8 +141,8 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
     )
 
 
-def _rms_norm(config: ModelConfig, weight: Weight, backend: KernelBackend) -> RMSNorm:
-    norm = RMSNorm(config.head_dim, config.rms_norm_eps, backend)
+def _rms_norm(config: ModelConfig, weight: Weight, kernels: KernelChoice) -> RMSNorm:
+    norm = RMSNorm(config.head_dim, config.rms_norm_eps, kernels.backend, kernels.pdl)
     norm.weight.copy_(as_float(weight))
     return norm
 

@@ -24,24 +24,27 @@ from kilotok.models.config import ModelConfig
 class MLP(nn.Module):
     """SwiGLU over a fused gate/up projection, so a decode step runs two matrix products here."""
 
-    def __init__(self, gate_up_proj: nn.Module, down_proj: nn.Module, backend: KernelBackend = KernelBackend.TORCH):
+    def __init__(self, gate_up_proj: nn.Module, down_proj: nn.Module, backend: KernelBackend = KernelBackend.TORCH,
+                 pdl: bool = False):
         super().__init__()
         self.gate_up_proj = gate_up_proj
         self.down_proj = down_proj
         self.backend = backend
+        self.pdl = pdl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(swiglu(self.gate_up_proj(x), self.backend))
+        return self.down_proj(swiglu(self.gate_up_proj(x), self.backend, self.pdl))
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, attention: Attention, mlp: nn.Module,
-                 backend: KernelBackend = KernelBackend.TORCH):
-        """`mlp` maps [T, d] to [T, d]: an `MLP`, or a `SparseMoe` on mixture-of-experts layers."""
+                 backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False):
+        """`mlp` maps [T, d] to [T, d]: an `MLP`, or a `SparseMoe` on mixture-of-experts layers. `backend` and
+        `pdl` choose the norms' kernels."""
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, pdl)
         self.self_attn = attention
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, pdl)
         self.mlp = mlp
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
@@ -65,13 +68,14 @@ class CausalLM(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, embed_tokens: torch.Tensor, layers: list[DecoderLayer],
-                 lm_head: nn.Module, activation_dtype: torch.dtype, backend: KernelBackend = KernelBackend.TORCH):
+                 lm_head: nn.Module, activation_dtype: torch.dtype, backend: KernelBackend = KernelBackend.TORCH,
+                 pdl: bool = False):
         super().__init__()
         self.config = config
         self.activation_dtype = activation_dtype
         self.embed_tokens = nn.Embedding.from_pretrained(embed_tokens.to(activation_dtype), freeze=True)
         self.layers = nn.ModuleList(layers)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, pdl)
         self.lm_head = lm_head
         self.aux_hidden_layers: tuple[int, ...] = ()
 

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kilotok.kernels.triton.pdl import launch_options, pdl_enabled, release_dependents, wait_for_producer
+
 BLOCK = 1024
 
 
@@ -16,24 +18,23 @@ def _swiglu_rows(gate_up_ptr, out_ptr, row_stride, width, BLOCK: tl.constexpr, U
     row = tl.program_id(0).to(tl.int64)
     columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_row = columns < width
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
+    wait_for_producer(USE_PDL)
     gate = tl.load(gate_up_ptr + row * row_stride + columns, mask=in_row, other=0.0).to(tl.float32)
     up = tl.load(gate_up_ptr + row * row_stride + width + columns, mask=in_row, other=0.0)
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+    release_dependents(USE_PDL)
     dtype = out_ptr.dtype.element_ty
     activated = (gate / (1.0 + tl.exp(-gate))).to(dtype)
     tl.store(out_ptr + row * width + columns, (activated.to(tl.float32) * up.to(tl.float32)).to(dtype), mask=in_row)
 
 
-def swiglu(gate_up: torch.Tensor, use_pdl: bool = False) -> torch.Tensor:
+def swiglu(gate_up: torch.Tensor, pdl: bool) -> torch.Tensor:
     width = gate_up.shape[-1] // 2
     rows = gate_up.reshape(-1, gate_up.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     out = torch.empty((*gate_up.shape[:-1], width), dtype=gate_up.dtype, device=gate_up.device)
     if rows.shape[0]:
-        _swiglu_rows[(rows.shape[0], triton.cdiv(width, BLOCK))](rows, out, rows.stride(0), width,
-                                                                 BLOCK=BLOCK, USE_PDL=use_pdl)
+        use_pdl = pdl_enabled(pdl, gate_up.device)
+        _swiglu_rows[(rows.shape[0], triton.cdiv(width, BLOCK))](rows, out, rows.stride(0), width, BLOCK=BLOCK,
+                                                                 USE_PDL=use_pdl, **launch_options(use_pdl))
     return out

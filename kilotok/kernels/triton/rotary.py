@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from kilotok.errors import InvalidRequestError
+from kilotok.kernels.triton.pdl import launch_options, pdl_enabled, release_dependents, wait_for_producer
 
 
 @triton.jit
@@ -49,21 +50,20 @@ def _rope_tokens(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr,
     token = tl.program_id(0).to(tl.int64)
     pairs = tl.arange(0, BLOCK_PAIRS)[None, :]
     pair_in_head = pairs < half
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
+    # Positions and tables are step inputs, not the previous kernel's output: read them before waiting.
     position = tl.load(positions_ptr + token).to(tl.int64)
     cos = tl.load(cos_ptr + position * half + pairs, mask=pair_in_head, other=0.0)
     sin = tl.load(sin_ptr + position * half + pairs, mask=pair_in_head, other=0.0)
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_producer(USE_PDL)
     _rotate_heads(q_ptr, token, q_token_stride, q_head_stride, num_q_heads, cos, sin, pairs, pair_in_head, half,
                   eps, INTERLEAVED, L2_NORM, BLOCK_Q_HEADS)
     _rotate_heads(k_ptr, token, k_token_stride, k_head_stride, num_k_heads, cos, sin, pairs, pair_in_head, half,
                   eps, INTERLEAVED, L2_NORM, BLOCK_K_HEADS)
+    release_dependents(USE_PDL)
 
 
 def apply_rope_(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                interleaved: bool, l2_norm_eps: float | None, use_pdl: bool = False) -> None:
+                interleaved: bool, l2_norm_eps: float | None, pdl: bool) -> None:
     """Rotates q [T, Hq, D] and k [T, Hkv, D] (unit stride in D, any token and head strides) in place;
     cos and sin are [max_positions, D/2] fp32 tables, positions [T]."""
     if q.stride(-1) != 1 or k.stride(-1) != 1:
@@ -72,11 +72,12 @@ def apply_rope_(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: 
     if tokens == 0:
         return
     half = head_dim // 2
+    use_pdl = pdl_enabled(pdl, q.device)
     _rope_tokens[(tokens,)](
         q, k, positions, cos.contiguous(), sin.contiguous(),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), num_q_heads, k.shape[1], half,
         l2_norm_eps if l2_norm_eps is not None else 0.0,
         INTERLEAVED=interleaved, L2_NORM=l2_norm_eps is not None, BLOCK_PAIRS=triton.next_power_of_2(half),
         BLOCK_Q_HEADS=triton.next_power_of_2(num_q_heads), BLOCK_K_HEADS=triton.next_power_of_2(k.shape[1]),
-        USE_PDL=use_pdl,
+        USE_PDL=use_pdl, **launch_options(use_pdl),
     )
