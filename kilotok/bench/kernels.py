@@ -185,7 +185,8 @@ def _run_gpu(args: argparse.Namespace) -> dict[str, object]:
 
     settings = GpuBenchSettings(kernels=tuple(args.kernels), models=tuple(args.models), tokens=tuple(args.tokens),
                                 replays=args.replays, compile=not args.no_compile)
-    document = run_gpu_bench(settings)
+    save = (lambda so_far: write_json(args.json_out, so_far)) if args.json_out else None
+    document = run_gpu_bench(settings, save)
     ceilings = document["ceilings"]
     print(f"{document['device']}: copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul "
           f"{ceilings['matmul_tflops']:.0f} TFLOP/s (measured now)")

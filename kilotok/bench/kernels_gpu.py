@@ -153,10 +153,23 @@ def bench_case(entry: BenchKernel, model: ModelShape, tokens: int, implementatio
     }
 
 
-def run_gpu_bench(settings: GpuBenchSettings) -> dict[str, object]:
-    import triton
-
+def _implementations(entry: BenchKernel, settings: GpuBenchSettings,
+                     device: torch.device) -> dict[str, Callable[..., object]]:
     from kilotok.kernels.triton.pdl import pdl_enabled
+
+    implementations = {"triton": entry.kernel, "torch": entry.reference}
+    if entry.pdl and pdl_enabled(True, device):
+        implementations["triton+pdl"] = functools.partial(entry.kernel, pdl=True)
+    if settings.compile:
+        implementations["torch.compile"] = torch.compile(entry.reference, dynamic=False)
+    return implementations
+
+
+def run_gpu_bench(settings: GpuBenchSettings,
+                  save: Callable[[dict[str, object]], None] | None = None) -> dict[str, object]:
+    """The whole run as one JSON-ready document, model by model in the order asked; `save` gets the document
+    so far after every case, so a run stopped by the end of a GPU lease keeps what it measured."""
+    import triton
 
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -165,31 +178,29 @@ def run_gpu_bench(settings: GpuBenchSettings) -> dict[str, object]:
     properties = torch.cuda.get_device_properties(device)
     l2_bytes = getattr(properties, "L2_cache_size", 0) or DEFAULT_L2_BYTES
     records = []
+    document = {"device": torch.cuda.get_device_name(device), "multiprocessors": properties.multi_processor_count,
+                "torch_version": torch.__version__, "triton_version": triton.__version__, "l2_bytes": l2_bytes,
+                "settings": asdict(settings), "ceilings": asdict(ceilings), "records": records}
     entries = [entry for entry in KERNELS if entry.name in settings.kernels]
-    models = [model for model in MODELS if model.name in settings.models]
+    models = [model for name in settings.models for model in MODELS if model.name == name]
+    implementations = {entry.name: _implementations(entry, settings, device) for entry in entries}
     # One compiled reference per kernel, specialized per shape: raise Dynamo's recompile limit to fit them.
     with torch._dynamo.config.patch(recompile_limit=len(models) * len(settings.tokens) + 8):
-        for entry in entries:
-            implementations = {"triton": entry.kernel, "torch": entry.reference}
-            if entry.pdl and pdl_enabled(True, device):
-                implementations["triton+pdl"] = functools.partial(entry.kernel, pdl=True)
-            if settings.compile:
-                implementations["torch.compile"] = torch.compile(entry.reference, dynamic=False)
-            for model in models:
-                for tokens in settings.tokens:
+        for model in models:
+            for tokens in settings.tokens:
+                for entry in entries:
                     log(f"{entry.name} {model.name} {tokens} tokens")
                     try:
-                        record = bench_case(entry, model, tokens, implementations, ceilings, device, l2_bytes,
-                                            settings.replays)
+                        record = bench_case(entry, model, tokens, implementations[entry.name], ceilings, device,
+                                            l2_bytes, settings.replays)
                     except Exception as error:  # a GPU lease is short: report it, go on
                         record = {"kernel": entry.name, "model": model.name, "tokens": tokens, "error": repr(error)}
                         log(f"  failed: {error!r}")
                     if record is not None:
                         records.append(record)
-    return {"device": torch.cuda.get_device_name(device), "multiprocessors": properties.multi_processor_count,
-            "torch_version": torch.__version__, "triton_version": triton.__version__,
-            "l2_bytes": l2_bytes, "settings": asdict(settings), "ceilings": asdict(ceilings),
-            "records": records}
+                        if save is not None:
+                            save(document)
+    return document
 
 
 def report(document: dict[str, object]) -> list[tuple[str, ...]]:

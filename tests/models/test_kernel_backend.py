@@ -12,6 +12,7 @@ from kilotok.kernels.backend import KernelBackend
 from kilotok.loader.checkpoint import Checkpoint
 from kilotok.models.builder import build_model
 from kilotok.models.registry import load_checkpoint
+from tests.models.moe_reference import save_folder
 from tests.models.paged_forward import attach_cache, paged_step
 
 pytest.importorskip("triton")
@@ -56,7 +57,7 @@ def test_llama_on_the_triton_backend_matches_torch():
 
 @torch.inference_mode()
 def test_llama4_on_the_triton_backend_matches_torch(tmp_path):
-    from tests.models.test_llama4 import random_llama4, save_folder
+    from tests.models.test_llama4 import random_llama4
 
     folder = save_folder(random_llama4(seed=1, num_hidden_layers=4), tmp_path)
     _assert_backends_agree(lambda: load_checkpoint(str(folder), progress=False))
