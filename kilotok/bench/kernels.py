@@ -1,7 +1,11 @@
-"""`kilotok bench kernels`: the low-bit linear op's time per call against ATen's int4, int8 and bf16 paths
-on the default model's shapes, for several row counts, and the compiled decode step's time by rows.
+"""`kilotok bench kernels`: on a CUDA device, every Triton kernel checked against its PyTorch reference and
+timed beside it (eager and torch.compile) at SmolLM2-135M, Llama-3.1-8B and Llama 4 Maverick MoE-layer shapes,
+next to the copy and matrix-product ceilings measured at the start (bench/kernels_gpu.py; the kernels are
+listed in bench/kernel_registry.py). On the CPU: the low-bit linear op's time per call against ATen's int4,
+int8 and bf16 paths on the default model's shapes, for several row counts, and the compiled decode step's
+time by rows. `--mode` chooses; by default the GPU mode where CUDA is available.
 
-Per call: each projection shape of one decoder layer (fused qkv, o, fused gate/up, down) and the LM head,
+CPU mode, per call: each projection shape of one decoder layer (fused qkv, o, fused gate/up, down) and the LM head,
 with the model's own weights (the GGUF's Q4_1 blocks and its Q8_0 head). "projections" adds them up as a
 decode step runs them (every layer once, the head once). Step times are the whole compiled decode graph
 over that many rows, through whichever kernels this process uses: run once more with
@@ -20,7 +24,8 @@ import torch
 from kilotok.bench.report import machine_info, median_ms, table_lines, write_json
 from kilotok.errors import InvalidRequestError
 
-CLI_HELP = "time the low-bit linear op against ATen's kernels by rows, and the decode step by rows"
+CLI_HELP = "check and time the Triton kernels on a GPU; on the CPU, the low-bit linear op and the decode step"
+MODES = ("auto", "cpu", "gpu")
 LAYER_SHAPES = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
@@ -130,19 +135,72 @@ def run_kernel_bench(settings: KernelBenchSettings) -> dict[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = KernelBenchSettings()
-    parser.add_argument("--model", default=defaults.model, help="a GGUF with Q4 weights (default: %(default)s)")
-    parser.add_argument("--rows", type=int, nargs="+", default=list(defaults.rows),
-                        help="row counts to time (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats,
-                        help="timed calls per measurement (default: %(default)s)")
-    parser.add_argument("--no-steps", action="store_true", help="skip the compiled decode step timings")
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="gpu: the Triton kernels on a CUDA device; cpu: the low-bit op and the decode step; "
+                             "auto: gpu where CUDA is available (default: %(default)s)")
+    _add_gpu_arguments(parser.add_argument_group("GPU mode"))
+    _add_cpu_arguments(parser.add_argument_group("CPU mode"), defaults)
     parser.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
 
 
+def _add_gpu_arguments(group: argparse._ArgumentGroup) -> None:
+    from kilotok.bench.kernels_gpu import GpuBenchSettings
+
+    defaults = GpuBenchSettings()
+    group.add_argument("--kernels", nargs="+", default=list(defaults.kernels), help="(default: %(default)s)")
+    group.add_argument("--models", nargs="+", default=list(defaults.models), help="(default: %(default)s)")
+    group.add_argument("--tokens", type=int, nargs="+", default=list(defaults.tokens),
+                       help="token counts (default: %(default)s)")
+    group.add_argument("--replays", type=int, default=defaults.replays,
+                       help="timed CUDA graph replays per measurement (default: %(default)s)")
+    group.add_argument("--no-compile", action="store_true", help="skip timing torch.compile of the references")
+
+
+def _add_cpu_arguments(group: argparse._ArgumentGroup, defaults: KernelBenchSettings) -> None:
+    group.add_argument("--model", default=defaults.model, help="a GGUF with Q4 weights (default: %(default)s)")
+    group.add_argument("--rows", type=int, nargs="+", default=list(defaults.rows),
+                       help="row counts to time (default: %(default)s)")
+    group.add_argument("--repeats", type=int, default=defaults.repeats,
+                       help="timed calls per measurement (default: %(default)s)")
+    group.add_argument("--no-steps", action="store_true", help="skip the compiled decode step timings")
+
+
+def resolve_mode(requested: str) -> str:
+    """`gpu` needs a CUDA device and Triton; `auto` takes the GPU mode where both are there."""
+    from kilotok.kernels.backend import triton_importable
+
+    on_gpu = torch.cuda.is_available()
+    if requested == "gpu" and not on_gpu:
+        raise InvalidRequestError("bench kernels --mode gpu needs a CUDA device and this machine has none; "
+                                  "--mode cpu times the CPU's low-bit op")
+    if requested == "gpu" and not triton_importable():
+        raise InvalidRequestError("bench kernels --mode gpu needs the triton package: pip install 'kilotok[triton]'")
+    if requested == "auto":
+        return "gpu" if on_gpu and triton_importable() else "cpu"
+    return requested
+
+
+def _run_gpu(args: argparse.Namespace) -> dict[str, object]:
+    from kilotok.bench.kernels_gpu import GpuBenchSettings, report, run_gpu_bench
+
+    settings = GpuBenchSettings(kernels=tuple(args.kernels), models=tuple(args.models), tokens=tuple(args.tokens),
+                                replays=args.replays, compile=not args.no_compile)
+    save = (lambda so_far: write_json(args.json_out, so_far)) if args.json_out else None
+    document = run_gpu_bench(settings, save)
+    ceilings = document["ceilings"]
+    print(f"{document['device']}: copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul "
+          f"{ceilings['matmul_tflops']:.0f} TFLOP/s (measured now)")
+    print("\n".join(table_lines(report(document))))
+    return document
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    settings = KernelBenchSettings(model=args.model, rows=tuple(args.rows), repeats=args.repeats,
-                                   steps=not args.no_steps)
-    document = run_kernel_bench(settings)
+    if resolve_mode(args.mode) == "gpu":
+        document = _run_gpu(args)
+    else:
+        settings = KernelBenchSettings(model=args.model, rows=tuple(args.rows), repeats=args.repeats,
+                                       steps=not args.no_steps)
+        document = run_kernel_bench(settings)
     if args.json_out:
         write_json(args.json_out, document)
         print(f"wrote {args.json_out}", file=sys.stderr)

@@ -17,8 +17,9 @@ from torch import nn
 from kilotok.kernels.attention import paged_attention, store_kv
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
-from kilotok.layers.norm import RMSNorm, l2_normalize
-from kilotok.layers.rotary import RotaryEmbedding, rotate_pairs
+from kilotok.kernels.norm import l2_normalize
+from kilotok.layers.norm import RMSNorm
+from kilotok.layers.rotary import RotaryEmbedding
 
 
 def temperature_scales(positions: torch.Tensor, floor_scale: float, attn_scale: float) -> torch.Tensor:
@@ -65,8 +66,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
-            q, k = self._rope(positions, q, k)
-        if self.l2_norm_eps is not None:
+            q, k = self.rotary(positions, q, k, self.rope_interleaved, self.l2_norm_eps)
+        elif self.l2_norm_eps is not None:
             q, k = l2_normalize(q, self.l2_norm_eps), l2_normalize(k, self.l2_norm_eps)
         if self.temperature is not None:
             q = (q * temperature_scales(positions, *self.temperature)).to(q.dtype)
@@ -74,10 +75,3 @@ class Attention(nn.Module):
         attended = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale, self.chunk_size, self.backend,
                                    self.pdl)
         return self.o_proj(attended.reshape(-1, q_size))
-
-    def _rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.rope_interleaved:
-            return self.rotary(positions, q, k)
-        cos = self.rotary.cos[positions].unsqueeze(1)
-        sin = self.rotary.sin[positions].unsqueeze(1)
-        return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)

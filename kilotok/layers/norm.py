@@ -1,26 +1,29 @@
-"""RMSNorm, with and without a learned weight, computed in fp32 whatever the activation dtype, as the
-reference does."""
+"""RMSNorm, computed in fp32 whatever the activation dtype, as the reference does, by the kernel backend
+chosen when the model is built (kernels/norm.py); `add_and_norm` also takes the residual add before it,
+which the Triton kernel fuses into the norm's one pass over the row. `pdl` lets that kernel overlap its
+launch with the previous kernel's tail (kernels/triton/pdl.py)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from kilotok.kernels.backend import KernelBackend
+from kilotok.kernels.norm import add_rms_norm, rms_norm
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+    def __init__(self, hidden_size: int, eps: float = 1e-5, backend: KernelBackend = KernelBackend.TORCH,
+                 pdl: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.backend = backend
+        self.pdl = pdl
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_fp32 = x.float()
-        variance = x_fp32.pow(2).mean(-1, keepdim=True)
-        normed = x_fp32 * torch.rsqrt(variance + self.eps)
-        return (self.weight * normed).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, self.backend, self.pdl)
 
-
-def l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without a weight (Llama 4's QK norm), in fp32."""
-    x_fp32 = x.float()
-    return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this norm of residual + x, residual + x)."""
+        return add_rms_norm(x, residual, self.weight, self.eps, self.backend, self.pdl)

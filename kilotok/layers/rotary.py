@@ -1,5 +1,6 @@
 """Rotary position embedding, with Llama 3 frequency scaling: the rotate-half convention (Llama), and
-rotation of adjacent pairs (Llama 4's complex form)."""
+rotation of adjacent pairs (Llama 4's complex form). The tables are built here; the rotation (and Llama 4's
+QK L2 norm after it) runs through kernels/rotary.py by the kernel backend chosen when the model is built."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from kilotok.kernels.backend import KernelBackend
+from kilotok.kernels.rotary import apply_rope
 
 
 @dataclass(frozen=True)
@@ -40,29 +44,18 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling |
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables indexed by each token's position, so batches of any layout work."""
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None) -> None:
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None,
+                 backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> None:
         super().__init__()
+        self.backend = backend
+        self.pdl = pdl
         inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq, D], k: [T, Hkv, D], positions: [T]."""
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    first, second = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
-    return rotated.to(x.dtype)
-
-
-def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on adjacent pairs (x[2i], x[2i+1]): the complex product Llama 4 computes, in fp32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, interleaved: bool = False,
+                l2_norm_eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [T, Hq, D], k: [T, Hkv, D], positions: [T]; `interleaved`: rotate adjacent pairs; `l2_norm_eps`:
+        L2-norm each head after rotating (Llama 4). Use the returned tensors: q and k may be rotated in place."""
+        return apply_rope(positions, q, k, self.cos, self.sin, interleaved, l2_norm_eps, self.backend, self.pdl)

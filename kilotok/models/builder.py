@@ -37,8 +37,9 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     weights = checkpoint.weights
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
-                             config.rope_scaling)
-    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, backend, pdl)
+                             config.rope_scaling, backend, pdl)
+    kernels = KernelChoice(backend, pdl)
+    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
@@ -46,9 +47,16 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
         if not config.tie_word_embeddings:
             raise ModelFormatError("checkpoint has no lm_head.weight and does not tie word embeddings")
         head_weight = weights["model.embed_tokens.weight"]
-    model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype)
+    model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype, backend,
+                     pdl)
     model.norm.weight.copy_(as_float(_require(weights, "model.norm.weight")))
     return model.eval()
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    backend: KernelBackend
+    pdl: bool
 
 
 class LayerWeights:
@@ -68,27 +76,28 @@ class LayerWeights:
 
 
 def _layer(config: ModelConfig, family: ModelFamily, get: LayerWeights, index: int, fmt: WeightFormat,
-           rotary: RotaryEmbedding, backend: KernelBackend, pdl: bool) -> DecoderLayer:
+           rotary: RotaryEmbedding, kernels: KernelChoice) -> DecoderLayer:
     ffn = family.ffn_prefix
     if config.moe is not None and index in config.moe.layers:
-        feed_forward = _sparse_moe(config, family, get, fmt)
+        feed_forward = _sparse_moe(config, family, get, fmt, kernels)
     else:
-        feed_forward = _mlp(get, ffn, fmt)
-    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, backend, pdl), feed_forward)
+        feed_forward = _mlp(get, ffn, fmt, kernels)
+    layer = DecoderLayer(config, _attention(config, get, index, fmt, rotary, kernels), feed_forward, kernels.backend,
+                         kernels.pdl)
     layer.input_layernorm.weight.copy_(as_float(get("input_layernorm.weight")))
     layer.post_attention_layernorm.weight.copy_(as_float(get("post_attention_layernorm.weight")))
     return layer
 
 
 def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFormat,
-               rotary: RotaryEmbedding, backend: KernelBackend, pdl: bool) -> Attention:
+               rotary: RotaryEmbedding, kernels: KernelChoice) -> Attention:
     attn = "self_attn."
     qkv = _concat([get(f"{attn}{p}_proj.weight") for p in "qkv"])
     qkv_bias = get.bias(*(f"{attn}{p}_proj.bias" for p in "qkv"))
     o_bias = get.bias(attn + "o_proj.bias")
     q_norm = k_norm = None
     if config.qk_norm == "rms":
-        q_norm, k_norm = (_rms_norm(config, get(f"{attn}{p}_norm.weight")) for p in "qk")
+        q_norm, k_norm = (_rms_norm(config, get(f"{attn}{p}_norm.weight"), kernels) for p in "qk")
     use_rope = index not in config.nope_layers
     return Attention(
         config.num_heads, config.num_kv_heads, config.head_dim,
@@ -101,25 +110,27 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
         chunk_size=config.attention_chunk_size if index in config.chunked_layers else 0,
         temperature=(config.floor_scale, config.attn_scale) if config.attn_temperature_tuning and not use_rope
         else None,
-        backend=backend,
-        pdl=pdl,
+        backend=kernels.backend,
+        pdl=kernels.pdl,
     )
 
 
-def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat) -> MLP:
+def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat, kernels: KernelChoice) -> MLP:
     gate_up = _concat([get(prefix + "gate_proj.weight"), get(prefix + "up_proj.weight")])
     gate_up_bias = get.bias(prefix + "gate_proj.bias", prefix + "up_proj.bias")
     down_bias = get.bias(prefix + "down_proj.bias")
-    return MLP(make_linear(gate_up, gate_up_bias, fmt), make_linear(get(prefix + "down_proj.weight"), down_bias, fmt))
+    return MLP(make_linear(gate_up, gate_up_bias, fmt), make_linear(get(prefix + "down_proj.weight"), down_bias, fmt),
+               kernels.backend, kernels.pdl)
 
 
-def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt: WeightFormat) -> SparseMoe:
+def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt: WeightFormat,
+                kernels: KernelChoice) -> SparseMoe:
     moe, experts, ffn = config.moe, family.experts, family.ffn_prefix
     # Experts and router stay in a float format (int8/int4 and FP8 formats run them in bf16); the router is
     # never quantised: a rounded logit can change which expert a token goes to.
     float_format = fmt.float_format
     gate_up, down = experts.read(get, ffn, moe.num_experts)
-    shared = _mlp(get, ffn + experts.shared_expert, fmt) if experts.shared_expert else None
+    shared = _mlp(get, ffn + experts.shared_expert, fmt, kernels) if experts.shared_expert else None
     return SparseMoe(
         router=make_linear(as_float(get(ffn + experts.router)), None, float_format),
         gate_up=gate_up.to(float_format.float_dtype),
@@ -132,8 +143,8 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
     )
 
 
-def _rms_norm(config: ModelConfig, weight: Weight) -> RMSNorm:
-    norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+def _rms_norm(config: ModelConfig, weight: Weight, kernels: KernelChoice) -> RMSNorm:
+    norm = RMSNorm(config.head_dim, config.rms_norm_eps, kernels.backend, kernels.pdl)
     norm.weight.copy_(as_float(weight))
     return norm
 
