@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Triton kernels run on CPU tensors through Triton's interpreter in tests. It must be chosen before triton is
+# first imported (torch and kilotok import it indirectly): `@triton.jit` decides when it decorates.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -11,14 +11,14 @@ tensors under Triton's interpreter (TRITON_INTERPRET=1), where they check the ke
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
 from kilotok.errors import InvalidRequestError
 
 
-class KernelBackend(str, Enum):
+class KernelBackend(StrEnum):
     TORCH = "torch"
     TRITON = "triton"
 
