@@ -99,11 +99,10 @@ class Fp8Weight:
         return Fp8Weight(data, torch.cat([p.scale for p in parts], dim=-2), parts[0].block)
 
 
-def fp8_scales(amax: torch.Tensor, pow2: bool = False) -> torch.Tensor:
-    """The scale that maps a block's max |value| to 448 (rounded up to a power of two with `pow2`); an
-    all-zero block keeps scale 1 so that dividing by it is harmless. Weights and activations share it."""
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    return torch.exp2(torch.ceil(torch.log2(scale))) if pow2 else scale
+def fp8_scales(amax: torch.Tensor) -> torch.Tensor:
+    """The scale that maps a block's max |value| to 448; an all-zero block keeps scale 1 so that dividing by
+    it is harmless. Weights and activations share it."""
+    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
 
 
 def scheme_block(shape: tuple[int, ...] | torch.Size, scheme: str,

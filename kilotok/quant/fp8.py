@@ -22,7 +22,7 @@ from kilotok.loader.fp8_weight import (
 
 
 def quantize_fp8(weight: torch.Tensor, scheme: str, block: tuple[int, int] = DEFAULT_BLOCK,
-                 name: str = "weight", pow2_scales: bool = False, search_scales: bool = False) -> Fp8Weight:
+                 name: str = "weight") -> Fp8Weight:
     """Symmetric E4M3 quantization: each block's max |w| maps to 448, values round to nearest even."""
     if weight.dim() < 2:
         raise ModelFormatError(
@@ -35,31 +35,7 @@ def quantize_fp8(weight: torch.Tensor, scheme: str, block: tuple[int, int] = DEF
     # Zero-pad to whole blocks only to take each block's max; the stored weight keeps its own shape.
     padded = torch.nn.functional.pad(weight.abs(), (0, grid[-1] * block[1] - cols, 0, grid[-2] * block[0] - rows))
     blocks = padded.reshape(*grid[:-2], grid[-2], block[0], grid[-1], block[1])
-    scale = fp8_scales(blocks.amax(dim=(-3, -1)), pow2_scales)
-    if search_scales:
-        scale = _search_scales(weight, scale, block)
+    scale = fp8_scales(blocks.amax(dim=(-3, -1)))
     scaled = weight / expand_scale(scale, block, weight.shape)
     return Fp8Weight(scaled.clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale, block)
 
-
-SEARCH_STEPS = 32
-
-
-def _search_scales(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    best = scale.clone()
-    best_err = None
-    for step in range(SEARCH_STEPS + 1):
-        candidate = scale * 2 ** (step / SEARCH_STEPS)
-        expanded = expand_scale(candidate, block, weight.shape)
-        deq = (weight / expanded).to(FP8_DTYPE).float() * expanded
-        err = (deq - weight).square()
-        grid = scale_grid_shape(weight.shape, block)
-        padded = torch.nn.functional.pad(err, (0, grid[-1] * block[1] - weight.shape[-1], 0, grid[-2] * block[0] - weight.shape[-2]))
-        err = padded.reshape(*grid[:-2], grid[-2], block[0], grid[-1], block[1]).sum(dim=(-3, -1))
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best = torch.where(better, candidate, best)
-        best_err = torch.where(better, err, best_err)
-    return best
