@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from kilotok.kernels.backend import KernelBackend
+from kilotok.layers.fp8_linear import Fp8Linear
 from kilotok.loader.fp8_weight import Fp8Weight
 from kilotok.loader.tensor import QuantizedTensor, Weight, as_float
 from kilotok.quant.formats import WeightFormat, weight_format
-from kilotok.quant.fp8 import Fp8Linear, quantize_fp8
+from kilotok.quant.fp8 import quantize_fp8
 from kilotok.quant.int4 import GGUF_INT4_TYPES, Int4Linear
 from kilotok.quant.int8 import Int8Linear
 from kilotok.quant.lowbit import LowBitLinear, PackedWeight, lowbit_available, pack_float, pack_gguf
@@ -47,19 +49,21 @@ class DenseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}"
 
 
-def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | str) -> nn.Module:
+def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | str,
+                backend: KernelBackend = KernelBackend.TORCH) -> nn.Module:
     """A linear layer y = x @ weight.T + bias in weight format `fmt` (quant/formats.py).
 
     Float formats hold the (dequantized) weight in their dtype. int4 and int8 run kilotok's multi-row CPU
     op (quant/lowbit.py) where it is available, keeping a GGUF Q4_0/Q4_1 (int4) or Q8_0 (int8) weight's
     own codes and scales and quantizing any other weight in blocks of 32; elsewhere ATen's kernels run:
     int8 requantized per output channel, int4 from the Q4_0/Q4_1 codes or quantized per group of 32. FP8
-    formats keep or make an E4M3 weight and quantize activations per token, output in bf16.
+    formats keep or make an E4M3 weight and quantize activations per token, output in bf16; their product
+    runs on `backend` (the other formats keep their CPU path).
     Every returned module has `in_features`, `out_features` and `weight_bytes` (bytes read per forward).
     """
     fmt = weight_format(fmt)
     if fmt.linear == "fp8":
-        return _fp8_linear(weight, bias, fmt)
+        return _fp8_linear(weight, bias, fmt, backend)
     if fmt.linear == "float":
         return DenseLinear(as_float(weight), bias, fmt.float_dtype)
     if lowbit_available():
@@ -84,13 +88,13 @@ def _lowbit_weight(weight: Weight, bits: int) -> PackedWeight:
     return pack_float(as_float(weight), bits)
 
 
-def _fp8_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat) -> nn.Module:
+def _fp8_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat, backend: KernelBackend) -> nn.Module:
     if isinstance(weight, Fp8Weight) and fmt.fp8_scheme in (None, weight.scheme):
-        return Fp8Linear(weight, bias)
+        return Fp8Linear(weight, bias, backend=backend)
     scheme = fmt.fp8_scheme or fmt.fp8_unstored
     if scheme is None:
         return DenseLinear(as_float(weight), bias, torch.bfloat16)
-    return Fp8Linear(quantize_fp8(as_float(weight), scheme), bias)
+    return Fp8Linear(quantize_fp8(as_float(weight), scheme), bias, backend=backend)
 
 
 def _log_fallback(mode: str, used: str, shape: tuple[int, ...]) -> None:

@@ -99,6 +99,12 @@ class Fp8Weight:
         return Fp8Weight(data, torch.cat([p.scale for p in parts], dim=-2), parts[0].block)
 
 
+def fp8_scales(amax: torch.Tensor) -> torch.Tensor:
+    """The scale that maps a block's max |value| to 448; an all-zero block keeps scale 1 so that dividing by
+    it is harmless. Weights and activations share it."""
+    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+
+
 def scheme_block(shape: tuple[int, ...] | torch.Size, scheme: str,
                  block: tuple[int, int] = DEFAULT_BLOCK) -> tuple[int, int]:
     """The block shape a scheme uses for a weight of `shape`."""

@@ -10,7 +10,7 @@ Formats read (`quantization_config.quant_method` in config.json):
 - `fbgemm_fp8` (Meta's FP8 Llama 4): `<module>.weight` with `<module>.weight_scale` (out, 1); the fused
   3-D Llama 4 experts `<experts>.gate_up_proj` (E, in, out) with `<experts>.gate_up_proj_scale` (E, 1, out)
   and `<experts>.down_proj` with `<experts>.down_proj_scale` (E, out, 1). Experts come back in linear
-  orientation, (E, out, in) with scales (E, out, 1), so `Fp8Weight.expert(e)` feeds `fp8_linear`.
+  orientation, (E, out, in) with scales (E, out, 1), so `Fp8Weight.expert(e)` feeds `kernels.fp8_gemm.fp8_linear`.
 
 Layers named in `modules_to_not_convert` are simply stored unquantized, so nothing here needs the list.
 """

@@ -25,6 +25,7 @@ from kilotok.models.config import ModelConfig
 from kilotok.models.family import ModelFamily
 from kilotok.models.registry import FAMILIES, load_checkpoint, model_config
 from kilotok.quant.formats import WeightFormat, resolve_weight_format, weight_format
+from kilotok.quant.fp8 import quantize_fp8
 from kilotok.tokenizer.tokenizer import Tokenizer
 
 
@@ -101,7 +102,8 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
     use_rope = index not in config.nope_layers
     return Attention(
         config.num_heads, config.num_kv_heads, config.head_dim,
-        make_linear(qkv, qkv_bias, fmt), make_linear(get(attn + "o_proj.weight"), o_bias, fmt),
+        make_linear(qkv, qkv_bias, fmt, kernels.backend),
+        make_linear(get(attn + "o_proj.weight"), o_bias, fmt, kernels.backend),
         rotary if use_rope else None,
         rope_interleaved=config.rope_interleaved,
         q_norm=q_norm,
@@ -119,28 +121,36 @@ def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat, kernels: KernelChoic
     gate_up = _concat([get(prefix + "gate_proj.weight"), get(prefix + "up_proj.weight")])
     gate_up_bias = get.bias(prefix + "gate_proj.bias", prefix + "up_proj.bias")
     down_bias = get.bias(prefix + "down_proj.bias")
-    return MLP(make_linear(gate_up, gate_up_bias, fmt), make_linear(get(prefix + "down_proj.weight"), down_bias, fmt),
+    return MLP(make_linear(gate_up, gate_up_bias, fmt, kernels.backend),
+               make_linear(get(prefix + "down_proj.weight"), down_bias, fmt, kernels.backend),
                kernels.backend, kernels.pdl)
 
 
 def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt: WeightFormat,
                 kernels: KernelChoice) -> SparseMoe:
     moe, experts, ffn = config.moe, family.experts, family.ffn_prefix
-    # Experts and router stay in a float format (int8/int4 and FP8 formats run them in bf16); the router is
+    # Experts run in FP8 under FP8 formats (quantized in the format's scheme, 128x128 blocks where it keeps
+    # stored weights) and in a float format otherwise (int8/int4 formats run them in bf16); the router is
     # never quantised: a rounded logit can change which expert a token goes to.
     float_format = fmt.float_format
-    gate_up, down = experts.read(get, ffn, moe.num_experts)
+    gate_up, down = (_expert_format(w, fmt) for w in experts.read(get, ffn, moe.num_experts))
     shared = _mlp(get, ffn + experts.shared_expert, fmt, kernels) if experts.shared_expert else None
     return SparseMoe(
         router=make_linear(as_float(get(ffn + experts.router)), None, float_format),
-        gate_up=gate_up.to(float_format.float_dtype),
-        down=down.to(float_format.float_dtype),
+        gate_up=gate_up,
+        down=down,
         top_k=moe.num_experts_per_tok,
         scoring=moe.scoring,
         renormalize=moe.renormalize,
         gate_on_input=moe.gate_on_input,
         shared_expert=shared,
+        backend=kernels.backend,
     )
+
+
+def _expert_format(weight: torch.Tensor, fmt: WeightFormat) -> torch.Tensor | Fp8Weight:
+    scheme = fmt.fp8_scheme or fmt.fp8_unstored if fmt.linear == "fp8" else None
+    return quantize_fp8(weight, scheme) if scheme else weight.to(fmt.float_format.float_dtype)
 
 
 def _rms_norm(config: ModelConfig, weight: Weight, kernels: KernelChoice) -> RMSNorm:

@@ -2,7 +2,8 @@
 
 A format says how linear layers hold their weights (a float dtype, weight-only int8 or int4, or FP8
 E4M3 weights with dynamically quantized activations), the dtype of activations and of the KV cache,
-the format of the LM head, and the float dtype of what is never quantized (routed experts, routers).
+the format of the LM head, and the float dtype of what it leaves unquantized (routers; routed experts
+except under FP8 formats that name a scheme, which quantize them in it).
 
 - float formats `fp32`, `bf16`, `fp16`: every weight in that dtype; `fp32` is the exact reference path.
 - `int8`: weight-only, per output channel, bf16 activations.
@@ -42,7 +43,7 @@ class WeightFormat:
     head: str
     """The format the LM head is built in."""
     float_dtype: torch.dtype = torch.bfloat16
-    """The dtype of float linear layers, and of weights no format quantizes (routed experts, routers)."""
+    """The dtype of float linear layers, routers, and routed experts outside FP8 formats."""
     fp8_scheme: str | None = None
     """FP8 formats: the scheme every linear weight is quantized to; None keeps stored FP8 weights."""
     fp8_unstored: str | None = None

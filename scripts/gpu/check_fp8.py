@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from kilotok.quant.fp8 import fp8_linear
-from kilotok.quant.fp8_weight import Fp8Weight, quantize_fp8
+from kilotok.kernels.fp8_gemm import fp8_linear
+from kilotok.loader.fp8_weight import Fp8Weight
+from kilotok.quant.fp8 import quantize_fp8
 
 
 def on(device: str, weight: Fp8Weight) -> Fp8Weight:

@@ -11,10 +11,11 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from kilotok.errors import InvalidRequestError
+from kilotok.layers.fp8_linear import Fp8Linear
 from kilotok.layers.linear import DenseLinear, make_linear
 from kilotok.loader.tensor import QuantizedTensor
 from kilotok.quant.formats import FORMATS
-from kilotok.quant.fp8 import Fp8Linear, quantize_fp8
+from kilotok.quant.fp8 import quantize_fp8
 from kilotok.quant.int4 import Int4Linear
 from kilotok.quant.int8 import Int8Linear
 from kilotok.quant.lowbit import LowBitLinear, lowbit_available

@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kilotok.kernels.fp8_gemm import quantize_activations
+from kilotok.kernels.moe import grouped_expert_mlp, sort_by_expert
 from kilotok.layers.linear import DenseLinear
-from kilotok.layers.moe import SparseMoe, grouped_expert_mlp, route, sort_by_expert
+from kilotok.layers.moe import SparseMoe, route
 from kilotok.models.causal_lm import MLP
+from kilotok.quant.fp8 import quantize_fp8
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama4.modeling_llama4 import Llama4TextMoe  # noqa: E402
@@ -96,3 +99,34 @@ def test_grouped_experts_run_each_group_through_its_own_expert():
     for row, expert in enumerate([0, 0, 1, 3, 3, 3]):
         gate, up = (gate_up[expert] @ rows[row]).chunk(2)
         torch.testing.assert_close(got[row], down[expert] @ (F.silu(gate) * up), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "block"])
+@pytest.mark.parametrize("gate_on_input", [False, True])
+@torch.inference_mode()
+def test_fp8_experts_match_the_dequantized_product(scheme, gate_on_input):
+    generator = torch.Generator().manual_seed(4)
+    gate_up = torch.randn(EXPERTS, 2 * FFN, HIDDEN, generator=generator) * 0.3
+    down = torch.randn(EXPERTS, HIDDEN, FFN, generator=generator) * 0.3
+    router = DenseLinear(torch.randn(EXPERTS, HIDDEN, generator=generator), None, torch.float32)
+    gate_up8, down8 = quantize_fp8(gate_up, scheme, (16, 16)), quantize_fp8(down, scheme, (16, 16))
+    layer = SparseMoe(router, gate_up8, down8, 2, "softmax", True, gate_on_input)
+    x = torch.randn(9, HIDDEN, generator=generator)
+    group = 16 if scheme == "block" else None
+
+    def rounded(rows: torch.Tensor) -> torch.Tensor:
+        codes, scales = quantize_activations(rows, group or rows.shape[-1])
+        return codes.double() * scales.double().repeat_interleave(group or rows.shape[-1], -1)[:, : rows.shape[-1]]
+
+    weights, experts = route(router(x), 2, "softmax", True)
+    expected = torch.zeros(x.shape, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for weight, e in zip(weights[t].tolist(), experts[t].tolist(), strict=True):
+            row = x[t:t + 1] * weight if gate_on_input else x[t:t + 1]
+            gate, up = (rounded(row) @ gate_up8.expert(e).dequantize().double().T).chunk(2, dim=-1)
+            inner = (F.silu(gate) * up).float()
+            out = rounded(inner) @ down8.expert(e).dequantize().double().T
+            expected[t] += out[0] * (1.0 if gate_on_input else weight)
+    got = layer(x)
+    assert layer.gate_up.dtype == torch.float8_e4m3fn
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from kilotok.errors import ModelFormatError
-from kilotok.quant.fp8 import Fp8Linear, fp8_linear, quantize_activations, quantize_fp8
+from kilotok.kernels.fp8_gemm import fp8_linear, quantize_activations
+from kilotok.layers.fp8_linear import Fp8Linear
+from kilotok.quant.fp8 import quantize_fp8
 from tests.quant.weights import spread_weight
 
 BF16_EPS = 2.0**-8

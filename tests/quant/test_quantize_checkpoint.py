@@ -155,3 +155,20 @@ def test_int8_folder_holds_per_channel_codes(source, tmp_path):
     assert torch.equal(codes, expected_codes)
     helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
     assert torch.equal(helpers.unpack_from_int32(packed, 8, weight.shape).to(torch.int32), expected_codes)
+
+
+def test_fp8_formats_build_moe_experts_in_fp8(tmp_path):
+    """An FP8 format quantizes routed experts too (not the router), and the model stays close to the source."""
+    torch.manual_seed(1)
+    config = Qwen3MoeConfig(vocab_size=96, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                            num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True, mlp_only_layers=[0])
+    reference = perturb(Qwen3MoeForCausalLM(config), 0, {"gate.weight": 5.0})
+    checkpoint = load_checkpoint(str(save_folder(reference, tmp_path / "source")), progress=False)
+    model = build_model(checkpoint, "fp8-block", progress=False)
+    moe = model.layers[1].mlp
+    assert moe.gate_up.dtype == moe.down.dtype == torch.float8_e4m3fn
+    assert moe.router.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        expected = reference(torch.tensor([PROMPT])).logits[0]
+    assert (prompt_logits(model, PROMPT) - expected).norm() < 0.1 * expected.norm()
