@@ -27,9 +27,11 @@ from kilotok.quant.formats import WeightFormat, resolve_weight_format, weight_fo
 from kilotok.tokenizer.tokenizer import Tokenizer
 
 
-def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True) -> CausalLM:
+def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True,
+                config: ModelConfig | None = None) -> CausalLM:
+    """`config` overrides the checkpoint's own (a tensor-parallel rank builds its slice's sizes)."""
     fmt = weight_format(fmt)
-    config = model_config(checkpoint.config)
+    config = config or model_config(checkpoint.config)
     weights = checkpoint.weights
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
