@@ -73,10 +73,8 @@ def rank_layout(config: ModelConfig, parallel: ParallelConfig, rank: int) -> Ran
     world = parallel.world_size
     check_splits(config, parallel)
     kv_heads = config.num_kv_heads
-    if world <= kv_heads:
-        kv_span = _even(kv_heads, world, rank)
-    else:  # fewer KV heads than ranks: each KV head is replicated on the ranks whose query heads use it
-        kv_span = Span(rank // (world // kv_heads), 1)
+    # With fewer KV heads than ranks, each KV head is replicated on the ranks whose query heads use it.
+    kv_span = _even(kv_heads, world, rank) if world <= kv_heads else Span(rank // (world // kv_heads), 1)
     layout = RankLayout(rank, world, _even(config.num_heads, world, rank), kv_span,
                         _even(config.intermediate_size, world, rank), _even(config.vocab_size, world, rank))
     moe = config.moe

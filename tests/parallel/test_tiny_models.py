@@ -1,0 +1,39 @@
+"""Tensor and expert parallelism on random small Llama 4 and Mixtral models, with ranks spawned by the
+engine over gloo: greedy output equals the single-process output token for token, also with n-gram
+speculative decoding on top (every rank follows rank 0's verify forwards and KV copies)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.parallel.tiny_models import greedy_ids, llama4_folder, mixtral_folder
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    folder = mixtral_folder(tmp_path_factory.mktemp("mixtral"))
+    return folder, greedy_ids(folder)
+
+
+@pytest.fixture(scope="module")
+def llama4(tmp_path_factory):
+    folder = llama4_folder(tmp_path_factory.mktemp("llama4"))
+    return folder, greedy_ids(folder)
+
+
+def test_mixtral_expert_parallel_equals_one_process(mixtral):
+    folder, expected = mixtral
+    assert greedy_ids(folder, tensor_parallel_size=2, expert_parallel_size=2) == expected
+
+
+def test_llama4_expert_parallel_equals_one_process(llama4):
+    folder, expected = llama4
+    assert greedy_ids(folder, tensor_parallel_size=2, expert_parallel_size=2) == expected
+
+
+def test_llama4_ngram_speculation_under_tensor_parallel_equals_plain_decoding(llama4):
+    """Expert parallel 1: every rank holds every expert, cut by width like an MLP."""
+    folder, expected = llama4
+    assert greedy_ids(folder, tensor_parallel_size=2, spec="ngram") == expected
