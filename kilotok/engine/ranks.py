@@ -30,8 +30,11 @@ def leader_runner(group: RankGroup, config: EngineConfig, loaded: LoadedModel, n
 
 
 def load_shard(config: EngineConfig, comm: Communicator) -> LoadedModel:
+    # The EAGLE-3 head runs on rank 0 alone: the target's features it reads (hidden states between
+    # layers) are whole on every rank already, and it embeds tokens with the target's whole table.
     return load_model_shard(config.model, config.dtype, config.parallel, comm, progress=config.progress,
-                            check_tensors=config.check_tensors)
+                            check_tensors=config.check_tensors,
+                            whole_embedding_on_leader=config.spec.method == "eagle3")
 
 
 def follow_engine(comm: Communicator, config: EngineConfig) -> None:

@@ -12,7 +12,7 @@ from kilotok.models.causal_lm import MLP, CausalLM
 from kilotok.models.config import MoeConfig
 from kilotok.parallel.comm import Communicator
 from kilotok.parallel.experts import ExpertParallelMoe
-from kilotok.parallel.layout import RankLayout
+from kilotok.parallel.layout import RankLayout, Span
 
 
 class RowParallel(nn.Module):
@@ -32,19 +32,21 @@ class RowParallel(nn.Module):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Rows [start, start + n) of the embedding; a token outside them contributes zeros, so the sum over
-    ranks is exactly the one row that holds it."""
+    """Embeds the vocabulary rows `vocab`; a token outside them contributes zeros, so the sum over ranks is
+    exactly the one row that holds it. `weight` holds those rows, or with `whole_table` the whole table
+    (rank 0 keeps it when an EAGLE-3 draft, which embeds with the target's table, runs there)."""
 
-    def __init__(self, weight: torch.Tensor, start: int, comm: Communicator) -> None:
+    def __init__(self, weight: torch.Tensor, vocab: Span, comm: Communicator, whole_table: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
-        self.start = start
+        self.vocab = vocab
+        self.offset = vocab.start if whole_table else 0
         self.comm = comm
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        local = input_ids - self.start
-        outside = (local < 0) | (local >= self.weight.shape[0])
-        rows = self.weight[local.masked_fill(outside, 0)].masked_fill(outside[:, None], 0)
+        local = input_ids - self.vocab.start
+        outside = (local < 0) | (local >= self.vocab.size)
+        rows = self.weight[local.masked_fill(outside, 0) + self.offset].masked_fill(outside[:, None], 0)
         return self.comm.all_reduce(rows)
 
 
@@ -64,10 +66,15 @@ class VocabParallelHead(nn.Module):
         return self.comm.gather_columns(self.linear(hidden).float())
 
 
-def parallelize(model: CausalLM, moe: MoeConfig | None, layout: RankLayout, comm: Communicator) -> CausalLM:
+def parallelize(model: CausalLM, moe: MoeConfig | None, layout: RankLayout, comm: Communicator,
+                whole_embedding: torch.Tensor | None = None) -> CausalLM:
     """Put the communication around a model built from one rank's shard (parallel/shard.py); `moe` is the
-    whole model's expert config, whose router scores every expert."""
-    model.embed_tokens = VocabParallelEmbedding(model.embed_tokens.weight, layout.vocab.start, comm)
+    whole model's expert config, whose router scores every expert. `whole_embedding`: keep the whole table."""
+    if whole_embedding is None:
+        model.embed_tokens = VocabParallelEmbedding(model.embed_tokens.weight, layout.vocab, comm)
+    else:
+        model.embed_tokens = VocabParallelEmbedding(whole_embedding.to(model.activation_dtype), layout.vocab, comm,
+                                                    whole_table=True)
     model.lm_head = VocabParallelHead(model.lm_head, comm)
     for layer in model.layers:
         layer.self_attn.o_proj = RowParallel(layer.self_attn.o_proj, comm)

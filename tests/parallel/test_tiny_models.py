@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.parallel.tiny_models import greedy_ids, llama4_folder, mixtral_folder
+from kilotok.speculative.config import SpecConfig
+from tests.parallel.tiny_models import eagle3_head, greedy_ids, llama4_folder, mixtral_folder
 
 pytest.importorskip("transformers")
 
@@ -33,7 +34,11 @@ def test_llama4_expert_parallel_equals_one_process(llama4):
     assert greedy_ids(folder, tensor_parallel_size=2, expert_parallel_size=2) == expected
 
 
-def test_llama4_ngram_speculation_under_tensor_parallel_equals_plain_decoding(llama4):
-    """Expert parallel 1: every rank holds every expert, cut by width like an MLP."""
+@pytest.mark.parametrize("method", ["ngram", "eagle3"])
+def test_llama4_speculation_under_tensor_parallel_equals_plain_decoding(llama4, tmp_path, method):
+    """Expert parallel 1: every rank holds every expert, cut by width like an MLP. The EAGLE-3 head runs
+    on rank 0 alone."""
     folder, expected = llama4
-    assert greedy_ids(folder, tensor_parallel_size=2, spec="ngram") == expected
+    spec = SpecConfig(method="ngram") if method == "ngram" else \
+        SpecConfig(method="eagle3", draft=str(eagle3_head(folder, tmp_path / "head")))
+    assert greedy_ids(folder, tensor_parallel_size=2, spec=spec) == expected

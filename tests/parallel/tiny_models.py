@@ -28,6 +28,22 @@ def llama4_folder(folder: Path) -> Path:
     return save_folder(perturb(transformers.Llama4ForCausalLM(config), 0, {"router": 5.0, "lm_head": 20.0}), folder)
 
 
+def eagle3_head(target: Path, folder: Path) -> Path:
+    """An untrained EAGLE-3 head for a target, started as train-draft starts one (from the target's last
+    layers and head, so it sometimes proposes what the target says)."""
+    from kilotok.models.registry import load_checkpoint, model_config
+    from kilotok.speculative.eagle3.checkpoint import save_eagle3
+    from kilotok.speculative.eagle3.config import Eagle3Config
+    from kilotok.speculative.eagle3.model import Eagle3DraftModel
+    from kilotok.train.init import init_from_target, target_head_weight
+
+    checkpoint = load_checkpoint(str(target), progress=False)
+    config = Eagle3Config.for_target(model_config(checkpoint.config), 16, aux_layer_ids=(0, 2, 3))
+    head = Eagle3DraftModel(config, checkpoint.weights["model.embed_tokens.weight"])
+    init_from_target(head, checkpoint, target_head_weight(checkpoint), torch.Generator().manual_seed(1))
+    return save_eagle3(head, folder, dtype=torch.float32)
+
+
 def mixtral_folder(folder: Path) -> Path:
     import transformers
 
