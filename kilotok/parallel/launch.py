@@ -13,7 +13,6 @@ rank when it closes, when it exits, or when a collective fails.
 
 from __future__ import annotations
 
-import atexit
 import os
 import socket
 import sys
@@ -95,7 +94,6 @@ def join_group(parallel: ParallelConfig, follower: Follower, args: tuple) -> Ran
     except BaseException:
         _end_processes(spawned, 5.0)
         raise
-    atexit.register(group.close)
     return group
 
 

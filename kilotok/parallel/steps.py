@@ -10,8 +10,9 @@ from rank 0: tensors never go through pickling, so the same code runs over NCCL 
 
 from __future__ import annotations
 
-import atexit
+import weakref
 from dataclasses import fields
+from functools import partial
 
 import torch
 
@@ -62,7 +63,8 @@ class LeaderRunner(ModelRunner):
         lead(model, group.comm)
         super().__init__(model, num_blocks, block_size, max_model_len, compile_decode)
         self.group = group
-        atexit.register(self.close)
+        # At exit or when the runner is dropped; holds no reference to the runner, so it can be dropped.
+        self._close = weakref.finalize(self, group.close, partial(send, group.comm, STOP, []))
 
     def copy_kv(self, src_slots: list[int], dst_slots: list[int]) -> None:
         if src_slots:
@@ -71,7 +73,7 @@ class LeaderRunner(ModelRunner):
         super().copy_kv(src_slots, dst_slots)
 
     def close(self) -> None:
-        self.group.close(lambda: send(self.group.comm, STOP, []))
+        self._close()
 
 
 @torch.inference_mode()
