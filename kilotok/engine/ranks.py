@@ -26,7 +26,9 @@ def start_ranks(config: EngineConfig) -> tuple[RankGroup, LoadedModel]:
 def leader_runner(group: RankGroup, config: EngineConfig, loaded: LoadedModel, num_blocks: int,
                   max_model_len: int) -> ModelRunner:
     group.comm.broadcast_object((num_blocks, max_model_len))
-    return LeaderRunner(group, loaded.model, num_blocks, config.block_size, max_model_len, config.compile)
+    # Eager on every rank: a compile that failed halfway through a forward, after some of its collectives,
+    # and fell back to eager would leave the other ranks one collective out of step.
+    return LeaderRunner(group, loaded.model, num_blocks, config.block_size, max_model_len, compile_decode=False)
 
 
 def load_shard(config: EngineConfig, comm: Communicator) -> LoadedModel:
