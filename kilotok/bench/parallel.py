@@ -65,10 +65,12 @@ def usable_sizes(settings: ParallelBenchSettings, explicit: bool) -> tuple[list[
 
 
 def run_size(settings: ParallelBenchSettings, size: int) -> SizeResult:
-    prompt = torch.randint(10, 1000, (settings.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens, ignore_eos=True)
     with LLM(settings.model, dtype=settings.dtype, compile=settings.compile, progress=False,
              tensor_parallel_size=size) as llm:
+        vocab = llm.engine.model_config.vocab_size
+        prompt = torch.randint(vocab // 8, vocab, (settings.prompt_tokens,),
+                               generator=torch.Generator().manual_seed(0)).tolist()
         llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
         stats = llm.engine.runner.group.comm.stats if size > 1 else None
         before = (stats.all_reduce_seconds, stats.all_reduce_calls) if stats else (0.0, 0)
