@@ -21,3 +21,7 @@ class InvalidRequestError(KilotokError, ValueError):
         super().__init__(message)
         self.param = param
         self.code = code
+
+
+class ParallelError(KilotokError):
+    """A rank of a tensor- or expert-parallel run failed, stopped or cannot be reached."""

@@ -87,6 +87,16 @@ class LLM:
         finally:
             self.engine.abort(seq)
 
+    def close(self) -> None:
+        """End the other ranks of a parallel run (also done at exit); a no-op for one process."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def _as_prompt_list(prompts) -> list[Prompt]:
     if isinstance(prompts, str | dict):

@@ -36,6 +36,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--check-tensors", action="store_true",
                        help="check every loaded weight (values and quantization scales) for NaN and infinity "
                             "before running, naming any damaged tensor")
+    group.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                       help="split the model over N processes (ranks): kilotok starts them, or joins the ranks "
+                            "a torchrun launch started (default: %(default)s)")
+    group.add_argument("--expert-parallel-size", type=int, default=1, metavar="M",
+                       help="spread a mixture-of-experts model's experts over M groups of those ranks; "
+                            "M divides N (default: %(default)s)")
 
 
 def engine_settings(args: argparse.Namespace) -> dict:
@@ -47,6 +53,8 @@ def engine_settings(args: argparse.Namespace) -> dict:
         "check_tensors": args.check_tensors,
         "backend": args.backend,
         "pdl": not args.no_pdl,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "expert_parallel_size": args.expert_parallel_size,
     }
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from kilotok.errors import InvalidRequestError
 from kilotok.kernels.backend import BACKEND_CHOICES, KernelBackend
+from kilotok.parallel.layout import ParallelConfig
 from kilotok.quant.formats import check_dtype
 from kilotok.speculative.config import SpecConfig
 
@@ -42,6 +43,11 @@ class EngineConfig:
     progress: bool = True
     spec: SpecConfig | str | None = None
     """Speculative decoding: a SpecConfig, a method name ("ngram", "eagle3") or None for none."""
+    tensor_parallel_size: int = 1
+    """Processes (ranks) the model is split over; rank 0 runs the engine (parallel/)."""
+    expert_parallel_size: int = 1
+    """Groups of ranks the experts of a mixture-of-experts model are spread over; divides
+    tensor_parallel_size."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", SpecConfig.of(self.spec))
@@ -50,6 +56,7 @@ class EngineConfig:
         if self.backend not in BACKEND_CHOICES:
             raise InvalidRequestError(f"unknown kernel backend {self.backend!r}; choose one of "
                                       f"{', '.join(BACKEND_CHOICES)}")
+        self.parallel  # noqa: B018 - validates the parallel sizes
         check_dtype(self.dtype)
         checks = {
             "block_size": self.block_size >= 1,
@@ -64,3 +71,7 @@ class EngineConfig:
         for name, ok in checks.items():
             if not ok:
                 raise InvalidRequestError(f"engine setting {name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(self.tensor_parallel_size, self.expert_parallel_size)

@@ -88,6 +88,10 @@ class LLMEngine:
             self.scheduler.finish(seq, "abort")
             self.spec_stats.merge(seq.spec_stats)
 
+    def close(self) -> None:
+        """End what the engine started beyond this process (the other ranks of a parallel run)."""
+        self.runner.close()
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 

@@ -30,11 +30,13 @@ from kilotok.tokenizer.tokenizer import Tokenizer
 
 
 def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True,
-                backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> CausalLM:
+                backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False,
+                config: ModelConfig | None = None) -> CausalLM:
     """`backend` (already resolved) is handed to every layer; `pdl` lets its Triton kernels overlap their
-    launches (kernels/triton/pdl.py)."""
+    launches (kernels/triton/pdl.py). `config` overrides the checkpoint's own (a tensor-parallel rank
+    builds its slice's sizes)."""
     fmt = weight_format(fmt)
-    config = model_config(checkpoint.config)
+    config = config or model_config(checkpoint.config)
     weights = checkpoint.weights
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,

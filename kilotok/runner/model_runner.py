@@ -265,6 +265,9 @@ class ModelRunner:
                 flat = cache.view(-1, *cache.shape[2:])
                 flat.index_copy_(0, dst, flat.index_select(0, src))
 
+    def close(self) -> None:
+        """Release what the runner holds beyond memory (a parallel runner's other ranks)."""
+
     def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
                         meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden, aux = self.model(input_ids, positions, meta)

@@ -54,3 +54,11 @@ def test_backend_and_pdl_options_reach_the_engine_config():
         _parse(["--backend", "cuda"])
     with pytest.raises(InvalidRequestError, match="kernel backend"):
         EngineConfig(backend="cuda")
+
+
+def test_parallel_sizes_reach_the_engine_and_are_validated_once():
+    settings = engine_settings(_parse(["--tensor-parallel-size", "4", "--expert-parallel-size", "2"]))
+    assert (settings["tensor_parallel_size"], settings["expert_parallel_size"]) == (4, 2)
+    assert EngineConfig(tensor_parallel_size=4, expert_parallel_size=2).parallel.world_size == 4
+    with pytest.raises(InvalidRequestError, match="expert_parallel_size 2 must divide tensor_parallel_size 3"):
+        EngineConfig(tensor_parallel_size=3, expert_parallel_size=2)
