@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from kilotok.bench.report import median_ms
-from kilotok.layers.moe import moe_experts, route
+from kilotok.kernels.moe import moe_experts
+from kilotok.layers.moe import route
 
 CLI_HELP = "time the grouped MoE expert layer against a naive per-expert masked loop"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

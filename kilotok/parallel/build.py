@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kilotok.kernels.backend import KernelBackend
 from kilotok.loader.tensor import as_float
 from kilotok.loader.tensor_check import check_tensors as find_damaged_tensors
 from kilotok.models.builder import LoadedModel, build_model
@@ -35,4 +36,4 @@ def load_model_shard(name_or_path: str, dtype: str | WeightFormat, parallel: Par
     del checkpoint
     model = build_model(shard, fmt, progress and comm.is_leader, config=local_config(config, layout))
     parallelize(model, config.moe, layout, comm, whole)
-    return LoadedModel(shard.name, shard.tokenizer, fmt, model.to(comm.device))
+    return LoadedModel(shard.name, shard.tokenizer, fmt, model.to(comm.device), KernelBackend.TORCH)

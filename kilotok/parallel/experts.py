@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kilotok.layers.moe import SparseMoe, grouped_expert_mlp, route
+from kilotok.kernels.moe import moe_experts
+from kilotok.layers.moe import SparseMoe, route
 from kilotok.parallel.comm import Communicator
 
 
@@ -31,20 +32,12 @@ class ExpertParallelMoe(nn.Module):
         return self.comm.all_reduce(out).to(x.dtype)
 
     def _local_experts(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """This rank's part of sum over each token's experts of weight * expert(x), in fp32, [T, d]."""
+        """This rank's part of sum over each token's experts of weight * expert(x), in fp32, [T, d]: each of
+        its (token, expert) pairs goes through the experts kernel as a token of its own."""
         moe = self.local
         local_ids = experts - self.first_expert
-        mine = (local_ids >= 0) & (local_ids < moe.num_experts)
-        tokens, slots = mine.nonzero(as_tuple=True)
-        ids = local_ids[tokens, slots]
-        order = ids.argsort(stable=True)
-        tokens, pair_weights = tokens[order], weights[tokens, slots][order, None]
-        rows = x[tokens]
-        if moe.gate_on_input:
-            rows = rows * pair_weights
-        group_sizes = torch.bincount(ids, minlength=moe.num_experts)
-        out_rows = grouped_expert_mlp(rows.to(moe.gate_up.dtype), group_sizes, moe.gate_up, moe.down)
-        if not moe.gate_on_input:
-            out_rows = out_rows * pair_weights
+        tokens, slots = ((local_ids >= 0) & (local_ids < moe.num_experts)).nonzero(as_tuple=True)
+        out_pairs = moe_experts(x[tokens], weights[tokens, slots][:, None], local_ids[tokens, slots][:, None],
+                                moe.experts("gate_up"), moe.experts("down"), moe.gate_on_input, moe.backend)
         combined = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        return combined.index_add_(0, tokens, out_rows.float())
+        return combined.index_add_(0, tokens, out_pairs.float())
