@@ -61,3 +61,12 @@ def reference():
     from tests.tiny_engine import random_reference
 
     return random_reference()
+
+
+@pytest.fixture(autouse=True)
+def configured_trees_at_every_processor(monkeypatch):
+    """Speculation tests need draft trees: the tables shipped per processor family may draft nothing on the
+    machine the tests run on. tests/speculative/test_policy.py tests the shipped tables themselves."""
+    from kilotok.speculative import policy
+
+    monkeypatch.setattr(policy, "_cpu_flags", set)

@@ -151,7 +151,8 @@ def test_kilotok_runner_asks_the_llm_for_the_chosen_speculation(monkeypatch, met
     options = []
     monkeypatch.setattr(kilotok, "LLM", lambda model, **kwargs: options.append(kwargs))
     latency.KilotokRunner(latency.LatencySettings(spec=method))
-    assert options == [{"dtype": "auto", "progress": False, **({} if method == "none" else {"spec": method})}]
+    assert options == [{"dtype": "auto", "backend": "auto", "progress": False,
+                        **({} if method == "none" else {"spec": method})}]
     config = SpecConfig(method="ngram", depth=5)
     latency.KilotokRunner(latency.LatencySettings(spec="ngram", spec_config=config))
     assert options[-1]["spec"] is config
