@@ -15,8 +15,8 @@ from kilotok.parallel.experts import ExpertParallelMoe
 from kilotok.parallel.layout import RankLayout, Span
 
 
-class RowParallel(nn.Module):
-    """A linear layer over this rank's slice of the input features: partial outputs summed over ranks."""
+class _CollectiveLinear(nn.Module):
+    """A rank's slice of a linear layer, followed by the collective that joins the slices."""
 
     def __init__(self, linear: nn.Module, comm: Communicator) -> None:
         super().__init__()
@@ -26,6 +26,10 @@ class RowParallel(nn.Module):
     @property
     def weight_bytes(self) -> int:
         return self.linear.weight_bytes
+
+
+class RowParallel(_CollectiveLinear):
+    """A linear layer over this rank's slice of the input features: partial outputs summed over ranks."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.comm.all_reduce(self.linear(x))
@@ -50,17 +54,8 @@ class VocabParallelEmbedding(nn.Module):
         return self.comm.all_reduce(rows)
 
 
-class VocabParallelHead(nn.Module):
+class VocabParallelHead(_CollectiveLinear):
     """This rank's vocabulary rows of the LM head; rank 0 gets the whole vocabulary's logits."""
-
-    def __init__(self, linear: nn.Module, comm: Communicator) -> None:
-        super().__init__()
-        self.linear = linear
-        self.comm = comm
-
-    @property
-    def weight_bytes(self) -> int:
-        return self.linear.weight_bytes
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.comm.gather_columns(self.linear(hidden).float())
