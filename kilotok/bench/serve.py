@@ -33,13 +33,12 @@ from kilotok.bench.client import (
     shareable_settings,
 )
 from kilotok.bench.prompts import HELD_OUT_PROMPTS, Message, PromptCursor, cycled_bench_prompts, load_chat_prompts
-from kilotok.bench.report import (
+from kilotok.bench.report import log, machine_info
+from kilotok.bench.serve_results import (
     ConfigurationResult,
     LevelSummary,
     RequestTiming,
     format_table,
-    log,
-    machine_info,
     merge_configuration,
     read_results,
     summarize_level,
