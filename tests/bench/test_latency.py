@@ -20,6 +20,7 @@ from kilotok.cli import bench as bench_cli
 from kilotok.errors import InvalidRequestError
 from kilotok.speculative.config import SPEC_METHODS, SpecConfig
 
+
 def run(ttft_s: float, decode: float, prompt_tokens: int = 20, tokens: list[int] | None = None):
     return PromptMeasurement(prompt_tokens, ttft_s, decode, tokens if tokens is not None else list(range(40)))
 
