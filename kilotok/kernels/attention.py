@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
+from kilotok.kernels.cpu_attention import cpu_decode_attention
 
 
 def store_kv(
@@ -32,11 +33,14 @@ def store_kv(
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
     attention_chunk_size: int = 0, backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False,
+    cpu_kernel: bool = False,
 ) -> torch.Tensor:
     """q: [T, Hq, D] -> [T, Hq, D]. Keys are each sequence's cached tokens, new ones included.
 
     With `attention_chunk_size` C > 0 (Llama 4's local layers), a query at position p sees only the keys
-    of its own chunk, positions C * (p // C) .. p. `pdl` lets Triton kernels overlap their launches."""
+    of its own chunk, positions C * (p // C) .. p. `pdl` lets Triton kernels overlap their launches;
+    `cpu_kernel` runs decode rows on CPU tensors through the C++ op (kernels/cpu_attention.py), which the
+    caller has checked is available."""
     if backend is KernelBackend.TRITON:
         return _triton_attention(q, k_cache, v_cache, meta, scale, attention_chunk_size, pdl)
     if meta.kv_gather_index is not None:
@@ -44,6 +48,8 @@ def paged_attention(
         kv_valid = meta.kv_valid.flatten(1)
         if attention_chunk_size:
             kv_valid = chunked_window_mask(kv_valid, attention_chunk_size)
+        if cpu_kernel and q.device.type == "cpu":
+            return cpu_decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
         return decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
     return torch.ops.kilotok.paged_attention(
         q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, scale, attention_chunk_size,

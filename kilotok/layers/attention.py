@@ -17,6 +17,7 @@ from torch import nn
 from kilotok.kernels.attention import paged_attention, store_kv
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
+from kilotok.kernels.cpu_attention import cpu_decode_attention_available
 from kilotok.kernels.norm import l2_normalize
 from kilotok.layers.norm import RMSNorm
 from kilotok.layers.rotary import RotaryEmbedding
@@ -53,6 +54,8 @@ class Attention(nn.Module):
         self.temperature = temperature
         self.backend = backend
         self.pdl = pdl
+        # Decided once here, so compiled graphs see a constant.
+        self.cpu_kernel = backend is KernelBackend.TORCH and cpu_decode_attention_available()
         # Filled by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D].
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -73,5 +76,5 @@ class Attention(nn.Module):
             q = (q * temperature_scales(positions, *self.temperature)).to(q.dtype)
         store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.backend, self.pdl)
         attended = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale, self.chunk_size, self.backend,
-                                   self.pdl)
+                                   self.pdl, self.cpu_kernel)
         return self.o_proj(attended.reshape(-1, q_size))

@@ -2,7 +2,7 @@
 
 The ops `kilotok::q4_linear` and `kilotok::q8_linear` are C++ with AVX-512 VNNI integer dot products
 (csrc/lowbit_linear.cpp: the math and the layout are explained there). kilotok builds them itself the
-first time they are needed (`torch.utils.cpp_extension`, cached on disk) and registers fake
+first time they are needed (kilotok/native.py) and registers fake
 implementations, so a compiled graph keeps each call as one op. Where the build fails or the processor
 lacks the instructions, `lowbit_available()` is False, one line says why, and the layers fall back to
 ATen's int4 and int8 kernels (layers/linear.py).
@@ -15,9 +15,7 @@ PyTorch, for tests and for tensors the ops cannot take.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +24,10 @@ import torch
 from torch import nn
 
 from kilotok.loader.tensor import QuantizedTensor
+from kilotok.native import build_cpu_ops
 from kilotok.quant.gguf_blocks import GROUP_SIZE, unpack_blocks
 
 SOURCE = Path(__file__).parent / "csrc" / "lowbit_linear.cpp"
-EXTENSION = f"kilotok_lowbit_{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}"
-"""Named by the source's hash, so that installs (or checkouts) with different sources keep their own builds
-instead of rebuilding over each other."""
 TILE = 16
 """Output columns per tile: one int32 lane of a 512-bit register each."""
 
@@ -43,32 +39,13 @@ def lowbit_available() -> bool:
     if os.environ.get("KILOTOK_LOWBIT_KERNELS") == "0":
         print("kilotok: KILOTOK_LOWBIT_KERNELS=0: using ATen's int4/int8 kernels", file=sys.stderr)
         return False
-    try:
-        from torch.utils import cpp_extension
-
-        _find_ninja()
-        if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{EXTENSION}/{EXTENSION}.so")):
-            print("kilotok: compiling the CPU low-bit kernels (once; cached on disk)", file=sys.stderr)
-        cpp_extension.load(name=EXTENSION, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                           extra_ldflags=["-fopenmp"], is_python_module=False)
-    except Exception as error:  # noqa: BLE001 - any build failure means the ATen kernels run instead
-        print(f"kilotok: the CPU low-bit kernels could not be built ({type(error).__name__}: {error}); "
-              "using ATen's int4/int8 kernels", file=sys.stderr)
+    if not build_cpu_ops(SOURCE, "kilotok_lowbit", "CPU low-bit kernels"):
         return False
     if not torch.ops.kilotok.lowbit_cpu_supported():
         print("kilotok: this processor lacks AVX-512 VNNI; using ATen's int4/int8 kernels", file=sys.stderr)
         return False
     _register_fakes()
     return True
-
-
-def _find_ninja() -> None:
-    """torch's extension builder runs `ninja` from PATH; the pip package installs it beside the interpreter,
-    which is not on PATH when a virtual environment is used without activating it."""
-    if shutil.which("ninja") is None:
-        import ninja
-
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def _register_fakes() -> None:

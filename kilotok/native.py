@@ -1,0 +1,43 @@
+"""Builds kilotok's C++ CPU ops (quant/csrc/, kernels/csrc/) the first time they are needed.
+
+`torch.utils.cpp_extension` compiles a source once and caches it on disk; each build is named by its
+source's hash, so installs (or checkouts) with different sources keep their own builds instead of
+rebuilding over each other. A build that fails is not an error: the caller runs its PyTorch path instead,
+after one line on stderr that says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def build_cpu_ops(source: Path, prefix: str, what: str) -> bool:
+    """Compile and load `source` (it registers its ops with torch.library on load); False, with one line
+    on stderr naming `what` and the fallback, where that fails."""
+    from torch.utils import cpp_extension
+
+    name = f"{prefix}_{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    try:
+        _find_ninja()
+        if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/{name}.so")):
+            print(f"kilotok: compiling the {what} (once; cached on disk)", file=sys.stderr)
+        cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"], is_python_module=False)
+    except Exception as error:  # noqa: BLE001 - any build failure means the PyTorch path runs instead
+        print(f"kilotok: the {what} could not be built ({type(error).__name__}: {error}); using the PyTorch "
+              "path instead", file=sys.stderr)
+        return False
+    return True
+
+
+def _find_ninja() -> None:
+    """torch's extension builder runs `ninja` from PATH; the pip package installs it beside the interpreter,
+    which is not on PATH when a virtual environment is used without activating it."""
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
