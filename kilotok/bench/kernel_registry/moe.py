@@ -1,0 +1,136 @@
+"""Registry entries for the fused MoE kernel on the MoE layers (None on dense models), with BF16 and with FP8
+experts (E4M3, per-channel scales as Llama 4's FP8 checkpoint has them; activations quantized per token).
+
+Routing is drawn so that each call reads a known number of experts: the T x k (token, expert) pairs go to
+min(T x k, E) distinct experts (a balanced load, the most bytes a call can read), so the workload counts
+exactly the active experts' weights, once. The shared expert (Llama 4) is stacked after the routed ones and
+chosen by every token with weight 1, the way fused-MoE engines fold it in: one call runs the whole layer.
+(kernels/moe.py does not know it is shared; the engine's layers/moe.py still runs it as its own MLP.)
+
+The experts are drawn once per case (`shared`): a Maverick layer is 32 GB in BF16. The reference gathers
+each pair's expert and multiplies, a few pairs at a time to bound its memory: a PyTorch MoE that a CUDA
+graph can capture (kernels/moe.py's reference reads the group sizes on the host), checked against that
+reference in the tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kilotok.bench.kernel_registry.base import (
+    DTYPE,
+    BenchKernel,
+    KernelCall,
+    ModelShape,
+    Workload,
+    element_size,
+    random,
+    triton_entry,
+)
+from kilotok.kernels.fp8_gemm import activation_group, quantize_activations
+from kilotok.kernels.moe import ExpertWeight, moe_experts
+from kilotok.loader.fp8_weight import FP8_DTYPE, Fp8Weight
+
+PAIRS_PER_STEP = 4
+"""Pairs whose experts the reference gathers at once: 4 Maverick experts' gate/up are 1.3 GB in fp32."""
+
+
+def _stacked_experts(model: ModelShape) -> int:
+    return model.experts + (1 if model.shared_expert else 0)
+
+
+def _pairs_per_token(model: ModelShape) -> int:
+    return model.top_k + (1 if model.shared_expert else 0)
+
+
+def _routing(model: ModelShape, tokens: int, device: torch.device) -> KernelCall | None:
+    if not model.experts:
+        return None
+    relabel = torch.randperm(model.experts, device=device)
+    experts = relabel[torch.arange(tokens * model.top_k, device=device) % model.experts].view(tokens, model.top_k)
+    weights = torch.rand(tokens, model.top_k, device=device) * 0.9 + 0.1
+    if model.top_k > 1:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    if model.shared_expert:
+        experts = torch.cat([experts, torch.full((tokens, 1), model.experts, device=device)], dim=1)
+        weights = torch.cat([weights, torch.ones(tokens, 1, device=device)], dim=1)
+    x = random(tokens, model.hidden, device=device)
+    return KernelCall((x, weights.to(DTYPE), experts), {"gate_on_input": model.gate_on_input})
+
+
+def _float_experts(model: ModelShape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    count, d, f = _stacked_experts(model), model.hidden, model.expert_intermediate
+    return random(count, 2 * f, d, device=device, scale=d**-0.5), random(count, d, f, device=device, scale=f**-0.5)
+
+
+def _fp8_matrices(count: int, rows: int, cols: int, device: torch.device) -> Fp8Weight:
+    data = torch.empty(count, rows, cols, dtype=FP8_DTYPE, device=device)
+    for expert in data:  # one expert at a time: no wide copy of the whole stack
+        expert.copy_(random(rows, cols, device=device))
+    scale = (torch.rand(count, rows, 1, device=device) + 0.5) * cols**-0.5
+    return Fp8Weight(data, scale, (1, cols))
+
+
+def _fp8_experts(model: ModelShape, device: torch.device) -> tuple[Fp8Weight, Fp8Weight]:
+    count, d, f = _stacked_experts(model), model.hidden, model.expert_intermediate
+    return _fp8_matrices(count, 2 * f, d, device), _fp8_matrices(count, d, f, device)
+
+
+def _pair_linear(rows: torch.Tensor, weight: ExpertWeight, ids: torch.Tensor) -> torch.Tensor:
+    """rows[i] @ weight[ids[i]].T for each pair, FP8 experts as kernels/moe.py's reference computes them
+    (activations quantized per token; the product in bf16, or fp32 for fp32 rows)."""
+    if isinstance(weight, Fp8Weight):
+        out_dtype = torch.float32 if rows.dtype == torch.float32 else torch.bfloat16
+        group = activation_group(weight.shape, weight.block)
+        codes, x_scale = quantize_activations(rows, group)
+        rows = (codes.float() * x_scale.repeat_interleave(group, dim=-1)[:, : rows.shape[-1]]).to(out_dtype)
+        matrices = Fp8Weight(weight.data[ids], weight.scale[ids], weight.block).dequantize(out_dtype)
+    else:
+        rows, matrices = rows.to(weight.dtype), weight[ids]
+    return torch.bmm(rows.unsqueeze(1), matrices.transpose(1, 2)).squeeze(1)
+
+
+def gathered_moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: ExpertWeight,
+                 down: ExpertWeight, gate_on_input: bool) -> torch.Tensor:
+    """kernels/moe.py's `moe_experts`, one (token, expert) pair at a time over gathered expert weights."""
+    tokens, top_k = experts.shape
+    ids = experts.flatten()
+    pair_weights = weights.flatten()[:, None]
+    rows = x.repeat_interleave(top_k, dim=0)
+    if gate_on_input:
+        rows = rows * pair_weights
+    outputs = []
+    for start in range(0, ids.numel(), PAIRS_PER_STEP):
+        step = slice(start, start + PAIRS_PER_STEP)
+        gate, up = _pair_linear(rows[step], gate_up, ids[step]).chunk(2, dim=-1)
+        outputs.append(_pair_linear(F.silu(gate) * up, down, ids[step]))
+    out = torch.cat(outputs)
+    if not gate_on_input:
+        out = out * pair_weights
+    return out.view(tokens, top_k, -1).float().sum(dim=1).to(x.dtype)
+
+
+def _moe_workload(fp8: bool):
+    def workload(model: ModelShape, tokens: int, dtype: torch.dtype) -> Workload:
+        """The active experts' weights read once (FP8: plus their per-row fp32 scales), x read and the output
+        written, the routing read; operations: three products per (token, expert) pair."""
+        d, f = model.hidden, model.expert_intermediate
+        active = min(tokens * model.top_k, model.experts) + (1 if model.shared_expert else 0)
+        expert_bytes = 3 * f * d + (2 * f + d) * 4 if fp8 else 3 * f * d * element_size(dtype)
+        pairs = tokens * _pairs_per_token(model)
+        routing = pairs * (8 + element_size(dtype))
+        return Workload(active * expert_bytes + 2 * tokens * d * element_size(dtype) + routing,
+                        pairs * 2 * 3 * f * d)
+
+    return workload
+
+
+ENTRIES = (
+    BenchKernel("fused_moe_bf16", _routing, gathered_moe, triton_entry(moe_experts), _moe_workload(fp8=False),
+                tolerance=2e-2, shared=_float_experts),
+    # With the weight on the input the reference quantizes weight * x, the kernel x: codes may differ by one
+    # E4M3 step here and there.
+    BenchKernel("fused_moe_fp8", _routing, gathered_moe, triton_entry(moe_experts), _moe_workload(fp8=True),
+                tolerance=3e-2, shared=_fp8_experts),
+)
