@@ -85,6 +85,6 @@ def _bf16_workload(model: ModelShape, tokens: int, dtype: torch.dtype) -> Worklo
 
 ENTRIES = (
     *(BenchKernel(f"fp8_gemm_{scheme}", _fp8_inputs(scheme), _fp8_reference, triton_entry(fp8_gemm),
-                  _fp8_workload(scheme)) for scheme in ("tensor", "channel", "block")),
+                  _fp8_workload(scheme), pdl=True) for scheme in ("tensor", "channel", "block")),
     BenchKernel("bf16_gemm", _bf16_inputs, F.linear, F.linear, _bf16_workload),
 )
