@@ -127,6 +127,16 @@ def test_the_gathered_moe_reference_computes_the_engines_reference(model, fp8):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_the_sampling_inputs_make_both_cut_offs_matter():
+    """Else the check could not see a kernel that ignores one."""
+    entry = _entry("sample_top_k_top_p")
+    torch.manual_seed(5)
+    call = entry.inputs(TINY_DENSE, 16, CPU)
+    drawn = entry.reference(*call.args, **call.options)
+    for cut_off in ("use_top_k", "use_top_p"):
+        assert not torch.equal(entry.reference(*call.args, **{**call.options, cut_off: False}), drawn)
+
+
 def test_goal_cases_come_first_in_a_run():
     entries = [_entry(name) for name in ("rms_norm", "fused_moe_bf16", "fused_moe_fp8")]
     cases = ordered_cases(entries, [SMOLLM2_135M, MAVERICK_MOE_LAYER, LLAMA31_8B], (1, 8, 64))

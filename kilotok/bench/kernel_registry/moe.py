@@ -28,13 +28,14 @@ from kilotok.bench.kernel_registry.base import (
     random,
     triton_entry,
 )
-from kilotok.kernels.fp8_gemm import activation_group, quantize_activations
+from kilotok.kernels.fp8_gemm import quantize_activations
 from kilotok.kernels.moe import ExpertWeight, moe_experts
 from kilotok.loader.fp8_weight import FP8_DTYPE, Fp8Weight
 
 STEP_BYTES = 2**32
 """The reference gathers as many pairs' experts at once as fit this many bytes of gate/up in fp32 (12 of
-Maverick's, 9 of Mixtral's: 128 pairs in 11 or 15 steps): bounded memory, a graph of few steps."""
+Maverick's, 9 of Mixtral's: 128 pairs in 11 or 15 steps; the gathered copies are bf16, half that): bounded
+memory, a graph of few steps."""
 
 
 def _stacked_experts(model: ModelShape) -> int:
@@ -79,17 +80,17 @@ def _fp8_experts(model: ModelShape, device: torch.device) -> tuple[Fp8Weight, Fp
 
 
 def _pair_linear(rows: torch.Tensor, weight: ExpertWeight, ids: torch.Tensor) -> torch.Tensor:
-    """rows[i] @ weight[ids[i]].T for each pair, FP8 experts as kernels/moe.py's reference computes them
-    (activations quantized per token; the product in bf16, or fp32 for fp32 rows)."""
-    if isinstance(weight, Fp8Weight):
-        out_dtype = torch.float32 if rows.dtype == torch.float32 else torch.bfloat16
-        group = activation_group(weight.shape, weight.block)
-        codes, x_scale = quantize_activations(rows, group)
-        rows = (codes.float() * x_scale.repeat_interleave(group, dim=-1)[:, : rows.shape[-1]]).to(out_dtype)
-        matrices = Fp8Weight(weight.data[ids], weight.scale[ids], weight.block).dequantize(out_dtype)
-    else:
-        rows, matrices = rows.to(weight.dtype), weight[ids]
-    return torch.bmm(rows.unsqueeze(1), matrices.transpose(1, 2)).squeeze(1)
+    """rows[i] @ weight[ids[i]].T for each pair. FP8 experts (per-tensor or per-channel scales) as the FP8
+    GEMM's reference computes them: activations quantized per token, the codes multiplied in bf16 (exact;
+    fp32 for fp32 rows), both scales applied to the product."""
+    if not isinstance(weight, Fp8Weight):
+        return torch.bmm(rows.to(weight.dtype).unsqueeze(1), weight[ids].transpose(1, 2)).squeeze(1)
+    if weight.scheme == "block":
+        raise ValueError("the gathered MoE reference takes per-tensor or per-channel FP8 experts")
+    out_dtype = torch.float32 if rows.dtype == torch.float32 else torch.bfloat16
+    codes, x_scale = quantize_activations(rows, rows.shape[-1])
+    products = torch.bmm(codes.to(out_dtype).unsqueeze(1), weight.data[ids].to(out_dtype).transpose(1, 2))
+    return (products.squeeze(1).float() * x_scale * weight.scale[ids][..., 0]).to(out_dtype)
 
 
 def gathered_moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: ExpertWeight,
@@ -131,8 +132,9 @@ def _moe_workload(fp8: bool):
 ENTRIES = (
     BenchKernel("fused_moe_bf16", _routing, gathered_moe, triton_entry(moe_experts), _moe_workload(fp8=False),
                 tolerance=2e-2, pdl=True, shared=_float_experts),
-    # With the weight on the input the reference quantizes weight * x, the kernel x: codes may differ by one
-    # E4M3 step here and there.
+    # The down projection quantizes silu(gate) * up, which the reference rounds to bf16 three times and the
+    # kernel once (and, with the weight on the input, the reference quantizes weight * x, the kernel x): a few
+    # codes land one E4M3 step (1/16) apart. Measured under the interpreter: 1-2% (a wrong gate: 69%).
     BenchKernel("fused_moe_fp8", _routing, gathered_moe, triton_entry(moe_experts), _moe_workload(fp8=True),
-                tolerance=3e-2, pdl=True, shared=_fp8_experts),
+                tolerance=5e-2, pdl=True, shared=_fp8_experts),
 )
