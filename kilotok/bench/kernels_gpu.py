@@ -1,4 +1,4 @@
-"""The GPU mode of `kilotok bench kernels`: every kernel of the registry (bench/kernel_registry.py) checked
+"""The GPU mode of `kilotok bench kernels`: every kernel of the registry (bench/kernel_registry/) checked
 against its PyTorch reference and timed beside that reference in eager torch and under `torch.compile`, at
 each model's shapes and token count, with the achieved GB/s and TFLOP/s next to the ceilings measured at the
 start (a large device-to-device copy; a large bf16 matrix product).
@@ -9,6 +9,10 @@ each call's prologue overlaps the previous call's tail.
 Timing: each implementation runs over enough freshly drawn input sets to pass the L2 cache twice (at most
 MAX_INPUT_SETS), captured as one CUDA graph so that launch gaps from Python do not count; a replay of the graph
 is timed with CUDA events, and the figure is the median over replays divided by the calls in the graph.
+Operands an entry shares between input sets (a MoE layer's experts) are drawn once per case.
+
+Cases run model by model in the order asked, after the issue's goal cases (kernel_registry.GOAL_CASES), so
+that a run stopped by its time budget has those first.
 """
 
 from __future__ import annotations

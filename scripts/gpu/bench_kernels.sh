@@ -6,7 +6,7 @@
 # package registry: carry its wheel (pure Python). Here, once, from the repository root:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl gguf==0.19.0
-# Then one device call: command `bash scripts/gpu/bench_kernels.sh`, carry [".whl"], timeout_s 450. The
+# Then one device call: command `bash scripts/gpu/bench_kernels.sh`, carry [".whl"], timeout_s 480. The
 # bench stops itself after BUDGET_S seconds (default 420), so a 15-minute lease (machine start included)
 # leaves room for a shorter second call; the JSON under $OUT is rewritten after every case, so a stopped run
 # keeps what it measured. Extra arguments go to `kilotok bench kernels` (e.g. --tokens 1 --no-compile).
@@ -16,7 +16,8 @@
 # triton+pdl, torch, torch.compile) over 20 graph replays. Compiling the references dominates: about 126
 # torch.compile graphs at a few seconds each, over BUDGET_S. So the run takes the goal cases first
 # (Llama-3.1-8B at 1 token, every kernel; the Maverick MoE layer at 1 and 8 tokens: kernel_registry.GOAL_CASES),
-# then model by model; a second call with `--no-compile` (or `--kernels ... --tokens ...`) fills in the rest.
+# then model by model; a second call made within the machine's 30 s warm window, with `--no-compile` (or
+# `--kernels ... --tokens ...`), fills in the rest.
 #
 # Results under $OUT: bench_kernels.json (the figures), bench_kernels.log (the table and progress),
 # gpu.txt (card, clocks, versions, whether this Triton has the PDL launch option).
