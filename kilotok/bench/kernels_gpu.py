@@ -1,4 +1,4 @@
-"""The GPU mode of `kilotok bench kernels`: every kernel of the registry (bench/kernel_registry.py) checked
+"""The GPU mode of `kilotok bench kernels`: every kernel of the registry (bench/kernel_registry/) checked
 against its PyTorch reference and timed beside that reference in eager torch and under `torch.compile`, at
 each model's shapes and token count, with the achieved GB/s and TFLOP/s next to the ceilings measured at the
 start (a large device-to-device copy; a large bf16 matrix product).
@@ -9,6 +9,10 @@ each call's prologue overlaps the previous call's tail.
 Timing: each implementation runs over enough freshly drawn input sets to pass the L2 cache twice (at most
 MAX_INPUT_SETS), captured as one CUDA graph so that launch gaps from Python do not count; a replay of the graph
 is timed with CUDA events, and the figure is the median over replays divided by the calls in the graph.
+Operands an entry shares between input sets (a MoE layer's experts) are drawn once per case.
+
+Cases run model by model in the order asked, after the issue's goal cases (kernel_registry.GOAL_CASES), so
+that a run stopped by its time budget has those first.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kilotok.bench.kernel_registry import DTYPE, KERNELS, MODELS, TOKENS, BenchKernel, KernelCall, ModelShape
+from kilotok.bench.kernel_registry import (
+    DTYPE,
+    KERNELS,
+    MODELS,
+    TOKENS,
+    BenchKernel,
+    KernelCall,
+    ModelShape,
+    goal_rank,
+)
 from kilotok.bench.report import log
 from kilotok.errors import InvalidRequestError
 
@@ -101,9 +114,13 @@ def relative_error(entry: BenchKernel, call: KernelCall) -> float:
 
 
 def input_sets(entry: BenchKernel, model: ModelShape, tokens: int, device: torch.device,
-               footprint: int, l2_bytes: int) -> list[KernelCall]:
+               footprint: int, l2_bytes: int, shared: tuple[object, ...] = ()) -> list[KernelCall]:
     count = min(MAX_INPUT_SETS, max(2, math.ceil(2 * l2_bytes / max(footprint, 1))))
-    return [entry.inputs(model, tokens, device) for _ in range(count)]
+    return [_with_shared(entry.inputs(model, tokens, device), shared) for _ in range(count)]
+
+
+def _with_shared(call: KernelCall, shared: tuple[object, ...]) -> KernelCall:
+    return KernelCall(call.args + shared, call.options) if shared else call
 
 
 def time_per_call_ms(fn: Callable[..., object], calls: list[KernelCall], replays: int) -> float:
@@ -133,9 +150,11 @@ def bench_case(entry: BenchKernel, model: ModelShape, tokens: int, implementatio
     first = entry.inputs(model, tokens, device)
     if first is None:
         return None
+    shared = entry.shared(model, device) if entry.shared is not None else ()
     workload = entry.workload(model, tokens, DTYPE)
-    error = relative_error(entry, first)
-    calls = input_sets(entry, model, tokens, device, workload.bytes, l2_bytes)
+    error = relative_error(entry, _with_shared(first, shared))
+    del first
+    calls = input_sets(entry, model, tokens, device, workload.bytes, l2_bytes, shared)
     times, failures = {}, {}
     for name, fn in implementations.items():
         try:
@@ -184,23 +203,33 @@ def run_gpu_bench(settings: GpuBenchSettings,
     entries = [entry for entry in KERNELS if entry.name in settings.kernels]
     models = [model for name in settings.models for model in MODELS if model.name == name]
     implementations = {entry.name: _implementations(entry, settings, device) for entry in entries}
-    # One compiled reference per kernel, specialized per shape: raise Dynamo's recompile limit to fit them.
-    with torch._dynamo.config.patch(recompile_limit=len(models) * len(settings.tokens) + 8):
-        for model in models:
-            for tokens in settings.tokens:
-                for entry in entries:
-                    log(f"{entry.name} {model.name} {tokens} tokens")
-                    try:
-                        record = bench_case(entry, model, tokens, implementations[entry.name], ceilings, device,
-                                            l2_bytes, settings.replays)
-                    except Exception as error:  # a GPU lease is short: report it, go on
-                        record = {"kernel": entry.name, "model": model.name, "tokens": tokens, "error": repr(error)}
-                        log(f"  failed: {error!r}")
-                    if record is not None:
-                        records.append(record)
-                        if save is not None:
-                            save(document)
+    cases = ordered_cases(entries, models, settings.tokens)
+    # One compiled reference per case, specialized per shape (entries may share a reference function, whose
+    # code object then holds several cases' graphs): raise Dynamo's recompile limits to fit them all.
+    limit = len(cases) + 8
+    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=max(limit, 256)):
+        for entry, model, tokens in cases:
+            log(f"{entry.name} {model.name} {tokens} tokens")
+            try:
+                record = bench_case(entry, model, tokens, implementations[entry.name], ceilings, device, l2_bytes,
+                                    settings.replays)
+            except Exception as error:  # a GPU lease is short: report it, go on
+                record = {"kernel": entry.name, "model": model.name, "tokens": tokens, "error": repr(error)}
+                log(f"  failed: {error!r}")
+            torch.cuda.empty_cache()  # a MoE case's experts (tens of GB) must not crowd the next case
+            if record is not None:
+                records.append(record)
+                if save is not None:
+                    save(document)
     return document
+
+
+def ordered_cases(entries: list[BenchKernel], models: list[ModelShape],
+                  tokens: tuple[int, ...]) -> list[tuple[BenchKernel, ModelShape, int]]:
+    """Every (kernel, model, tokens) case, model by model in the order asked, the issue's goal cases first
+    (kernel_registry.GOAL_CASES)."""
+    cases = [(entry, model, count) for model in models for count in tokens for entry in entries]
+    return sorted(cases, key=lambda case: goal_rank(case[0].name, case[1].name, case[2]))
 
 
 def report(document: dict[str, object]) -> list[tuple[str, ...]]:

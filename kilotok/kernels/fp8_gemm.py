@@ -31,12 +31,13 @@ def activation_group(shape: tuple[int, ...] | torch.Size, block: tuple[int, int]
 
 def fp8_gemm(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, block: tuple[int, int],
              bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
-             backend: KernelBackend = KernelBackend.TORCH) -> torch.Tensor:
+             backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> torch.Tensor:
     """y = quant(x) @ (data * scale).T + bias for one FP8 weight `data` (out, in) and its block `scale`.
 
     `block` says the scheme (see loader/fp8_weight.py): (out, in) per tensor, (1, in) per channel, else
     blocks. `out_dtype` (bf16 or fp32) is the output precision (and the reference's product precision).
-    x has any leading dims.
+    x has any leading dims. `pdl`: the Triton kernels may overlap their launches with the previous kernel's
+    tail (kernels/triton/pdl.py).
     """
     if out_dtype not in OUTPUT_DTYPES:
         raise ValueError(f"FP8 products accumulate in bf16 or fp32, not {out_dtype}")
@@ -44,9 +45,9 @@ def fp8_gemm(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, block: tu
     leading = x.shape[:-1]
     flat = x.reshape(-1, in_features)
     if backend == KernelBackend.TRITON:
-        from kilotok.kernels.triton import fp8_gemm as triton_fp8
+        from kilotok.kernels.triton import matmul_ops  # Triton is an optional extra: imported on first use
 
-        out = triton_fp8.fp8_gemm(flat, data, scale, block, bias, out_dtype)
+        out = matmul_ops.fp8_gemm(flat, data, scale, list(block), bias, out_dtype, pdl)
         return out.reshape(*leading, out_features)
     scheme = block_scheme(data.shape, block)
     if _scaled_mm_applies(flat, data, scheme, out_dtype):
@@ -61,9 +62,10 @@ def fp8_gemm(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, block: tu
 
 
 def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None = None,
-               out_dtype: torch.dtype = torch.bfloat16, backend: KernelBackend = KernelBackend.TORCH) -> torch.Tensor:
+               out_dtype: torch.dtype = torch.bfloat16, backend: KernelBackend = KernelBackend.TORCH,
+               pdl: bool = False) -> torch.Tensor:
     """`fp8_gemm` for an `Fp8Weight` (one expert of a stacked weight: `weight.expert(e)`)."""
-    return fp8_gemm(x, weight.data, weight.scale, weight.block, bias, out_dtype, backend)
+    return fp8_gemm(x, weight.data, weight.scale, weight.block, bias, out_dtype, backend, pdl)
 
 
 def quantize_activations(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,14 +51,16 @@ def grouped_expert_mlp(rows: torch.Tensor, group_sizes: torch.Tensor, gate_up: E
 
 
 def moe_experts(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: ExpertWeight,
-                down: ExpertWeight, gate_on_input: bool,
-                backend: KernelBackend = KernelBackend.TORCH) -> torch.Tensor:
+                down: ExpertWeight, gate_on_input: bool, backend: KernelBackend = KernelBackend.TORCH,
+                pdl: bool = False) -> torch.Tensor:
     """sum over each token's k experts of weight * expert(x) (or expert(weight * x) with `gate_on_input`,
-    as Llama 4 does). x [T, d], weights / experts [T, k] -> [T, d] in x's dtype."""
+    as Llama 4 does). x [T, d], weights / experts [T, k] -> [T, d] in x's dtype. `pdl`: the Triton kernels
+    may overlap their launches with the previous kernel's tail (kernels/triton/pdl.py)."""
     if backend == KernelBackend.TRITON:
-        from kilotok.kernels.triton import fused_moe
+        from kilotok.kernels.triton import matmul_ops  # Triton is an optional extra: imported on first use
 
-        return fused_moe.fused_moe(x, weights, experts, gate_up, down, gate_on_input)
+        return matmul_ops.fused_moe(x, weights, experts, *_op_operands(gate_up), *_op_operands(down), gate_on_input,
+                                    pdl)
     top_k = experts.shape[1]
     order, group_sizes = sort_by_expert(experts, gate_up.shape[0])
     tokens = order // top_k
@@ -71,6 +73,13 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, g
         out_rows = out_rows * pair_weights
     combined = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     return combined.index_add_(0, tokens, out_rows.float()).to(x.dtype)
+
+
+def _op_operands(weight: ExpertWeight) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """An expert weight as the fused MoE op takes it: codes, scales (None for float experts), block."""
+    if isinstance(weight, Fp8Weight):
+        return weight.data, weight.scale, list(weight.block)
+    return weight, None, [1, 1]
 
 
 def _compute_dtype(weight: ExpertWeight, x: torch.Tensor) -> torch.dtype:

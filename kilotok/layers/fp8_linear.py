@@ -11,10 +11,12 @@ from kilotok.loader.fp8_weight import Fp8Weight
 
 
 class Fp8Linear(nn.Module):
-    """A linear layer over an FP8 weight; products and output in `out_dtype` (bf16 or fp32)."""
+    """A linear layer over an FP8 weight; products and output in `out_dtype` (bf16 or fp32). `pdl`: the Triton
+    kernels may overlap their launches with the previous kernel's tail (kernels/triton/pdl.py)."""
 
     def __init__(self, weight: Fp8Weight, bias: torch.Tensor | None = None,
-                 out_dtype: torch.dtype = torch.bfloat16, backend: KernelBackend = KernelBackend.TORCH) -> None:
+                 out_dtype: torch.dtype = torch.bfloat16, backend: KernelBackend = KernelBackend.TORCH,
+                 pdl: bool = False) -> None:
         super().__init__()
         if weight.data.dim() != 2:
             raise ValueError(f"an FP8 linear layer takes a 2-D weight, got shape {weight.shape}")
@@ -23,6 +25,7 @@ class Fp8Linear(nn.Module):
         self.scheme = weight.scheme
         self.out_dtype = out_dtype
         self.backend = backend
+        self.pdl = pdl
         self.register_buffer("weight", weight.data.contiguous())
         self.register_buffer("weight_scale", weight.scale.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype))
@@ -36,7 +39,8 @@ class Fp8Linear(nn.Module):
         return Fp8Weight(self.weight, self.weight_scale, self.block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_gemm(x, self.weight, self.weight_scale, self.block, self.bias, self.out_dtype, self.backend)
+        return fp8_gemm(x, self.weight, self.weight_scale, self.block, self.bias, self.out_dtype, self.backend,
+                        self.pdl)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "

@@ -50,7 +50,7 @@ class DenseLinear(nn.Module):
 
 
 def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | str,
-                backend: KernelBackend = KernelBackend.TORCH) -> nn.Module:
+                backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> nn.Module:
     """A linear layer y = x @ weight.T + bias in weight format `fmt` (quant/formats.py).
 
     Float formats hold the (dequantized) weight in their dtype. int4 and int8 run kilotok's multi-row CPU
@@ -58,12 +58,13 @@ def make_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat | s
     own codes and scales and quantizing any other weight in blocks of 32; elsewhere ATen's kernels run:
     int8 requantized per output channel, int4 from the Q4_0/Q4_1 codes or quantized per group of 32. FP8
     formats keep or make an E4M3 weight and quantize activations per token, output in bf16; their product
-    runs on `backend` (the other formats keep their CPU path).
+    runs on `backend` (the other formats keep their CPU path), its Triton kernels launched with PDL where
+    `pdl` asks (kernels/triton/pdl.py).
     Every returned module has `in_features`, `out_features` and `weight_bytes` (bytes read per forward).
     """
     fmt = weight_format(fmt)
     if fmt.linear == "fp8":
-        return _fp8_linear(weight, bias, fmt, backend)
+        return _fp8_linear(weight, bias, fmt, backend, pdl)
     if fmt.linear == "float":
         return DenseLinear(as_float(weight), bias, fmt.float_dtype)
     if lowbit_available():
@@ -88,13 +89,14 @@ def _lowbit_weight(weight: Weight, bits: int) -> PackedWeight:
     return pack_float(as_float(weight), bits)
 
 
-def _fp8_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat, backend: KernelBackend) -> nn.Module:
+def _fp8_linear(weight: Weight, bias: torch.Tensor | None, fmt: WeightFormat, backend: KernelBackend,
+                pdl: bool) -> nn.Module:
     if isinstance(weight, Fp8Weight) and fmt.fp8_scheme in (None, weight.scheme):
-        return Fp8Linear(weight, bias, backend=backend)
+        return Fp8Linear(weight, bias, backend=backend, pdl=pdl)
     scheme = fmt.fp8_scheme or fmt.fp8_unstored
     if scheme is None:
         return DenseLinear(as_float(weight), bias, torch.bfloat16)
-    return Fp8Linear(quantize_fp8(as_float(weight), scheme), bias, backend=backend)
+    return Fp8Linear(quantize_fp8(as_float(weight), scheme), bias, backend=backend, pdl=pdl)
 
 
 def _log_fallback(mode: str, used: str, shape: tuple[int, ...]) -> None:

@@ -33,11 +33,11 @@ class SparseMoe(nn.Module):
     """Router + routed experts (+ an always-on shared expert, as in Llama 4). Takes and returns [T, d].
 
     Experts are float tensors or FP8 weights (stacked `Fp8Weight`s, their codes and scales kept as buffers);
-    either kind runs on `backend`."""
+    either kind runs on `backend` (with PDL where `pdl` asks: kernels/triton/pdl.py)."""
 
     def __init__(self, router: nn.Module, gate_up: ExpertWeight, down: ExpertWeight, top_k: int, scoring: str,
                  renormalize: bool, gate_on_input: bool, shared_expert: nn.Module | None = None,
-                 backend: KernelBackend = KernelBackend.TORCH) -> None:
+                 backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False) -> None:
         super().__init__()
         self.router = router
         self.blocks: dict[str, tuple[int, int]] = {}
@@ -49,6 +49,7 @@ class SparseMoe(nn.Module):
         self.gate_on_input = gate_on_input
         self.shared_expert = shared_expert
         self.backend = backend
+        self.pdl = pdl
 
     def _hold(self, name: str, weight: ExpertWeight) -> None:
         if isinstance(weight, Fp8Weight):
@@ -71,7 +72,7 @@ class SparseMoe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, experts = route(self.router(x), self.top_k, self.scoring, self.renormalize)
         out = moe_experts(x, weights, experts, self.experts("gate_up"), self.experts("down"), self.gate_on_input,
-                          self.backend)
+                          self.backend, self.pdl)
         if self.shared_expert is not None:
             out = out + self.shared_expert(x).to(out.dtype)
         return out

@@ -104,8 +104,8 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
     use_rope = index not in config.nope_layers
     return Attention(
         config.num_heads, config.num_kv_heads, config.head_dim,
-        make_linear(qkv, qkv_bias, fmt, kernels.backend),
-        make_linear(get(attn + "o_proj.weight"), o_bias, fmt, kernels.backend),
+        make_linear(qkv, qkv_bias, fmt, kernels.backend, kernels.pdl),
+        make_linear(get(attn + "o_proj.weight"), o_bias, fmt, kernels.backend, kernels.pdl),
         rotary if use_rope else None,
         rope_interleaved=config.rope_interleaved,
         q_norm=q_norm,
@@ -123,8 +123,8 @@ def _mlp(get: LayerWeights, prefix: str, fmt: WeightFormat, kernels: KernelChoic
     gate_up = _concat([get(prefix + "gate_proj.weight"), get(prefix + "up_proj.weight")])
     gate_up_bias = get.bias(prefix + "gate_proj.bias", prefix + "up_proj.bias")
     down_bias = get.bias(prefix + "down_proj.bias")
-    return MLP(make_linear(gate_up, gate_up_bias, fmt, kernels.backend),
-               make_linear(get(prefix + "down_proj.weight"), down_bias, fmt, kernels.backend),
+    return MLP(make_linear(gate_up, gate_up_bias, fmt, kernels.backend, kernels.pdl),
+               make_linear(get(prefix + "down_proj.weight"), down_bias, fmt, kernels.backend, kernels.pdl),
                kernels.backend, kernels.pdl)
 
 
@@ -147,6 +147,7 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
         gate_on_input=moe.gate_on_input,
         shared_expert=shared,
         backend=kernels.backend,
+        pdl=kernels.pdl,
     )
 
 

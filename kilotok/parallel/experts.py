@@ -38,6 +38,6 @@ class ExpertParallelMoe(nn.Module):
         local_ids = experts - self.first_expert
         tokens, slots = ((local_ids >= 0) & (local_ids < moe.num_experts)).nonzero(as_tuple=True)
         out_pairs = moe_experts(x[tokens], weights[tokens, slots][:, None], local_ids[tokens, slots][:, None],
-                                moe.experts("gate_up"), moe.experts("down"), moe.gate_on_input, moe.backend)
+                                moe.experts("gate_up"), moe.experts("down"), moe.gate_on_input, moe.backend, moe.pdl)
         combined = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         return combined.index_add_(0, tokens, out_pairs.float())

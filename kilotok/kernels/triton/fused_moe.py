@@ -10,6 +10,11 @@ which is linear in its input). The k pairs of each token are summed at the end.
 
 FP8 experts quantize each GEMM's input per token (per 128 group for block-scaled weights) with the FP8
 GEMM's quantize kernel and scale each K step as that GEMM does.
+
+The expert counts are summed with a scatter-add rather than `torch.bincount`, which on CUDA reads the largest
+id back to the host: that would stall the step and break CUDA graph capture. With PDL
+(kernels/triton/pdl.py) each launch waits for the kernel before it (the align step's, then the first
+product's) and lets the next one launch once its reads are issued.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import triton.language as tl
 
 from kilotok.kernels.backend import interpreting
 from kilotok.kernels.triton.fp8_gemm import fp8_dot_supported, quantize_activations, step_along_k
+from kilotok.kernels.triton.pdl import launch_options, pdl_enabled, release_dependents, wait_for_producer
 from kilotok.loader.fp8_weight import Fp8Weight, block_scheme
 
 BLOCK_M, BLOCK_N, FLOAT_BLOCK_K = 16, 64, 32
@@ -31,9 +37,11 @@ def _expert_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, pair_weight_ptr,
                         stride_a, stride_as, stride_we, stride_wn, stride_wse, stride_wsn, stride_out,
                         SWIGLU: tl.constexpr, WEIGHT_PRODUCT: tl.constexpr, FP8: tl.constexpr,
                         FP8_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        USE_PDL: tl.constexpr):
     """out[pair, n] for the pairs of one block of sorted slots; with SWIGLU, silu(a @ w[n]) * (a @ w[N + n])."""
     block = tl.program_id(0)
+    wait_for_producer(USE_PDL)  # the block's expert, its pairs and their rows are earlier kernels' output
     expert = tl.load(block_experts_ptr + block)
     if expert >= 0:
         slots = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -73,6 +81,7 @@ def _expert_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, pair_weight_ptr,
                 if SWIGLU:
                     b = tl.load(w_base + (N + cols)[None, :] * stride_wn + ks[:, None], mask=b_mask, other=0.0)
                     up = tl.dot(a, b.to(DOT_DTYPE), up, input_precision=PRECISION)
+        release_dependents(USE_PDL)
         if WEIGHT_PRODUCT:
             pair_weight = tl.load(pair_weight_ptr + pairs, mask=pair_ok, other=0.0).to(tl.float32)
             gate = gate * pair_weight[:, None]
@@ -97,9 +106,10 @@ def align_by_expert(experts: torch.Tensor, num_experts: int, block_m: int) -> tu
     grouped by expert, each expert's run padded with T * k (no pair) to a multiple of `block_m`;
     block_experts [S / block_m] is each block's expert, -1 past the last run. S is the most any routing can
     need, so the shapes depend only on T, k and the expert count."""
-    flat = experts.flatten()
+    flat = experts.flatten().long()
     num_pairs = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_ends = padded.cumsum(0)
     order = flat.argsort(stable=True)
@@ -115,8 +125,9 @@ def align_by_expert(experts: torch.Tensor, num_experts: int, block_m: int) -> tu
 
 
 def fused_moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: torch.Tensor | Fp8Weight,
-              down: torch.Tensor | Fp8Weight, gate_on_input: bool) -> torch.Tensor:
-    """kernels/moe.py's `moe_experts`: x [T, d], weights / experts [T, k], gate_up [E, 2f, d], down [E, d, f]."""
+              down: torch.Tensor | Fp8Weight, gate_on_input: bool, pdl: bool = False) -> torch.Tensor:
+    """kernels/moe.py's `moe_experts`: x [T, d], weights / experts [T, k], gate_up [E, 2f, d], down [E, d, f].
+    `pdl`: the launches may overlap the previous kernel's tail."""
     tokens, top_k = experts.shape
     num_experts, twice_f, hidden = gate_up.shape
     sorted_pairs, block_experts = align_by_expert(experts, num_experts, BLOCK_M)
@@ -124,21 +135,21 @@ def fused_moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gat
     dtype = x.dtype if isinstance(gate_up, Fp8Weight) else gate_up.dtype
     inner = torch.empty(tokens * top_k, twice_f // 2, dtype=dtype, device=x.device)
     _expert_gemm(x.contiguous(), top_k, gate_up, pair_weights, inner, sorted_pairs, block_experts, True,
-                 gate_on_input)
+                 gate_on_input, pdl)
     out = torch.empty(tokens * top_k, hidden, dtype=dtype, device=x.device)
-    _expert_gemm(inner, 1, down, pair_weights, out, sorted_pairs, block_experts, False, not gate_on_input)
+    _expert_gemm(inner, 1, down, pair_weights, out, sorted_pairs, block_experts, False, not gate_on_input, pdl)
     return out.view(tokens, top_k, hidden).float().sum(dim=1).to(x.dtype)
 
 
 def _expert_gemm(a: torch.Tensor, rows_per_a: int, weight: torch.Tensor | Fp8Weight, pair_weights: torch.Tensor,
                  out: torch.Tensor, sorted_pairs: torch.Tensor, block_experts: torch.Tensor, swiglu: bool,
-                 weight_product: bool) -> None:
+                 weight_product: bool, pdl: bool) -> None:
     n = out.shape[1]
     k = a.shape[1]
     if isinstance(weight, Fp8Weight):
         block = weight.block
         x_group = block[1] if block_scheme(weight.shape, block) == "block" else k
-        a, a_scale = quantize_activations(a, x_group)
+        a, a_scale = quantize_activations(a, x_group, pdl)
         data, scale = weight.data.contiguous(), weight.scale.contiguous()
         fp8 = dict(x_group=x_group, w_rows=block[0], w_cols=block[1], block_k=step_along_k(k, (x_group, block[1])),
                    scale_strides=(scale.stride(0), scale.stride(1)), a_scale_stride=a_scale.stride(0))
@@ -146,6 +157,7 @@ def _expert_gemm(a: torch.Tensor, rows_per_a: int, weight: torch.Tensor | Fp8Wei
         data, scale, a_scale = weight.contiguous(), a, a
         fp8 = dict(x_group=k, w_rows=1, w_cols=k, block_k=FLOAT_BLOCK_K, scale_strides=(0, 0), a_scale_stride=0)
     grid = (block_experts.numel(), triton.cdiv(n, BLOCK_N))
+    use_pdl = pdl_enabled(pdl, a.device)
     _expert_gemm_kernel[grid](
         a, a_scale, data, scale, pair_weights, out, sorted_pairs, block_experts, pair_weights.numel(), n, k,
         rows_per_a, fp8["x_group"], fp8["w_rows"], fp8["w_cols"], a.stride(0), fp8["a_scale_stride"],
@@ -153,5 +165,5 @@ def _expert_gemm(a: torch.Tensor, rows_per_a: int, weight: torch.Tensor | Fp8Wei
         SWIGLU=swiglu, WEIGHT_PRODUCT=weight_product, FP8=isinstance(weight, Fp8Weight),
         FP8_DOT=fp8_dot_supported(a.device), DOT_DTYPE=float_dot_dtype(data.dtype),
         PRECISION="ieee" if data.dtype == torch.float32 or interpreting() else "tf32",
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=fp8["block_k"],
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=fp8["block_k"], USE_PDL=use_pdl, **launch_options(use_pdl),
     )

@@ -74,7 +74,7 @@ def test_product_matches_the_dequantized_fp32_product(scheme, rows):
 def test_per_group_activations_with_per_channel_weights(x_group):
     weight, x = operands(3, seed=11)
     quantized = quantize_fp8(weight, "channel")
-    out = triton_fp8.fp8_gemm(x, quantized.data, quantized.scale, quantized.block, None, torch.float32, x_group)
+    out = triton_fp8.fp8_gemm(x, quantized.data, quantized.scale, quantized.block, None, torch.float32, x_group=x_group)
     expected = dequantized_product(x, quantized, x_group)
     assert ((out.double() - expected).abs() <= 1e-5 * expected.abs().max()).all()
 
