@@ -1,45 +1,15 @@
 #!/usr/bin/env bash
 # `kilotok bench kernels` on a lent H100 or H200: every Triton kernel checked against its PyTorch reference
 # and timed beside torch and torch.compile, next to the copy and matmul ceilings it measures first.
-#
-# The GPU image has torch, triton and kilotok's other needs but not `gguf` (which the CLI imports), and no
-# package registry: carry its wheel (pure Python). Here, once, from the repository root:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl gguf==0.19.0
-# Then one device call: command `bash scripts/gpu/bench_kernels.sh`, carry [".whl"], timeout_s 330. The
-# bench stops itself after BUDGET_S seconds (default 300), so a 15-minute lease leaves room for a rerun;
-# the JSON under $OUT is rewritten after every case, so a stopped run keeps what it measured.
+# Run it through the launcher (README: "GPU runs"), which installs the carried wheels (the CLI imports
+# `gguf`) and records the card; it needs no model file:
+#   run(command="bash scripts/gpu/launch.sh --budget 300 -- bash scripts/gpu/bench_kernels.sh",
+#       carry=[".whl"], timeout_s=340)
+# The JSON under $OUT is rewritten after every case, so a run stopped at the budget keeps what it measured.
 # Extra arguments go to `kilotok bench kernels` (e.g. --tokens 1 --no-compile for a quick pass).
-#
-# Results under $OUT: bench_kernels.json (the figures), bench_kernels.log (the table and progress),
-# gpu.txt (card, clocks, versions, whether this Triton has the PDL launch option).
+# Results under $OUT: bench_kernels.json; the table and progress are in the launcher's log.
 set -uo pipefail
 
-OUT=${OUT:-/tmp/kilotok-bench-kernels}
-BUDGET_S=${BUDGET_S:-300}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv \
-    | tee "$OUT/gpu.txt"
-python3 - <<'PY' 2>&1 | tee -a "$OUT/gpu.txt"
-import torch
-import triton
-from triton.backends.nvidia.compiler import CUDAOptions
-
-print(f"torch {torch.__version__}, triton {triton.__version__}, capability {torch.cuda.get_device_capability()}, "
-      f"launch_pdl option: {'launch_pdl' in CUDAOptions.__dataclass_fields__}")
-PY
-
-timeout --signal=INT --kill-after=20 "$BUDGET_S" python3 -m kilotok.cli bench kernels --mode gpu \
-    --models llama-3.1-8b smollm2-135m llama4-maverick-moe --json-out "$OUT/bench_kernels.json" "$@" \
-    2>&1 | tee "$OUT/bench_kernels.log"
-status=${PIPESTATUS[0]}
-[ "$status" -eq 0 ] || echo "bench kernels exited with status $status (124 or 130: stopped at BUDGET_S=$BUDGET_S s)"
-exit "$status"
+OUT=${OUT:-/tmp/kilotok-out}
+exec python3 -m kilotok.cli bench kernels --mode gpu --models llama-3.1-8b smollm2-135m llama4-maverick-moe \
+    --json-out "$OUT/bench_kernels.json" "$@"
