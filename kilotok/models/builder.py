@@ -150,8 +150,12 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
     )
 
 
-def _expert_format(weight: torch.Tensor, fmt: WeightFormat) -> torch.Tensor | Fp8Weight:
+def _expert_format(weight: Weight, fmt: WeightFormat) -> torch.Tensor | Fp8Weight:
+    # Stored FP8 experts stay as they are where the format keeps stored FP8 linear weights (layers/linear.py).
+    if fmt.linear == "fp8" and isinstance(weight, Fp8Weight) and fmt.fp8_scheme in (None, weight.scheme):
+        return weight
     scheme = fmt.fp8_scheme or fmt.fp8_unstored if fmt.linear == "fp8" else None
+    weight = as_float(weight)
     return quantize_fp8(weight, scheme) if scheme else weight.to(fmt.float_format.float_dtype)
 
 

@@ -1,0 +1,292 @@
+"""`kilotok bench gpu`: the end-to-end GPU benchmark, every case in one run on one card, after measuring the
+card's copy bandwidth (a large device-to-device copy):
+
+- smollm2: the default model at batch 1, greedy, over the bench prompts (bench/prompts.py): kilotok without
+  speculation, with n-gram and with EAGLE-3 (the shipped head), in bf16 and fp8-block; transformers on the
+  same weights (dequantized to bf16), eager and with its static cache (which it compiles on a GPU).
+- dense: a Llama-3.1-8B-shaped model with random weights (models/random_weights.py), bf16 and fp8-block, at
+  several batch sizes: tokens/s per user and in total; at batch 1 without speculation, the share of the
+  copy bandwidth reached (weight bytes per token over the step time).
+- moe: a Llama 4 Maverick-shaped model with FP8 experts, cut to as many layers as fit, and to half as many:
+  tokens/s per user at batch 1, and the cost of a dense+MoE layer pair from the difference of the two.
+
+Every case runs under one time budget (a case that would start after it is recorded as skipped), and the
+JSON is rewritten after every case, so a run stopped at the end of a GPU lease keeps what it measured.
+`--tiny` runs the same cases on small random models with few tokens: the dry run for a CPU (tests do this).
+Figures are only comparable within one run; see docs/benchmarks.md for the command a GPU session runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from kilotok.bench import gpu_cases as cases
+from kilotok.bench.prompts import bench_prompts
+from kilotok.bench.report import log, table_lines, write_json
+from kilotok.errors import InvalidRequestError
+
+CLI_HELP = "end-to-end speed on a GPU: the default model against transformers, 8B- and Maverick-shaped models"
+SECTIONS = ("smollm2", "dense", "moe")
+SPECS = ("none", "ngram", "eagle3")
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class GpuE2eSettings:
+    sections: tuple[str, ...] = SECTIONS
+    device: str = "auto"
+    budget_s: float = 420.0
+    smollm_model: str = "smollm2-135m"
+    smollm_dtypes: tuple[str, ...] = ("bf16", "fp8-block")
+    specs: tuple[str, ...] = SPECS
+    transformers: bool = True
+    num_prompts: int | None = None
+    """Bench prompts for the smollm2 section (None: all of them)."""
+    max_tokens: int = 256
+    dense_model: str = "random:llama-3.1-8b"
+    dense_dtypes: tuple[str, ...] = ("bf16", "fp8-block")
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    batch_max_tokens: int = 128
+    prompt_tokens: int = 128
+    """Prompt length of the random-weight models' requests."""
+    moe_model: str = "random:llama4-maverick"
+    moe_dtype: str = "auto"
+    moe_layers: int = 0
+    """Layers of the MoE model; 0: as many as fit in the GPU's free memory (all of them on a CPU)."""
+    kv_cache_gb: float = 2.0
+    compile: bool = True
+    """kilotok's compiled decode step (the engine's default); --tiny turns it off to keep the dry run short."""
+    copy_bytes: int = 4 * GiB
+
+    def __post_init__(self) -> None:
+        for what, asked, known in (("section", self.sections, SECTIONS), ("spec", self.specs, SPECS)):
+            unknown = sorted(set(asked) - set(known))
+            if unknown:
+                raise InvalidRequestError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
+        if self.max_tokens < 2 or self.batch_max_tokens < 2 or self.prompt_tokens < 1:
+            raise InvalidRequestError("--max-tokens and --batch-max-tokens must be at least 2, --prompt-tokens 1")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or self.budget_s <= 0 or self.moe_layers < 0:
+            raise InvalidRequestError("batch sizes and the budget must be positive, --moe-layers 0 or more")
+        bench_prompts(self.num_prompts)
+
+
+TINY = {"smollm_model": "random:tiny-llama", "dense_model": "random:tiny-llama", "moe_model": "random:tiny-llama4",
+        "specs": ("none", "ngram"), "num_prompts": 2, "max_tokens": 6, "batch_sizes": (1, 3), "batch_max_tokens": 6,
+        "prompt_tokens": 12, "kv_cache_gb": 0.05, "copy_bytes": 16 * 2**20, "compile": False}
+"""What --tiny changes: small random models, few tokens (the shipped EAGLE-3 head fits the default model only)."""
+
+
+class GpuE2eBench:
+    """Runs the cases in order, each timed and recorded; `save` gets the document after every case."""
+
+    def __init__(self, settings: GpuE2eSettings, save=None) -> None:
+        self.settings = settings
+        self.save = save
+        self.device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if settings.device == "auto" else settings.device)
+        self.deadline = time.monotonic() + settings.budget_s
+        self.document: dict = {"kind": "kilotok bench gpu", "device": str(self.device), "device_name": _device_name(
+            self.device), "torch_version": torch.__version__, "settings": asdict(settings), "cases": []}
+
+    def run(self) -> dict:
+        log(f"copy bandwidth: {self.settings.copy_bytes / GiB:.2f} GiB device-to-device")
+        self.document["copy_gbps"] = cases.copy_bandwidth_gbps(self.device, self.settings.copy_bytes)
+        cases.release_memory(self.device)
+        for section in self.settings.sections:
+            getattr(self, f"_{section}")()
+        return self.document
+
+    def _case(self, section: str, name: str, measure) -> dict:
+        """Record one case: its figures, or the error that stopped it, or that the budget ran out first."""
+        record = {"section": section, "name": name}
+        if time.monotonic() >= self.deadline:
+            record["status"] = "skipped: time budget spent"
+        else:
+            log(f"{section}: {name}")
+            try:
+                record |= {"status": "ok"} | cases.timed(measure)
+            except Exception as error:  # a GPU lease is short: note it, measure the rest
+                record |= {"status": "error", "error": repr(error)}
+                log(f"  failed: {error!r}")
+            finally:
+                cases.release_memory(self.device)
+        self.document["cases"].append(record)
+        if self.save is not None:
+            self.save(self.document)
+        return record
+
+    def _llm(self, model: str, dtype: str, spec: str = "none"):
+        from kilotok import LLM
+
+        options = {} if spec == "none" else {"spec": spec}
+        return LLM(model, dtype=dtype, device=str(self.device), kv_cache_gb=self.settings.kv_cache_gb,
+                   compile=self.settings.compile, progress=False, **options)
+
+    def _bandwidth(self, llm, decode_tokens_per_s: float) -> dict:
+        weight_bytes = cases.weight_bytes_per_token(llm.engine.runner.model)
+        achieved = weight_bytes * decode_tokens_per_s / 1e9
+        return {"weight_bytes_per_token": weight_bytes, "weight_gbps": achieved,
+                "copy_bandwidth_share": achieved / self.document["copy_gbps"]}
+
+    def _smollm2(self) -> None:
+        s = self.settings
+        prompt_ids = self._smollm_prompts()
+        for dtype in s.smollm_dtypes:
+            for spec in s.specs:
+                def measure(dtype=dtype, spec=spec) -> dict:
+                    llm = self._llm(s.smollm_model, dtype, spec)
+                    runs = cases.time_prompts(llm, prompt_ids, s.max_tokens)
+                    summary = cases.summarize_prompts(runs)
+                    if spec == "none":
+                        summary |= self._bandwidth(llm, summary["median_decode_tokens_per_s"])
+                    return {"engine": "kilotok", "dtype": dtype, "spec": spec} | summary | {"runs": runs}
+                self._case("smollm2", f"kilotok {dtype} {spec}", measure)
+        if not s.transformers:
+            return
+        reference = next((c for c in self.document["cases"] if c.get("name") == "kilotok bf16 none"
+                          and c["status"] == "ok"), None)
+        for static in (False, True):
+            def measure(static=static) -> dict:
+                hf = cases.transformers_model(s.smollm_model, self.device)
+                runs = cases.time_transformers(hf, prompt_ids, s.max_tokens, static)
+                agreeing = None if reference is None else sum(
+                    run["token_ids"] == ref["token_ids"] for run, ref in zip(runs, reference["runs"], strict=True))
+                return {"engine": "transformers", "dtype": "bf16", "static_cache": static,
+                        "compiled": hasattr(hf, "_compiled_call"),  # where generate() keeps what it compiled
+                        "prompts_agreeing_with_kilotok_bf16": agreeing} | cases.summarize_prompts(runs) | {"runs": runs}
+            self._case("smollm2", "transformers static+compile" if static else "transformers eager", measure)
+
+    def _smollm_prompts(self) -> list[list[int]]:
+        """The bench prompts in the model's chat template; random ids for a model without one."""
+        from kilotok.models.registry import load_checkpoint
+
+        tokenizer = load_checkpoint(self.settings.smollm_model, progress=False).tokenizer
+        count = self.settings.num_prompts or len(bench_prompts())
+        if tokenizer.chat_template is None:
+            return cases.random_prompts(count, self.settings.prompt_tokens, tokenizer.vocab_size)
+        return [tokenizer.encode_chat(conversation) for conversation in bench_prompts(count)]
+
+    def _dense(self) -> None:
+        s = self.settings
+        for dtype in s.dense_dtypes:
+            def measure(dtype=dtype) -> dict:
+                llm = self._llm(s.dense_model, dtype)
+                vocab = llm.engine.model_config.vocab_size
+                batches = []
+                for batch in s.batch_sizes:
+                    record = cases.time_batch(llm, cases.random_prompts(batch, s.prompt_tokens, vocab, seed=batch),
+                                              s.batch_max_tokens)
+                    if batch == 1:
+                        record |= self._bandwidth(llm, record["per_user_decode_tokens_per_s"])
+                    batches.append(record)
+                    log(f"  batch {batch}: {record['per_user_decode_tokens_per_s']:.1f} tok/s per user, "
+                        f"{record['total_decode_tokens_per_s']:.1f} in total")
+                return {"engine": "kilotok", "model": s.dense_model, "dtype": dtype, "batches": batches}
+            self._case("dense", f"kilotok {dtype}", measure)
+
+    def _moe(self) -> None:
+        s = self.settings
+        most = s.moe_layers or self._moe_layers_that_fit()
+        counts = sorted({most, most // 4 * 2} - {0})
+        points = []
+        for layers in reversed(counts):
+            def measure(layers=layers) -> dict:
+                model = f"{s.moe_model}:{layers}"
+                llm = self._llm(model, s.moe_dtype)
+                prompt = cases.random_prompts(1, s.prompt_tokens, llm.engine.model_config.vocab_size)
+                record = cases.time_batch(llm, prompt, s.batch_max_tokens)
+                return {"engine": "kilotok", "model": model, "layers": layers,
+                        "dtype": llm.engine.weight_format.name} | record
+            record = self._case("moe", f"kilotok {layers} layers", measure)
+            if record["status"] == "ok":
+                points.append(record)
+        if len(points) == 2:
+            self._case("moe", "per layer pair", lambda: cases.per_layer_cost(points, self._moe_full_layers()))
+
+    def _moe_layers_that_fit(self) -> int:
+        from kilotok.models.random_weights import random_model_config
+
+        config = random_model_config(self.settings.moe_model)
+        if self.device.type != "cuda":
+            return config["num_hidden_layers"]
+        free, _ = torch.cuda.mem_get_info(self.device)
+        reserve = int(self.settings.kv_cache_gb * GiB) + 24 * GiB  # activations, graphs, a layer's temporaries
+        return cases.layers_that_fit(config, free, reserve)
+
+    def _moe_full_layers(self) -> int:
+        from kilotok.models.random_weights import random_model_config
+
+        return random_model_config(self.settings.moe_model)["num_hidden_layers"]
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def summary_rows(document: dict) -> list[tuple[str, ...]]:
+    rows = [("section", "case", "status", "tok/s per user", "total tok/s", "of copy bw", "accept len")]
+    for case in document["cases"]:
+        if case["status"] != "ok" or "batches" not in case:
+            rows.append(_row(case, case.get("median_decode_tokens_per_s", case.get("per_user_decode_tokens_per_s")),
+                             case.get("total_decode_tokens_per_s"), case.get("copy_bandwidth_share"),
+                             case.get("median_acceptance_length")))
+            continue
+        for batch in case["batches"]:
+            rows.append(_row(case | {"name": f"{case['name']} batch {batch['batch']}"},
+                             batch["per_user_decode_tokens_per_s"], batch["total_decode_tokens_per_s"],
+                             batch.get("copy_bandwidth_share"), None))
+    return rows
+
+
+def _row(case: dict, per_user, total, share, acceptance) -> tuple[str, ...]:
+    def cell(value, form):
+        return "-" if value is None else form.format(value)
+    return (case["section"], case["name"], case["status"][:12], cell(per_user, "{:.1f}"), cell(total, "{:.1f}"),
+            cell(share, "{:.0%}"), cell(acceptance, "{:.2f}"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = GpuE2eSettings()
+    parser.add_argument("--sections", nargs="+", default=list(defaults.sections), choices=SECTIONS)
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--budget-s", type=float, default=defaults.budget_s,
+                        help="start no case after this many seconds (default: %(default)s)")
+    parser.add_argument("--specs", nargs="+", default=list(defaults.specs), choices=SPECS)
+    parser.add_argument("--num-prompts", type=int, help="bench prompts in the smollm2 section (default: all)")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(defaults.batch_sizes))
+    parser.add_argument("--moe-layers", type=int, default=defaults.moe_layers,
+                        help="layers of the MoE model (default 0: as many as fit)")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers baselines")
+    parser.add_argument("--no-compile", action="store_true", help="kilotok without its compiled decode step")
+    parser.add_argument("--tiny", action="store_true", help="small random models and few tokens: a CPU dry run")
+    parser.add_argument("--json-out", type=Path, help="write the results here, after every case")
+
+
+def settings_from_args(args: argparse.Namespace) -> GpuE2eSettings:
+    settings = GpuE2eSettings(sections=tuple(args.sections), device=args.device, budget_s=args.budget_s,
+                              specs=tuple(args.specs), num_prompts=args.num_prompts, max_tokens=args.max_tokens,
+                              batch_sizes=tuple(args.batch_sizes), moe_layers=args.moe_layers,
+                              transformers=not args.no_transformers, compile=not args.no_compile)
+    return replace(settings, **TINY) if args.tiny else settings
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    save = None if args.json_out is None else (lambda document: write_json(args.json_out, document))
+    bench = GpuE2eBench(settings, save)
+    try:
+        document = bench.run()
+    except KeyboardInterrupt:  # the launcher's budget: what was measured is already saved
+        print("stopped: the time budget ran out", file=sys.stderr)
+        document = bench.document
+    print("\n".join(table_lines(summary_rows(document), left_aligned=3)))
+    print(f"device {document['device_name']}, copy bandwidth {document.get('copy_gbps', float('nan')):.0f} GB/s")
+    failed = [c["name"] for c in document["cases"] if c["status"] == "error"]
+    return 1 if failed else 0
