@@ -35,7 +35,7 @@ def build_components(config: EngineConfig) -> EngineComponents:
     """With tensor_parallel_size > 1 the model is rank 0's shard, and its runner leads the other ranks."""
     group, loaded = start_ranks(config) if config.parallel.world_size > 1 else (None, load_model(
         config.model, config.dtype, progress=config.progress, check_tensors=config.check_tensors,
-        backend=config.backend, pdl=config.pdl))
+        backend=config.backend, pdl=config.pdl, device=config.torch_device))
     model = loaded.model
     max_model_len = min(config.max_model_len or model.config.max_position_embeddings,
                         model.config.max_position_embeddings)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from kilotok.errors import InvalidRequestError
 from kilotok.kernels.backend import BACKEND_CHOICES, KernelBackend
+from kilotok.kernels.device import resolve_device
 from kilotok.parallel.layout import ParallelConfig
-from kilotok.quant.formats import check_dtype
+from kilotok.quant.formats import check_dtype, check_dtype_device
 from kilotok.speculative.config import SpecConfig
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = "smollm2-135m"
+    device: str = "auto"
+    """Where the model, its KV cache and sampling run: auto (CUDA where torch sees a GPU, else the CPU), cpu,
+    cuda or cuda:N (kernels/device.py)."""
     dtype: str = "auto"
     """A weight format of quant/formats.py (DTYPE_CHOICES); auto keeps a GGUF's 4-bit and a checkpoint's
-    FP8 weights as stored, else bf16."""
+    FP8 weights as stored (a GGUF's 4-bit weights as bf16 on CUDA, where int4 has no kernel), else bf16."""
     block_size: int = 16
     kv_cache_gb: float = 1.0
     kv_cache_blocks: int | None = None
@@ -58,6 +64,7 @@ class EngineConfig:
                                       f"{', '.join(BACKEND_CHOICES)}")
         self.parallel  # noqa: B018 - validates the parallel sizes
         check_dtype(self.dtype)
+        check_dtype_device(self.dtype, self.torch_device)
         checks = {
             "block_size": self.block_size >= 1,
             "kv_cache_gb": self.kv_cache_gb > 0,
@@ -71,6 +78,11 @@ class EngineConfig:
         for name, ok in checks.items():
             if not ok:
                 raise InvalidRequestError(f"engine setting {name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def torch_device(self) -> torch.device:
+        """`device` resolved (auto to cuda or cpu); raises InvalidRequestError for a device this machine lacks."""
+        return resolve_device(self.device)
 
     @property
     def parallel(self) -> ParallelConfig:
