@@ -30,6 +30,7 @@ from kilotok.bench import gpu_cases as cases
 from kilotok.bench.prompts import bench_prompts
 from kilotok.bench.report import log, table_lines, write_json
 from kilotok.errors import InvalidRequestError
+from kilotok.models.random_weights import random_model_config
 
 CLI_HELP = "end-to-end speed on a GPU: the default model against transformers, 8B- and Maverick-shaped models"
 SECTIONS = ("smollm2", "dense", "moe")
@@ -137,7 +138,15 @@ class GpuE2eBench:
     def _smollm2(self) -> None:
         s = self.settings
         prompt_ids = self._smollm_prompts()
-        for dtype in s.smollm_dtypes:
+        # The headline first (bf16 against transformers), the other dtypes after: a budget cuts from the end.
+        self._smollm2_kilotok(prompt_ids, s.smollm_dtypes[:1])
+        if s.transformers:
+            self._smollm2_transformers(prompt_ids)
+        self._smollm2_kilotok(prompt_ids, s.smollm_dtypes[1:])
+
+    def _smollm2_kilotok(self, prompt_ids: list[list[int]], dtypes: tuple[str, ...]) -> None:
+        s = self.settings
+        for dtype in dtypes:
             for spec in s.specs:
                 def measure(dtype=dtype, spec=spec) -> dict:
                     llm = self._llm(s.smollm_model, dtype, spec)
@@ -147,11 +156,12 @@ class GpuE2eBench:
                         summary |= self._bandwidth(llm, summary["median_decode_tokens_per_s"])
                     return {"engine": "kilotok", "dtype": dtype, "spec": spec} | summary | {"runs": runs}
                 self._case("smollm2", f"kilotok {dtype} {spec}", measure)
-        if not s.transformers:
-            return
+
+    def _smollm2_transformers(self, prompt_ids: list[list[int]]) -> None:
+        s = self.settings
         reference = next((c for c in self.document["cases"] if c.get("name") == "kilotok bf16 none"
                           and c["status"] == "ok"), None)
-        for static in (False, True):
+        for static in (True, False):
             def measure(static=static) -> dict:
                 hf = cases.transformers_model(s.smollm_model, self.device)
                 runs = cases.time_transformers(hf, prompt_ids, s.max_tokens, static)
@@ -207,22 +217,16 @@ class GpuE2eBench:
             if record["status"] == "ok":
                 points.append(record)
         if len(points) == 2:
-            self._case("moe", "per layer pair", lambda: cases.per_layer_cost(points, self._moe_full_layers()))
+            full = random_model_config(s.moe_model)["num_hidden_layers"]
+            self._case("moe", "per layer pair", lambda: cases.per_layer_cost(points, full))
 
     def _moe_layers_that_fit(self) -> int:
-        from kilotok.models.random_weights import random_model_config
-
         config = random_model_config(self.settings.moe_model)
         if self.device.type != "cuda":
             return config["num_hidden_layers"]
         free, _ = torch.cuda.mem_get_info(self.device)
         reserve = int(self.settings.kv_cache_gb * GiB) + 24 * GiB  # activations, graphs, a layer's temporaries
         return cases.layers_that_fit(config, free, reserve)
-
-    def _moe_full_layers(self) -> int:
-        from kilotok.models.random_weights import random_model_config
-
-        return random_model_config(self.settings.moe_model)["num_hidden_layers"]
 
 
 def _device_name(device: torch.device) -> str:

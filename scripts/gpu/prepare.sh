@@ -74,5 +74,5 @@ echo "device calls, back to back (a machine goes back 30 s after a call; the par
 for k in $(seq 1 $((count - 1))); do
     echo "  run(command=\"bash scripts/gpu/launch.sh\", carry=[\"$CARRY/gguf-$k\"], timeout_s=120)"
 done
-echo "  run(command=\"bash scripts/gpu/launch.sh --budget 500 -- bash scripts/gpu/run_all.sh\"," \
-    "carry=[\"$CARRY/gguf-$count\", \".whl\"], timeout_s=560)"
+echo "  run(command=\"bash scripts/gpu/launch.sh --budget 480 -- bash scripts/gpu/run_all.sh\"," \
+    "carry=[\"$CARRY/gguf-$count\", \".whl\"], timeout_s=520)"
