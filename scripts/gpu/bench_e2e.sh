@@ -8,5 +8,5 @@ set -uo pipefail
 
 OUT=${OUT:-/tmp/kilotok-out}
 export TRITON_INTERPRET=0
-exec python3 -m kilotok.cli bench gpu --device cuda --budget-s "${BENCH_BUDGET_S:-400}" \
+exec "${PYTHON:-python3}" -m kilotok.cli bench gpu --device "${DEVICE:-cuda}" --budget-s "${BENCH_BUDGET_S:-400}" \
     --json-out "$OUT/bench_e2e.json" "$@"

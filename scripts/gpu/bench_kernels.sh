@@ -11,5 +11,5 @@
 set -uo pipefail
 
 OUT=${OUT:-/tmp/kilotok-out}
-exec python3 -m kilotok.cli bench kernels --mode gpu --models llama-3.1-8b smollm2-135m llama4-maverick-moe \
+exec "${PYTHON:-python3}" -m kilotok.cli bench kernels --mode gpu --models llama-3.1-8b smollm2-135m llama4-maverick-moe \
     --json-out "$OUT/bench_kernels.json" "$@"

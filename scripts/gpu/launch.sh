@@ -27,7 +27,7 @@ done
 OUT=${OUT:-/tmp/kilotok-out}
 STASH=${STASH:-/tmp/kilotok-carry}
 SITE=${SITE:-/tmp/kilotok-site}
-PYTHON=${PYTHON:-python3}
+export PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT" "$STASH" "$SITE"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
