@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -125,9 +126,10 @@ class GpuE2eBench:
     def _llm(self, model: str, dtype: str, spec: str = "none"):
         from kilotok import LLM
 
-        options = {} if spec == "none" else {"spec": spec}
-        return LLM(model, dtype=dtype, device=str(self.device), kv_cache_gb=self.settings.kv_cache_gb,
-                   compile=self.settings.compile, progress=False, **options)
+        with tempfile.TemporaryDirectory() as folder:  # the tree policy is read when the engine starts
+            options = {} if spec == "none" else {"spec": cases.bench_spec(spec, Path(folder))}
+            return LLM(model, dtype=dtype, device=str(self.device), kv_cache_gb=self.settings.kv_cache_gb,
+                       compile=self.settings.compile, progress=False, **options)
 
     def _bandwidth(self, llm, decode_tokens_per_s: float) -> dict:
         weight_bytes = cases.weight_bytes_per_token(llm.engine.runner.model)
@@ -154,23 +156,27 @@ class GpuE2eBench:
                     summary = cases.summarize_prompts(runs)
                     if spec == "none":
                         summary |= self._bandwidth(llm, summary["median_decode_tokens_per_s"])
-                    return {"engine": "kilotok", "dtype": dtype, "spec": spec} | summary | {"runs": runs}
+                    tree = cases.SPEC_TREES.get(spec, {})
+                    return {"engine": "kilotok", "dtype": dtype, "spec": spec, "tree": tree} | summary | {"runs": runs}
                 self._case("smollm2", f"kilotok {dtype} {spec}", measure)
 
     def _smollm2_transformers(self, prompt_ids: list[list[int]]) -> None:
         s = self.settings
         reference = next((c for c in self.document["cases"] if c.get("name") == "kilotok bf16 none"
                           and c["status"] == "ok"), None)
+        # One model for both: the eager run (a dynamic cache) calls nothing the static run compiled.
+        built = {}
         for static in (True, False):
             def measure(static=static) -> dict:
-                hf = cases.transformers_model(s.smollm_model, self.device)
+                hf = built.get("hf") or built.setdefault("hf", cases.transformers_model(s.smollm_model, self.device))
                 runs = cases.time_transformers(hf, prompt_ids, s.max_tokens, static)
                 agreeing = None if reference is None else sum(
                     run["token_ids"] == ref["token_ids"] for run, ref in zip(runs, reference["runs"], strict=True))
                 return {"engine": "transformers", "dtype": "bf16", "static_cache": static,
-                        "compiled": hasattr(hf, "_compiled_call"),  # where generate() keeps what it compiled
+                        "compiled": static and hasattr(hf, "_compiled_call"),  # generate() keeps it there
                         "prompts_agreeing_with_kilotok_bf16": agreeing} | cases.summarize_prompts(runs) | {"runs": runs}
             self._case("smollm2", "transformers static+compile" if static else "transformers eager", measure)
+        built.clear()
 
     def _smollm_prompts(self) -> list[list[int]]:
         """The bench prompts in the model's chat template; random ids for a model without one."""
@@ -183,22 +189,20 @@ class GpuE2eBench:
         return [tokenizer.encode_chat(conversation) for conversation in bench_prompts(count)]
 
     def _dense(self) -> None:
+        """One case per dtype and batch size (a budget can stop between them), one engine per dtype."""
         s = self.settings
         for dtype in s.dense_dtypes:
-            def measure(dtype=dtype) -> dict:
-                llm = self._llm(s.dense_model, dtype)
-                vocab = llm.engine.model_config.vocab_size
-                batches = []
-                for batch in s.batch_sizes:
-                    record = cases.time_batch(llm, cases.random_prompts(batch, s.prompt_tokens, vocab, seed=batch),
-                                              s.batch_max_tokens)
+            engine = {}
+            for batch in s.batch_sizes:
+                def measure(dtype=dtype, batch=batch, engine=engine) -> dict:
+                    llm = engine.get("llm") or engine.setdefault("llm", self._llm(s.dense_model, dtype))
+                    prompts = cases.random_prompts(batch, s.prompt_tokens, llm.engine.model_config.vocab_size, batch)
+                    record = cases.time_batch(llm, prompts, s.batch_max_tokens)
                     if batch == 1:
                         record |= self._bandwidth(llm, record["per_user_decode_tokens_per_s"])
-                    batches.append(record)
-                    log(f"  batch {batch}: {record['per_user_decode_tokens_per_s']:.1f} tok/s per user, "
-                        f"{record['total_decode_tokens_per_s']:.1f} in total")
-                return {"engine": "kilotok", "model": s.dense_model, "dtype": dtype, "batches": batches}
-            self._case("dense", f"kilotok {dtype}", measure)
+                    return {"engine": "kilotok", "model": s.dense_model, "dtype": dtype} | record
+                self._case("dense", f"kilotok {dtype} batch {batch}", measure)
+            engine.clear()
 
     def _moe(self) -> None:
         s = self.settings
@@ -236,23 +240,12 @@ def _device_name(device: torch.device) -> str:
 def summary_rows(document: dict) -> list[tuple[str, ...]]:
     rows = [("section", "case", "status", "tok/s per user", "total tok/s", "of copy bw", "accept len")]
     for case in document["cases"]:
-        if case["status"] != "ok" or "batches" not in case:
-            rows.append(_row(case, case.get("median_decode_tokens_per_s", case.get("per_user_decode_tokens_per_s")),
-                             case.get("total_decode_tokens_per_s"), case.get("copy_bandwidth_share"),
-                             case.get("median_acceptance_length")))
-            continue
-        for batch in case["batches"]:
-            rows.append(_row(case | {"name": f"{case['name']} batch {batch['batch']}"},
-                             batch["per_user_decode_tokens_per_s"], batch["total_decode_tokens_per_s"],
-                             batch.get("copy_bandwidth_share"), None))
+        cells = ((case.get("median_decode_tokens_per_s", case.get("per_user_decode_tokens_per_s")), "{:.1f}"),
+                 (case.get("total_decode_tokens_per_s"), "{:.1f}"), (case.get("copy_bandwidth_share"), "{:.0%}"),
+                 (case.get("median_acceptance_length"), "{:.2f}"))
+        rows.append((case["section"], case["name"], case["status"][:12],
+                     *("-" if value is None else form.format(value) for value, form in cells)))
     return rows
-
-
-def _row(case: dict, per_user, total, share, acceptance) -> tuple[str, ...]:
-    def cell(value, form):
-        return "-" if value is None else form.format(value)
-    return (case["section"], case["name"], case["status"][:12], cell(per_user, "{:.1f}"), cell(total, "{:.1f}"),
-            cell(share, "{:.0%}"), cell(acceptance, "{:.2f}"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -22,9 +23,22 @@ from kilotok.loader.tensor import as_float
 from kilotok.models.config import ModelConfig
 from kilotok.models.family import expected_shapes
 from kilotok.models.registry import FAMILIES, load_checkpoint, model_config
+from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.policy import SpecPolicy, TreeShape
 
 AGREEMENT_TOKENS = 32
 """Leading greedy tokens each batch-1 run keeps, to compare engines on the same weights."""
+SPEC_TREES = {"ngram": {"depth": 5}, "eagle3": {"depth": 5, "topk": 4, "tree_size": 16}}
+"""Draft trees for a GPU, where verifying a few dozen rows at batch 1 costs about what one row does (a guess
+until `kilotok bench spec-policy` has measured them on one). Fixed at every batch size: the tables kilotok
+ships are measured for CPU families, and the host processor would otherwise pick one."""
+
+
+def bench_spec(method: str, folder: Path) -> SpecConfig:
+    """The speculative settings of `method` with its SPEC_TREES tree at every batch size."""
+    tree = SPEC_TREES[method]
+    policy = SpecPolicy.fixed(TreeShape(tree["depth"], tree.get("tree_size", tree["depth"])))
+    return SpecConfig(method, policy=str(policy.save(folder / f"{method}-policy.json")), **tree)
 
 
 def synchronize(device: torch.device) -> None:

