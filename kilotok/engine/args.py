@@ -29,8 +29,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None,
                        help="context window in tokens (default: the model's)")
     group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
+    group.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="SHARE",
+                       help="on CUDA, the share of the GPU's memory to fill: weights, activations and CUDA graphs "
+                            "first, the KV cache gets the rest (default: %(default)s)")
     group.add_argument("--no-compile", action="store_true",
                        help="run the decode step eagerly instead of with torch.compile")
+    group.add_argument("--no-cuda-graphs", action="store_true",
+                       help="on CUDA, run the decode step eagerly instead of replaying CUDA graphs captured at "
+                            "start-up")
     group.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                        help="kernel implementations: triton runs kilotok's Triton kernels on a CUDA device, torch the "
                             "PyTorch reference; auto picks triton where CUDA and Triton are available "
@@ -55,7 +61,9 @@ def engine_settings(args: argparse.Namespace) -> dict:
         "dtype": args.dtype,
         "max_model_len": args.max_model_len,
         "kv_cache_gb": args.kv_cache_gb,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
         "compile": not args.no_compile,
+        "cuda_graphs": not args.no_cuda_graphs,
         "check_tensors": args.check_tensors,
         "backend": args.backend,
         "pdl": not args.no_pdl,
