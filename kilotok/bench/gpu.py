@@ -37,6 +37,7 @@ CLI_HELP = "end-to-end speed on a GPU: the default model against transformers, 8
 SECTIONS = ("smollm2", "dense", "moe")
 SPECS = ("none", "ngram", "eagle3")
 GiB = 2**30
+BLOCK_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class GpuE2eSettings:
     moe_dtype: str = "auto"
     moe_layers: int = 0
     """Layers of the MoE model; 0: as many as fit in the GPU's free memory (all of them on a CPU)."""
-    kv_cache_gb: float = 2.0
+    kv_cache_tokens: int = 32 * 1024
+    """KV-cache slots of every engine (fixed, rather than what free GPU memory allows, so that no engine's
+    cache depends on what ran before it)."""
     compile: bool = True
     """kilotok's compiled decode step (the engine's default); --tiny turns it off to keep the dry run short."""
     copy_bytes: int = 4 * GiB
@@ -80,7 +83,7 @@ class GpuE2eSettings:
 
 TINY = {"smollm_model": "random:tiny-llama", "dense_model": "random:tiny-llama", "moe_model": "random:tiny-llama4",
         "specs": ("none", "ngram"), "num_prompts": 2, "max_tokens": 6, "batch_sizes": (1, 3), "batch_max_tokens": 6,
-        "prompt_tokens": 12, "kv_cache_gb": 0.05, "copy_bytes": 16 * 2**20, "compile": False}
+        "prompt_tokens": 12, "kv_cache_tokens": 1024, "copy_bytes": 16 * 2**20, "compile": False}
 """What --tiny changes: small random models, few tokens (the shipped EAGLE-3 head fits the default model only)."""
 
 
@@ -123,12 +126,14 @@ class GpuE2eBench:
             self.save(self.document)
         return record
 
-    def _llm(self, model: str, dtype: str, spec: str = "none"):
+    def _llm(self, model: str, dtype: str, spec: str = "none", max_num_seqs: int = 1):
+        """An engine for at most `max_num_seqs` users (CUDA graphs are captured for each batch size up to it)."""
         from kilotok import LLM
 
         with tempfile.TemporaryDirectory() as folder:  # the tree policy is read when the engine starts
             options = {} if spec == "none" else {"spec": cases.bench_spec(spec, Path(folder))}
-            return LLM(model, dtype=dtype, device=str(self.device), kv_cache_gb=self.settings.kv_cache_gb,
+            return LLM(model, dtype=dtype, device=str(self.device), max_num_seqs=max_num_seqs,
+                       kv_cache_blocks=self.settings.kv_cache_tokens // BLOCK_SIZE, block_size=BLOCK_SIZE,
                        compile=self.settings.compile, progress=False, **options)
 
     def _bandwidth(self, llm, decode_tokens_per_s: float) -> dict:
@@ -157,7 +162,8 @@ class GpuE2eBench:
                     if spec == "none":
                         summary |= self._bandwidth(llm, summary["median_decode_tokens_per_s"])
                     tree = cases.SPEC_TREES.get(spec, {})
-                    return {"engine": "kilotok", "dtype": dtype, "spec": spec, "tree": tree} | summary | {"runs": runs}
+                    return ({"engine": "kilotok", "dtype": dtype, "spec": spec, "tree": tree} | cases.engine_facts(llm)
+                            | summary | {"runs": runs})
                 self._case("smollm2", f"kilotok {dtype} {spec}", measure)
 
     def _smollm2_transformers(self, prompt_ids: list[list[int]]) -> None:
@@ -195,12 +201,14 @@ class GpuE2eBench:
             engine = {}
             for batch in s.batch_sizes:
                 def measure(dtype=dtype, batch=batch, engine=engine) -> dict:
-                    llm = engine.get("llm") or engine.setdefault("llm", self._llm(s.dense_model, dtype))
+                    llm = engine.get("llm") or engine.setdefault(
+                        "llm", self._llm(s.dense_model, dtype, max_num_seqs=max(s.batch_sizes)))
                     prompts = cases.random_prompts(batch, s.prompt_tokens, llm.engine.model_config.vocab_size, batch)
                     record = cases.time_batch(llm, prompts, s.batch_max_tokens)
                     if batch == 1:
                         record |= self._bandwidth(llm, record["per_user_decode_tokens_per_s"])
-                    return {"engine": "kilotok", "model": s.dense_model, "dtype": dtype} | record
+                    facts = {"engine": "kilotok", "model": s.dense_model, "dtype": dtype} | cases.engine_facts(llm)
+                    return facts | record
                 self._case("dense", f"kilotok {dtype} batch {batch}", measure)
             engine.clear()
 
@@ -215,8 +223,7 @@ class GpuE2eBench:
                 llm = self._llm(model, s.moe_dtype)
                 prompt = cases.random_prompts(1, s.prompt_tokens, llm.engine.model_config.vocab_size)
                 record = cases.time_batch(llm, prompt, s.batch_max_tokens)
-                return {"engine": "kilotok", "model": model, "layers": layers,
-                        "dtype": llm.engine.weight_format.name} | record
+                return {"engine": "kilotok", "model": model, "layers": layers} | cases.engine_facts(llm) | record
             record = self._case("moe", f"kilotok {layers} layers", measure)
             if record["status"] == "ok":
                 points.append(record)
@@ -229,7 +236,7 @@ class GpuE2eBench:
         if self.device.type != "cuda":
             return config["num_hidden_layers"]
         free, _ = torch.cuda.mem_get_info(self.device)
-        reserve = int(self.settings.kv_cache_gb * GiB) + 24 * GiB  # activations, graphs, a layer's temporaries
+        reserve = 28 * GiB  # the KV cache, activations, CUDA graphs, the builder's temporaries
         return cases.layers_that_fit(config, free, reserve)
 
 

@@ -80,6 +80,13 @@ def random_prompts(count: int, length: int, vocab_size: int, seed: int = 0) -> l
     return torch.randint(3, vocab_size, (count, length), generator=generator).tolist()
 
 
+def engine_facts(llm) -> dict:
+    """What a kilotok engine ran with (CUDA graphs replay its decode step on CUDA with the Triton kernels)."""
+    engine = llm.engine
+    return {"weight_format": engine.weight_format.name, "backend": engine.backend.value,
+            "cuda_graphs": engine.config.cuda_graphs, "compile": engine.config.compile}
+
+
 def _greedy(max_tokens: int):
     from kilotok import SamplingParams
 

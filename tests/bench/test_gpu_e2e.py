@@ -54,7 +54,7 @@ def test_every_case_ran_and_reports_positive_figures(document):
     for key in (("smollm2", "kilotok bf16 none"), ("smollm2", "kilotok fp8-block none")):
         assert _positive(by_name[key]["weight_bytes_per_token"], by_name[key]["copy_bandwidth_share"])
     assert _positive(by_name["dense", "kilotok fp8-block batch 1"]["copy_bandwidth_share"])
-    assert by_name["moe", "kilotok 4 layers"]["dtype"] == "fp8-stored"
+    assert by_name["moe", "kilotok 4 layers"]["weight_format"] == "fp8-stored"
     assert by_name["smollm2", "transformers eager"]["prompts_agreeing_with_kilotok_bf16"] in (0, 1, 2)
     assert set(by_name["moe", "per layer pair"]["step_ms_by_layers"]) == {2, 4}
     assert len(summary_rows(document)) == 1 + len(document["cases"])
