@@ -9,7 +9,7 @@ from kilotok import LLM, SamplingParams
 from kilotok.bench.prompts import _LONG_PASSAGE
 
 pytestmark = pytest.mark.gpu
-ON_CUDA = {"device": "cuda", "dtype": "fp32", "compile": False, "progress": False, "kv_cache_gb": 0.5}
+ON_CUDA = {"device": "cuda", "dtype": "fp32", "compile": False, "progress": False, "kv_cache_blocks": 512}
 PROMPTS = ["The three primary colours are", _LONG_PASSAGE + "\n\nWhat does the keeper want?", "def fib(n):"]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 

@@ -11,7 +11,7 @@ from kilotok.speculative.policy import SpecPolicy, TreeShape
 from tests.speculative.test_spec_default_model import PROMPTS
 
 pytestmark = pytest.mark.gpu
-ON_CUDA = {"device": "cuda", "dtype": "fp32", "compile": False, "progress": False, "kv_cache_gb": 0.5}
+ON_CUDA = {"device": "cuda", "dtype": "fp32", "compile": False, "progress": False, "kv_cache_blocks": 512}
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
 
 
