@@ -67,10 +67,10 @@ for k in $(seq 1 "$count"); do
     echo "call $k carries $((tree + wheel_bytes + $(du -cb "$CARRY/gguf-$k" | tail -1 | cut -f1))) of $LIMIT bytes"
 done
 echo "device calls, back to back (a machine goes back 30 s after a call; the parts live in its /tmp):"
-echo "  run(command=\"bash scripts/gpu/launch.sh --budget 240 -- env BENCH_BUDGET_S=180 bash scripts/gpu/bench_e2e.sh" \
-    "--sections dense moe\", carry=[\"$CARRY/gguf-1\", \".whl\"], timeout_s=280)"
+echo "  run(command=\"bash scripts/gpu/launch.sh --budget 190 -- env BENCH_BUDGET_S=140 bash scripts/gpu/bench_e2e.sh" \
+    "--sections dense moe\", carry=[\"$CARRY/gguf-1\", \".whl\"], timeout_s=240)"
 for k in $(seq 2 $((count - 1))); do
     echo "  run(command=\"bash scripts/gpu/launch.sh\", carry=[\"$CARRY/gguf-$k\", \".whl\"], timeout_s=120)"
 done
-echo "  run(command=\"bash scripts/gpu/launch.sh --budget 480 -- bash scripts/gpu/run_all.sh --sections smollm2\"," \
-    "carry=[\"$CARRY/gguf-$count\", \".whl\"], timeout_s=520)"
+echo "  run(command=\"bash scripts/gpu/launch.sh --budget 400 -- bash scripts/gpu/run_all.sh --sections smollm2\"," \
+    "carry=[\"$CARRY/gguf-$count\", \".whl\"], timeout_s=450)"
