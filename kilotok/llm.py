@@ -19,9 +19,9 @@ Prompt = str | list[dict] | dict
 
 
 class LLM:
-    """An engine for one model. Extra keyword arguments are `EngineConfig` fields (dtype, compile, ...),
-    among them `spec`: "ngram", "eagle3" or a `kilotok.speculative.config.SpecConfig` for lossless
-    speculative decoding."""
+    """An engine for one model. Extra keyword arguments are `EngineConfig` fields (device, dtype, compile,
+    gpu_memory_utilization, cuda_graphs, ...), among them `spec`: "ngram", "eagle3" or a
+    `kilotok.speculative.config.SpecConfig` for lossless speculative decoding."""
 
     def __init__(self, model: str = "smollm2-135m", **engine_settings) -> None:
         self.engine = LLMEngine(replace(EngineConfig(), model=model, **engine_settings))

@@ -70,3 +70,15 @@ def configured_trees_at_every_processor(monkeypatch):
     from kilotok.speculative import policy
 
     monkeypatch.setattr(policy, "_cpu_flags", set)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where torch sees a CUDA device (`pytest -m gpu` on a lent GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_KINDS = ("latency", "serve", "soak", "moe", "spec-policy", "kernels", "parallel")
+BENCH_KINDS = ("latency", "serve", "soak", "moe", "spec-policy", "kernels", "parallel", "gpu")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from kilotok.bench.report import machine_info
+from kilotok.kernels.device import DEVICE_CHOICES
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -29,6 +30,9 @@ def _add_model_args(parser: argparse.ArgumentParser, default_dtype: str, dtype_h
     parser.add_argument("--dtype", default=default_dtype,
                         help=f"weight format: fp32, bf16, fp16, int8, int4, fp8-block, auto, ...{dtype_help} "
                              "(default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="where the model runs: auto takes CUDA where torch sees a GPU (there only the float "
+                             "and fp8 formats run) (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON: one object per result, with the machine")
 
 
@@ -79,7 +83,7 @@ def _run_perplexity(args: argparse.Namespace) -> int:
     from kilotok.eval.perplexity import evaluate_perplexity
 
     report = evaluate_perplexity(args.model, args.dtype, args.text, args.max_tokens, args.context_len,
-                                 args.stride, progress=not args.json)
+                                 args.stride, progress=not args.json, device=args.device)
     if args.json:
         print(json.dumps({**report.as_dict(), "machine": machine_info()}))
         return 0
@@ -95,7 +99,7 @@ def _run_agreement(args: argparse.Namespace) -> int:
 
     dtypes = [dtype.strip() for dtype in args.dtype.split(",") if dtype.strip()]
     reports = evaluate_agreement(args.model, dtypes, args.reference_dtype, args.max_tokens, args.prompts,
-                                 args.num_prompts, progress=not args.json)
+                                 args.num_prompts, progress=not args.json, device=args.device)
     machine = machine_info() if args.json else None
     for report in reports:
         if args.json:

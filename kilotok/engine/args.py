@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kilotok.kernels.backend import BACKEND_CHOICES
+from kilotok.kernels.device import DEVICE_CHOICES
 from kilotok.quant.formats import DTYPE_CHOICES
 from kilotok.sampling_params import SamplingParams
 from kilotok.speculative.config import SPEC_METHODS, SpecConfig
@@ -15,17 +16,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="smollm2-135m",
                        help="a model alias (smollm2-135m), a .gguf file or a Hugging Face folder "
                             "(default: %(default)s)")
+    group.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                       help="where the model runs: auto takes CUDA where torch sees a GPU, else the CPU "
+                            "(default: %(default)s)")
     group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                        help="weight format; auto runs a GGUF's 4-bit weights (int4) and FP8 checkpoints as stored, "
                             "else bf16. int8/int4 are weight-only (bf16/fp32 activations). fp8-tensor/-channel/-block "
                             "quantize weights to E4M3 per tensor, per output channel or in 128x128 blocks, and "
                             "activations per token (per 128 group for blocks); fp8 keeps stored FP8 weights and "
-                            "quantizes the rest in blocks (default: %(default)s)")
+                            "quantizes the rest in blocks; on CUDA only the float and fp8 formats run, and auto "
+                            "takes a GGUF's 4-bit weights as bf16 (default: %(default)s)")
     group.add_argument("--max-model-len", type=int, default=None,
                        help="context window in tokens (default: the model's)")
     group.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache memory (default: %(default)s)")
+    group.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="SHARE",
+                       help="on CUDA, the share of the GPU's memory to fill: weights, activations and CUDA graphs "
+                            "first, the KV cache gets the rest (default: %(default)s)")
     group.add_argument("--no-compile", action="store_true",
                        help="run the decode step eagerly instead of with torch.compile")
+    group.add_argument("--no-cuda-graphs", action="store_true",
+                       help="on CUDA, run the decode step eagerly instead of replaying CUDA graphs captured at "
+                            "start-up")
     group.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                        help="kernel implementations: triton runs kilotok's Triton kernels on a CUDA device, torch the "
                             "PyTorch reference; auto picks triton where CUDA and Triton are available "
@@ -46,10 +57,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def engine_settings(args: argparse.Namespace) -> dict:
     return {
+        "device": args.device,
         "dtype": args.dtype,
         "max_model_len": args.max_model_len,
         "kv_cache_gb": args.kv_cache_gb,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
         "compile": not args.no_compile,
+        "cuda_graphs": not args.no_cuda_graphs,
         "check_tensors": args.check_tensors,
         "backend": args.backend,
         "pdl": not args.no_pdl,

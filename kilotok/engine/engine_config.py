@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from kilotok.errors import InvalidRequestError
 from kilotok.kernels.backend import BACKEND_CHOICES, KernelBackend
+from kilotok.kernels.device import resolve_device
 from kilotok.parallel.layout import ParallelConfig
-from kilotok.quant.formats import check_dtype
+from kilotok.quant.formats import check_dtype, check_dtype_device
 from kilotok.speculative.config import SpecConfig
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = "smollm2-135m"
+    device: str = "auto"
+    """Where the model, its KV cache and sampling run: auto (CUDA where torch sees a GPU, else the CPU), cpu,
+    cuda or cuda:N (kernels/device.py)."""
     dtype: str = "auto"
     """A weight format of quant/formats.py (DTYPE_CHOICES); auto keeps a GGUF's 4-bit and a checkpoint's
-    FP8 weights as stored, else bf16."""
+    FP8 weights as stored (a GGUF's 4-bit weights as bf16 on CUDA, where int4 has no kernel), else bf16."""
     block_size: int = 16
     kv_cache_gb: float = 1.0
+    """KV-cache memory on the CPU; on CUDA the cache takes what gpu_memory_utilization leaves."""
+    gpu_memory_utilization: float = 0.9
+    """On CUDA: the share of the GPU's whole memory kilotok may fill (weights, activations, CUDA graphs and the
+    KV cache, which gets the rest); memory other processes use counts against it."""
     kv_cache_blocks: int | None = None
-    """Overrides kv_cache_gb when set."""
+    """Overrides kv_cache_gb and gpu_memory_utilization when set."""
     max_model_len: int | None = None
     """Defaults to the model's context window."""
     max_num_seqs: int = 32
@@ -30,7 +40,11 @@ class EngineConfig:
     """Reuse the KV blocks of earlier requests' identical leading tokens (skipped with an EAGLE-3 drafter,
     which needs the target's hidden states at every prompt position)."""
     compile: bool = True
-    """torch.compile the decode step; falls back to eager where compiling fails."""
+    """torch.compile the decode step; falls back to eager where compiling fails. Not used where CUDA graphs
+    run the decode step."""
+    cuda_graphs: bool = True
+    """On CUDA with the Triton backend: capture the decode step as CUDA graphs, one per batch size up to
+    max_num_seqs, at start-up, and replay them (runner/cuda_graphs.py); off, the step runs eagerly."""
     check_tensors: bool = False
     """Look through every loaded weight (values, and the scales of quantized blocks) for NaN and infinity
     before running, to refuse a damaged model file instead of printing garbage."""
@@ -58,9 +72,12 @@ class EngineConfig:
                                       f"{', '.join(BACKEND_CHOICES)}")
         self.parallel  # noqa: B018 - validates the parallel sizes
         check_dtype(self.dtype)
+        check_dtype_device(self.dtype, self.torch_device)
         checks = {
             "block_size": self.block_size >= 1,
             "kv_cache_gb": self.kv_cache_gb > 0,
+            "gpu_memory_utilization": 0 < self.gpu_memory_utilization <= 1,
+            "cuda_graphs": isinstance(self.cuda_graphs, bool),
             "kv_cache_blocks": self.kv_cache_blocks is None or self.kv_cache_blocks >= 2,
             "max_model_len": self.max_model_len is None or self.max_model_len >= 1,
             "max_num_seqs": self.max_num_seqs >= 1,
@@ -71,6 +88,11 @@ class EngineConfig:
         for name, ok in checks.items():
             if not ok:
                 raise InvalidRequestError(f"engine setting {name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def torch_device(self) -> torch.device:
+        """`device` resolved (auto to cuda or cpu); raises InvalidRequestError for a device this machine lacks."""
+        return resolve_device(self.device)
 
     @property
     def parallel(self) -> ParallelConfig:

@@ -102,10 +102,11 @@ def load_prompt_set(name: str, count: int) -> list[Conversation]:
 
 
 def greedy_answers(model: str, dtype: str, prompts: list[Conversation], max_tokens: int,
-                   progress: bool) -> list[list[int]]:
+                   progress: bool, device: str = "auto") -> list[list[int]]:
     from kilotok.llm import LLM
 
-    llm = LLM(model, dtype=dtype, compile=False, kv_cache_gb=KV_CACHE_GB, progress=progress, check_tensors=True)
+    llm = LLM(model, dtype=dtype, compile=False, kv_cache_gb=KV_CACHE_GB, progress=progress, check_tensors=True,
+              device=device)
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
     return [output.token_ids for output in outputs]
 
@@ -129,17 +130,18 @@ class AgreementReport:
 
 def evaluate_agreement(model: str = "smollm2-135m", dtypes: Sequence[str] = ("bf16",), reference_dtype: str = "fp32",
                        max_tokens: int = 128, prompts: str = "held-out", num_prompts: int = DEFAULT_NUM_PROMPTS,
-                       progress: bool = True) -> list[AgreementReport]:
-    """Answer the prompts greedily in `reference_dtype` once, then in each of `dtypes`, and compare."""
+                       progress: bool = True, device: str = "auto") -> list[AgreementReport]:
+    """Answer the prompts greedily in `reference_dtype` once, then in each of `dtypes`, and compare, every
+    run on `device`."""
     if max_tokens < 1:
         raise InvalidRequestError(f"--max-tokens must be at least 1, got {max_tokens}")
     if not dtypes:
         raise InvalidRequestError("--dtype needs at least one weight format")
     conversations = load_prompt_set(prompts, num_prompts)
-    references = greedy_answers(model, reference_dtype, conversations, max_tokens, progress)
+    references = greedy_answers(model, reference_dtype, conversations, max_tokens, progress, device)
     reports = []
     for dtype in dtypes:
-        counts = agreement_counts(references, greedy_answers(model, dtype, conversations, max_tokens, progress))
+        counts = agreement_counts(references, greedy_answers(model, dtype, conversations, max_tokens, progress, device))
         reports.append(AgreementReport(
             model=model, dtype=dtype, reference_dtype=reference_dtype, prompts=prompts, num_prompts=num_prompts,
             max_tokens=max_tokens, compared_tokens=counts.compared_tokens,

@@ -23,11 +23,12 @@ from tqdm import tqdm
 from kilotok.errors import InvalidRequestError
 from kilotok.eval.texts import DEFAULT_TEXT, TEXT_PACKAGE, TEXT_PACKAGE_VERSION, load_text
 from kilotok.kernels.attention_metadata import AttentionMetadata
+from kilotok.kernels.device import resolve_device
 from kilotok.loader.tensor_check import check_tensors
 from kilotok.models.builder import build_model
 from kilotok.models.causal_lm import CausalLM
 from kilotok.models.registry import load_checkpoint, model_config
-from kilotok.quant.formats import resolve_weight_format
+from kilotok.quant.formats import check_dtype_device, resolve_weight_format
 
 DEFAULT_CONTEXT_LEN = 1024
 DEFAULT_MAX_TOKENS = 16384
@@ -164,11 +165,14 @@ class PerplexityReport:
 
 def evaluate_perplexity(model: str = "smollm2-135m", dtype: str = "fp32", text: str = DEFAULT_TEXT,
                         max_tokens: int = DEFAULT_MAX_TOKENS, context_len: int = DEFAULT_CONTEXT_LEN,
-                        stride: int | None = None, progress: bool = True) -> PerplexityReport:
-    """Load `model` in `dtype`, read the first `max_tokens` tokens of `text` and score them."""
+                        stride: int | None = None, progress: bool = True, device: str = "auto") -> PerplexityReport:
+    """Load `model` in `dtype` onto `device` (auto, cpu, cuda), read the first `max_tokens` tokens of `text`
+    and score them."""
     if max_tokens < 2:
         raise InvalidRequestError(f"--max-tokens must be at least 2, got {max_tokens}")
     stride = context_len if stride is None else stride
+    on = resolve_device(device)
+    check_dtype_device(dtype, on)
     source = f"{TEXT_PACKAGE}=={TEXT_PACKAGE_VERSION}:{text}"
     words = load_text(text)
     checkpoint = load_checkpoint(model, progress=progress)
@@ -176,9 +180,9 @@ def evaluate_perplexity(model: str = "smollm2-135m", dtype: str = "fp32", text: 
     max_positions = model_config(checkpoint.config).max_position_embeddings
     if context_len > max_positions:
         raise InvalidRequestError(f"--context-len {context_len} exceeds the model's context of {max_positions}")
-    fmt = resolve_weight_format(dtype, checkpoint.weights)
+    fmt = resolve_weight_format(dtype, checkpoint.weights, on)
     token_ids = checkpoint.tokenizer.encode(words)[:max_tokens]
-    built = build_model(checkpoint, fmt, progress=progress)
+    built = build_model(checkpoint, fmt, progress=progress, device=on)
     del checkpoint
     total = score_tokens(SequenceLogits(built, context_len), token_ids, context_len, stride, progress)
     return PerplexityReport(

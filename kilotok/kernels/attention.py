@@ -66,7 +66,7 @@ def _triton_ops():
 def _triton_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
                       scale: float, attention_chunk_size: int, pdl: bool) -> torch.Tensor:
     ops = _triton_ops()
-    if meta.kv_gather_index is not None:  # decode rows: one query each
+    if meta.decode_rows or meta.kv_gather_index is not None:  # decode rows: one query each
         return ops.paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.tree_mask,
                                           meta.tree_positions, scale, attention_chunk_size, pdl)
     return ops.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens,

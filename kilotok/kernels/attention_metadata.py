@@ -22,6 +22,9 @@ class AttentionMetadata:
     """[B] int32: tokens in the cache for each sequence after this step's tokens are written."""
     query_start_loc: torch.Tensor
     """[B + 1] int32: the new tokens of sequence b are rows query_start_loc[b]:query_start_loc[b+1]."""
+    decode_rows: bool = False
+    """Every row is one query over its own sequence (a decode step, or draft-tree verification): kernels
+    that read the block table take their decode path, without a gathered key window."""
     kv_gather_index: torch.Tensor | None = None
     """[B, L] int64, decode steps only: the flat cache slots of each sequence's keys in order, padded to
     the longest sequence and to a multiple of KEY_WINDOW_ALIGN (the compiled step gets it as [B, chunks,

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from kilotok.errors import ModelFormatError
 from kilotok.kernels.backend import KernelBackend, resolve_backend
+from kilotok.kernels.device import resolve_device
 from kilotok.layers.attention import Attention
 from kilotok.layers.linear import make_linear
 from kilotok.layers.moe import SparseMoe
@@ -24,17 +25,18 @@ from kilotok.models.causal_lm import MLP, CausalLM, DecoderLayer
 from kilotok.models.config import ModelConfig
 from kilotok.models.family import ModelFamily
 from kilotok.models.registry import FAMILIES, load_checkpoint, model_config
-from kilotok.quant.formats import WeightFormat, resolve_weight_format, weight_format
+from kilotok.quant.formats import WeightFormat, check_dtype_device, resolve_weight_format, weight_format
 from kilotok.quant.fp8 import quantize_fp8
 from kilotok.tokenizer.tokenizer import Tokenizer
 
 
 def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool = True,
                 backend: KernelBackend = KernelBackend.TORCH, pdl: bool = False,
-                config: ModelConfig | None = None) -> CausalLM:
+                config: ModelConfig | None = None, device: torch.device | str = "cpu") -> CausalLM:
     """`backend` (already resolved) is handed to every layer; `pdl` lets its Triton kernels overlap their
     launches (kernels/triton/pdl.py). `config` overrides the checkpoint's own (a tensor-parallel rank
-    builds its slice's sizes)."""
+    builds its slice's sizes). Each layer is built on the host from the checkpoint's tensors and moved to
+    `device` at once, so the host never holds more than one built layer beside the checkpoint."""
     fmt = weight_format(fmt)
     config = config or model_config(checkpoint.config)
     weights = checkpoint.weights
@@ -42,7 +44,7 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling, backend, pdl)
     kernels = KernelChoice(backend, pdl)
-    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels)
+    layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels).to(device)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
     head_weight = weights.get("lm_head.weight")
@@ -53,7 +55,7 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype, backend,
                      pdl)
     model.norm.weight.copy_(as_float(_require(weights, "model.norm.weight")))
-    return model.eval()
+    return model.to(device).eval()
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,12 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
     )
 
 
-def _expert_format(weight: torch.Tensor, fmt: WeightFormat) -> torch.Tensor | Fp8Weight:
+def _expert_format(weight: Weight, fmt: WeightFormat) -> torch.Tensor | Fp8Weight:
+    # Stored FP8 experts stay as they are where the format keeps stored FP8 linear weights (layers/linear.py).
+    if fmt.linear == "fp8" and isinstance(weight, Fp8Weight) and fmt.fp8_scheme in (None, weight.scheme):
+        return weight
     scheme = fmt.fp8_scheme or fmt.fp8_unstored if fmt.linear == "fp8" else None
+    weight = as_float(weight)
     return quantize_fp8(weight, scheme) if scheme else weight.to(fmt.float_format.float_dtype)
 
 
@@ -187,14 +193,17 @@ class LoadedModel:
 
 
 def load_model(name_or_path: str, dtype: str | WeightFormat = "auto", progress: bool = True,
-               check_tensors: bool = False, backend: str | KernelBackend = "auto", pdl: bool = True) -> LoadedModel:
-    """Load and build a model by alias, GGUF file or Hugging Face folder, in weight format `dtype`, with
-    the kernel `backend` (auto, torch, triton) resolved for the device the model is built on;
-    `check_tensors` first looks through every weight for NaN and infinity (a damaged file)."""
-    backend = resolve_backend(backend, torch.get_default_device())
+               check_tensors: bool = False, backend: str | KernelBackend = "auto", pdl: bool = True,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and build a model by alias, GGUF file or Hugging Face folder onto `device` (auto, cpu, cuda), in
+    weight format `dtype` (auto picks one that runs there), with the kernel `backend` (auto, torch, triton)
+    resolved for that device; `check_tensors` first looks through every weight for NaN and infinity."""
+    device = resolve_device(device)
+    backend = resolve_backend(backend, device)
+    check_dtype_device(dtype, device)
     checkpoint = load_checkpoint(name_or_path, progress)
     if check_tensors:
         find_damaged_tensors(checkpoint)
-    fmt = resolve_weight_format(dtype, checkpoint.weights)
-    model = build_model(checkpoint, fmt, progress, backend, pdl)
+    fmt = resolve_weight_format(dtype, checkpoint.weights, device)
+    model = build_model(checkpoint, fmt, progress, backend, pdl, device=device)
     return LoadedModel(checkpoint.name, checkpoint.tokenizer, fmt, model, backend)

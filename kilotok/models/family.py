@@ -50,8 +50,9 @@ class Experts:
             shapes.update(mlp_shapes(ffn + self.shared_expert, hidden, moe.shared_expert_intermediate_size))
         return shapes
 
-    def read(self, get: Getter, ffn: str, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gate_up [E, 2f, d], down [E, d, f]) in nn.Linear layout, as floats."""
+    def read(self, get: Getter, ffn: str, num_experts: int) -> tuple[Weight, Weight]:
+        """(gate_up [E, 2f, d], down [E, d, f]) in nn.Linear layout: floats, or fused FP8 experts as stored
+        (dequantizing a Maverick-sized layer's experts would take tens of GB)."""
         if not self.linears:
             return _linear_layout(get(ffn + "experts.gate_up_proj")), _linear_layout(get(ffn + "experts.down_proj"))
         role_of = {role: linear for linear, role in self.linears.items()}
@@ -61,9 +62,9 @@ class Experts:
         return gate_up, torch.stack([as_float(get(f"{n}{role_of['down']}.weight")) for n in names])
 
 
-def _linear_layout(weight: Weight) -> torch.Tensor:
+def _linear_layout(weight: Weight) -> Weight:
     # FP8 (fbgemm_fp8) checkpoints store fused experts per output row: already nn.Linear layout.
-    return as_float(weight) if isinstance(weight, Fp8Weight) else as_float(weight).transpose(1, 2)
+    return weight if isinstance(weight, Fp8Weight) else as_float(weight).transpose(1, 2)
 
 
 def _no_fields(raw: dict[str, Any]) -> dict[str, Any]:

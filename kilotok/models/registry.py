@@ -18,6 +18,7 @@ from kilotok.models.llama import LLAMA, llama_fields
 from kilotok.models.llama4 import LLAMA4
 from kilotok.models.mixtral import MIXTRAL
 from kilotok.models.qwen3_moe import QWEN3_MOE
+from kilotok.models.random_weights import is_random_model, random_checkpoint, random_model_config
 
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LLAMA, LLAMA4, MIXTRAL, QWEN3_MOE)}
 LM_HEAD = "lm_head.weight"
@@ -63,5 +64,10 @@ def expected_tensors(config: dict[str, Any], names: list[str]) -> ExpectedTensor
 
 
 def load_checkpoint(name_or_path: str, progress: bool = True) -> Checkpoint:
-    """Read a model's files, checked against what its config implies before any tensor data is read."""
+    """Read a model's files, checked against what its config implies before any tensor data is read; a
+    `random:` name (models/random_weights.py) is drawn instead."""
+    if is_random_model(name_or_path):
+        config = random_model_config(name_or_path)
+        model = model_config(config)
+        return random_checkpoint(name_or_path, config, expected_shapes(model, FAMILIES[model.architecture]))
     return read_checkpoint(name_or_path, expected_tensors, progress)

@@ -16,6 +16,9 @@ except under FP8 formats that name a scheme, which quantize them in it).
   128x128 blocks; `fp8-stored` (what `auto` picks for a checkpoint holding FP8 weights): stored FP8 weights
   as they are, the layers the checkpoint left unquantized in bf16. Activations are bf16 and quantized per
   token (per 128 group for blocks) inside each product.
+
+On a CUDA device only the float and FP8 formats run: int8 and int4 are products of CPU kernels (kilotok's
+low-bit op, ATen's CPU int4 packing). There `auto` takes a GGUF's 4-bit weights as bf16.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from kilotok.loader.tensor import QuantizedTensor, Weight
 from kilotok.quant.int4 import GGUF_INT4_TYPES
 
 AUTO = "auto"
+CUDA_LINEAR_KINDS = frozenset({"float", "fp8"})
+"""The kinds of linear layer with a CUDA product; int8 and int4 run CPU kernels only."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class WeightFormat:
     """FP8 formats: the scheme every linear weight is quantized to; None keeps stored FP8 weights."""
     fp8_unstored: str | None = None
     """FP8 formats without a scheme: the scheme weights not stored in FP8 get (None: they stay bf16)."""
+
+    def runs_on(self, device: torch.device | str) -> bool:
+        return torch.device(device).type != "cuda" or self.linear in CUDA_LINEAR_KINDS
 
     @property
     def float_format(self) -> WeightFormat:
@@ -88,11 +96,27 @@ def weight_format(name: str | WeightFormat) -> WeightFormat:
     return FORMATS[name]
 
 
-def resolve_weight_format(name: str | WeightFormat, weights: Mapping[str, Weight]) -> WeightFormat:
-    """`auto` runs a GGUF's 4-bit weights and FP8 checkpoints as they are stored, other checkpoints in bf16."""
+def check_dtype_device(name: str | WeightFormat, device: torch.device | str) -> None:
+    """Refuse a weight format whose products have no kernel on `device` (int8 and int4 on CUDA)."""
+    if name == AUTO:
+        return
+    fmt = weight_format(name)
+    if not fmt.runs_on(device):
+        usable = ", ".join(n for n in DTYPE_CHOICES if n == AUTO or FORMATS[n].runs_on(device))
+        raise InvalidRequestError(f"dtype {fmt.name!r} runs on the CPU only (its products are CPU kernels); on "
+                                  f"{torch.device(device).type} choose one of {usable}, or --device cpu",
+                                  param="dtype")
+
+
+def resolve_weight_format(name: str | WeightFormat, weights: Mapping[str, Weight],
+                          device: torch.device | str = "cpu") -> WeightFormat:
+    """`auto` runs a GGUF's 4-bit weights and FP8 checkpoints as they are stored, other checkpoints in bf16;
+    on a CUDA device a GGUF's 4-bit weights run in bf16 (int4 is a CPU format)."""
+    check_dtype_device(name, device)
     if name != AUTO:
         return weight_format(name)
     if any(isinstance(w, Fp8Weight) for w in weights.values()):
         return FORMATS["fp8-stored"]
     stored = {w.qtype for w in weights.values() if isinstance(w, QuantizedTensor)}
-    return FORMATS["int4" if stored & GGUF_INT4_TYPES else "bf16"]
+    fmt = FORMATS["int4" if stored & GGUF_INT4_TYPES else "bf16"]
+    return fmt if fmt.runs_on(device) else FORMATS["bf16"]

@@ -5,9 +5,11 @@ but never changes them, and returns tensors without reading them back, so on a G
 the next step while this one runs.
 
 Two kinds of forward: `prefill` runs prompt chunks (any number of tokens per sequence), and decode
-forwards run rows that are each one query over its own gathered key window, through a compiled graph
-per padded row count. A plain decode step is such rows, one per sequence; speculative verification
-builds its own rows (kilotok/speculative/verify_inputs.py) and runs them through the same graphs.
+forwards run rows that are each one query over its own sequence's keys, through a compiled graph (CPU)
+or a captured CUDA graph (runner/cuda_graphs.py) per padded row count. The PyTorch reference attends
+through a gathered key window per row; the Triton kernels read the block table itself, so with them no
+window is built. A plain decode step is such rows, one per sequence; speculative verification builds its
+own rows (kilotok/speculative/verify_inputs.py) and runs them through the same graphs.
 
 Block 0 is never handed out (engine/block_manager.py): padding rows write their throw-away keys and
 values there and attend to its first slot only.
@@ -25,6 +27,7 @@ from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.causal_lm import CausalLM
+from kilotok.runner.cuda_graphs import DecodeGraphs, GraphCapture, capture_cuda_graph
 from kilotok.sequence import Sequence
 
 PADDING_BLOCK = 0
@@ -98,18 +101,20 @@ def decode_key_window(seqs: list[Sequence], padded_batch: int, block_size: int,
 
 def warm_up_rows(rows: int, block_size: int, max_blocks: int, window: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-    """A decode batch of `rows` padding rows, shaped like a real one, to build a compiled graph with."""
+    """A decode batch of `rows` padding rows, shaped like a real one, to build a compiled graph with; `window`
+    0 leaves out the gathered key window (kernels that read the block table)."""
     padding_slot = PADDING_BLOCK * block_size
-    valid = torch.zeros((rows, window), dtype=torch.bool, device=device)
-    valid[:, 0] = True
     meta = AttentionMetadata(
         slot_mapping=torch.full((rows,), padding_slot, dtype=torch.int64, device=device),
         block_tables=torch.full((rows, max_blocks), PADDING_BLOCK, dtype=torch.int32, device=device),
         context_lens=torch.ones(rows, dtype=torch.int32, device=device),
         query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device=device),
-        kv_gather_index=torch.full((rows, window), padding_slot, dtype=torch.int64, device=device),
-        kv_valid=valid,
+        decode_rows=True,
     )
+    if window:
+        meta.kv_gather_index = torch.full((rows, window), padding_slot, dtype=torch.int64, device=device)
+        meta.kv_valid = torch.zeros((rows, window), dtype=torch.bool, device=device)
+        meta.kv_valid[:, 0] = True
     # Two tensors, not one passed twice: dynamo guards on aliasing, and a graph built for aliased inputs
     # would be rebuilt at the first real step.
     input_ids, positions = (torch.zeros(rows, dtype=torch.int64, device=device) for _ in range(2))
@@ -133,6 +138,9 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.device = next(model.parameters()).device
         self.sampler = Sampler(backend)
+        # Only the PyTorch reference attends through a gathered key window; Triton reads the block table.
+        self.gathers_key_window = backend is not KernelBackend.TRITON
+        self._graphs: DecodeGraphs | None = None
         self._allocate_kv_cache(num_blocks)
         self._decode_forward = self._forward_logits
         if compile_decode:
@@ -200,7 +208,9 @@ class ModelRunner:
         inputs = token_rows(seqs, [len(seq) for seq in seqs], padded, self.block_size, self.max_blocks_per_seq,
                             self.device)
         meta = inputs.meta
-        meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, self.block_size, self.device)
+        meta.decode_rows = True
+        if self.gathers_key_window:
+            meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, self.block_size, self.device)
         logits, features = self.decode_rows(inputs.input_ids, inputs.positions, meta)
         return self.sample(seqs, logits[: len(seqs)]), None if features is None else features[: len(seqs)]
 
@@ -211,9 +221,18 @@ class ModelRunner:
     @torch.inference_mode()
     def decode_rows(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [R, V] of R rows that each query their own key window (`meta.kv_gather_index`), and
-        their features when collected; R should be `padded_rows` of the real row count."""
-        meta = _chunked_key_window(meta)
+        """Logits [R, V] of R rows that each query their own sequence's keys (through `meta.kv_gather_index`
+        where the backend needs it), and their features when collected; R should be `padded_rows` of the real
+        row count. Logits may be a captured graph's output: read them before the next decode forward."""
+        meta = replace(meta, decode_rows=True)
+        if self._graphs is not None:
+            outputs = self._graphs.run(input_ids, positions, meta)
+            if outputs is not None:
+                logits, features = outputs
+                # Features outlive the step (a drafter keeps them); the next replay would overwrite them.
+                return logits, None if features is None else features.clone()
+        if meta.kv_gather_index is not None:
+            meta = _chunked_key_window(meta)
         if self._compile_failed:
             return self._forward_logits(input_ids, positions, meta)
         bucket = input_ids.shape[0]
@@ -239,7 +258,11 @@ class ModelRunner:
     def padded_rows(self, rows: int) -> int:
         """The row count to pad `rows` decode rows to. A compiled graph already built for up to 4x the rows
         beats compiling a new one, which is slow on a small CPU: draft trees cut short near max_tokens
-        would otherwise each compile their own size."""
+        would otherwise each compile their own size. With CUDA graphs: the smallest captured size that holds
+        them."""
+        captured = self._graphs.size_for(rows) if self._graphs is not None else None
+        if captured is not None:
+            return captured
         bucket = _bucket(rows)
         warm = [b for b in self._warm_buckets if bucket <= b <= 4 * bucket]
         return min(warm, default=bucket)
@@ -250,9 +273,30 @@ class ModelRunner:
         running requests to compile one when the batch first grows."""
         if self._compile_failed:
             return
+        window = KEY_WINDOW_ALIGN if self.gathers_key_window else 0
         for bucket in (b for b in DECODE_BATCH_BUCKETS if b < 2 * max_rows):
-            self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, KEY_WINDOW_ALIGN,
-                                           self.device))
+            self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, window, self.device))
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, max_rows: int, capture: GraphCapture = capture_cuda_graph,
+                              progress: bool = True) -> list[int]:
+        """Capture the eager decode step for every bucket up to the one holding `max_rows` rows, replayed from
+        then on; larger row counts run as before. Needs a backend whose decode attention reads the block
+        table (Triton): a gathered key window's length changes every step. Features must be chosen first
+        (`collect_features`): the graphs return what the step returned when captured. Returns the captured
+        sizes, none where capturing failed (the step then runs eagerly, as the compile path falls back)."""
+        if self.gathers_key_window:
+            raise ValueError("CUDA graphs need the Triton backend: the PyTorch reference's key window changes "
+                             "shape every step")
+        sizes = [b for b in DECODE_BATCH_BUCKETS if b <= _bucket(max_rows)]
+        try:
+            self._graphs = DecodeGraphs(self._forward_logits, sizes, self.max_blocks_per_seq, PADDING_BLOCK,
+                                        self.block_size, self.device, capture, progress)
+        except RuntimeError as error:
+            print(f"kilotok: capturing CUDA graphs failed ({error}); running the decode step eagerly",
+                  file=sys.stderr)
+            return []
+        return sizes
 
     def copy_kv(self, src_slots: list[int], dst_slots: list[int]) -> None:
         """Copy every layer's keys and values from cache slots `src_slots` to `dst_slots`."""

@@ -54,21 +54,23 @@ class FeatureSet:
 @torch.inference_mode()
 def target_features(model: CausalLM, token_ids: list[int],
                     aux_layer_ids: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sequence through the target: ([T, 3d] fused-layer inputs, [T, d] final normed hidden)."""
+    """One sequence through the target, on the target's device: ([T, 3d] fused-layer inputs, [T, d] final
+    normed hidden)."""
     length = len(token_ids)
     config = model.config
+    device = model.embed_tokens.weight.device
     for layer in model.layers:
         shape = (1, length, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype)
-        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype)
+        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype, device=device)
+        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype, device=device)
     meta = AttentionMetadata(
-        slot_mapping=torch.arange(length),
-        block_tables=torch.zeros(1, 1, dtype=torch.int32),
-        context_lens=torch.tensor([length], dtype=torch.int32),
-        query_start_loc=torch.tensor([0, length], dtype=torch.int32),
+        slot_mapping=torch.arange(length, device=device),
+        block_tables=torch.zeros(1, 1, dtype=torch.int32, device=device),
+        context_lens=torch.tensor([length], dtype=torch.int32, device=device),
+        query_start_loc=torch.tensor([0, length], dtype=torch.int32, device=device),
     )
     model.aux_hidden_layers = tuple(aux_layer_ids)
-    final, aux = model(torch.tensor(token_ids), torch.arange(length), meta)
+    final, aux = model(torch.tensor(token_ids, device=device), torch.arange(length, device=device), meta)
     return torch.cat(aux, dim=-1), final
 
 
@@ -79,8 +81,8 @@ def build_feature_set(model: CausalLM, records: list[dict], aux_layer_ids: tuple
         ids = record["prompt_token_ids"] + record["response_token_ids"]
         aux, final = target_features(model, ids, aux_layer_ids)
         tokens.append(torch.tensor(ids))
-        aux_parts.append(aux.to(STORAGE_DTYPE))
-        final_parts.append(final.to(STORAGE_DTYPE))
+        aux_parts.append(aux.to(STORAGE_DTYPE).cpu())
+        final_parts.append(final.to(STORAGE_DTYPE).cpu())
         offsets.append(offsets[-1] + len(ids))
         prompt_lens.append(len(record["prompt_token_ids"]))
     return FeatureSet(torch.cat(tokens), torch.cat(aux_parts), torch.cat(final_parts), torch.tensor(offsets),

