@@ -99,7 +99,9 @@ def align_by_expert(experts: torch.Tensor, num_experts: int, block_m: int) -> tu
     need, so the shapes depend only on T, k and the expert count."""
     flat = experts.flatten()
     num_pairs = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)
+    # Not bincount: on CUDA it reads the largest id back to the host, which a captured CUDA graph cannot do.
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_ends = padded.cumsum(0)
     order = flat.argsort(stable=True)
