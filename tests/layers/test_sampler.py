@@ -250,7 +250,7 @@ def test_sampling_math_compiles_into_one_graph_without_host_syncs() -> None:
     assert torch.equal(compiled_race(probs, noise), race(probs, noise))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_a_cuda_sampling_step_never_synchronises_with_the_host() -> None:
     params = [SamplingParams(**s) for s in SETTINGS] + [SamplingParams(temperature=0), SamplingParams(seed=9)]
     logits = torch.randn(len(params), 1000, device="cuda")
