@@ -18,6 +18,7 @@ from kilotok.quant.formats import WeightFormat
 from kilotok.runner.decoder import Decoder, PlainDecoder
 from kilotok.runner.model_runner import ModelRunner
 from kilotok.speculative.decoder import build_decoder
+from kilotok.speculative.verify_inputs import TREE_ALIGN
 from kilotok.tokenizer.tokenizer import Tokenizer
 
 
@@ -51,9 +52,17 @@ def build_components(config: EngineConfig) -> EngineComponents:
     decoder = build_decoder(config.spec, PlainDecoder(runner), model, loaded.name, max_model_len)
     if graphs:
         # After the decoder: a drafter asks the runner for features, which the graphs must capture too.
-        runner.capture_decode_graphs(config.max_num_seqs, progress=config.progress)
+        runner.capture_decode_graphs(config.max_num_seqs, progress=config.progress, verify=_verify_shape(config))
     return EngineComponents(loaded.name, loaded.tokenizer, loaded.weight_format, loaded.backend, model,
                             max_model_len, num_blocks, runner, decoder)
+
+
+def _verify_shape(config: EngineConfig) -> tuple[int, int] | None:
+    """(most verification rows, tree width) a speculative step can run: every sequence with the largest tree."""
+    if not config.spec.enabled:
+        return None
+    width = 1 + config.spec.max_draft_nodes
+    return config.max_num_seqs * width, -(-width // TREE_ALIGN) * TREE_ALIGN
 
 
 def kv_cache_blocks_on_cpu(config: EngineConfig, model: CausalLM) -> int:

@@ -8,6 +8,11 @@ Every shape is static: block tables are padded to the runner's `max_blocks_per_s
 decode attention kernel reads each row's context length on the device, so one graph per batch size serves
 every context length. Batch sizes outside the captured set run eagerly (`DecodeGraphs.run` returns None).
 
+Draft-tree verification rows are decode rows plus a tree mask and node positions (kernels/attention_metadata.py):
+a second set of graphs captures them with those two buffers at a fixed tree width, a step's narrower tree
+padded with invisible columns (which the decode kernel ignores: a row's prefix is its context length less
+the tree keys it sees).
+
 Capture goes through a `GraphCapture` seam: `capture_cuda_graph` on a GPU, and in CPU tests a stand-in
 that records the callable and replays it into the same output tensors.
 """
@@ -80,12 +85,15 @@ class StaticDecodeInputs:
     block_tables: torch.Tensor
     context_lens: torch.Tensor
     query_start_loc: torch.Tensor
+    tree_mask: torch.Tensor | None = None
+    tree_positions: torch.Tensor | None = None
 
     @classmethod
-    def allocate(cls, rows: int, max_blocks: int, padding_block: int, block_size: int,
-                 device: torch.device) -> StaticDecodeInputs:
+    def allocate(cls, rows: int, max_blocks: int, padding_block: int, block_size: int, device: torch.device,
+                 tree_width: int = 0) -> StaticDecodeInputs:
         """Padding rows throughout (token 0 at position 0, writing the first slot of `padding_block`, one
-        key), so capturing reads and writes only that block."""
+        key, no tree key), so capturing reads and writes only that block. `tree_width` > 0: verification
+        rows, with a tree mask and node positions of that many columns."""
         def full(shape, value: int, dtype: torch.dtype) -> torch.Tensor:
             return torch.full(shape, value, dtype=dtype, device=device)
 
@@ -96,11 +104,23 @@ class StaticDecodeInputs:
             block_tables=full((rows, max_blocks), padding_block, torch.int32),
             context_lens=full((rows,), 1, torch.int32),
             query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device=device),
+            tree_mask=full((rows, tree_width), 0, torch.bool) if tree_width else None,
+            tree_positions=full((rows, tree_width), 0, torch.int32) if tree_width else None,
         )
 
     @property
     def max_blocks(self) -> int:
         return self.block_tables.shape[1]
+
+    @property
+    def tree_width(self) -> int:
+        return 0 if self.tree_mask is None else self.tree_mask.shape[1]
+
+    def fits(self, meta: AttentionMetadata) -> bool:
+        """Whether a step's rows are of this kind: plain decode rows, or trees no wider than the buffers."""
+        if meta.tree_mask is None:
+            return self.tree_mask is None
+        return 0 < meta.tree_mask.shape[1] <= self.tree_width
 
     def fill(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> None:
         """Copy one step's inputs (R rows, already padded to a captured size) into the first R rows."""
@@ -112,6 +132,11 @@ class StaticDecodeInputs:
         self.slot_mapping[:rows].copy_(meta.slot_mapping, non_blocking=True)
         self.block_tables[:rows].copy_(meta.block_tables, non_blocking=True)
         self.context_lens[:rows].copy_(meta.context_lens, non_blocking=True)
+        if self.tree_mask is not None:
+            width = meta.tree_mask.shape[1]
+            for static, given in ((self.tree_mask, meta.tree_mask), (self.tree_positions, meta.tree_positions)):
+                static[:rows, :width].copy_(given, non_blocking=True)
+                static[:rows, width:].zero_()
 
     def view(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """The first `rows` rows as a decode step's inputs (what a graph of that size captures)."""
@@ -121,23 +146,30 @@ class StaticDecodeInputs:
             context_lens=self.context_lens[:rows],
             query_start_loc=self.query_start_loc[: rows + 1],
             decode_rows=True,
+            tree_mask=None if self.tree_mask is None else self.tree_mask[:rows],
+            tree_positions=None if self.tree_positions is None else self.tree_positions[:rows],
         )
         return self.input_ids[:rows], self.positions[:rows], meta
 
 
 class DecodeGraphs:
-    """The decode step `forward` captured for each of `sizes` (batch sizes, in rows)."""
+    """The decode step `forward` captured for each of `sizes` (batch sizes, in rows); with `tree_width`, for
+    verification rows with draft trees up to that width."""
 
     def __init__(self, forward: DecodeForward, sizes: Iterable[int], max_blocks: int, padding_block: int,
                  block_size: int, device: torch.device, capture: GraphCapture = capture_cuda_graph,
-                 progress: bool = True) -> None:
+                 progress: bool = True, tree_width: int = 0, pool: object | None = None) -> None:
+        """`pool`: a graph memory pool to share with other graphs that never run at the same time."""
         self.sizes = sorted(set(sizes))
         if not self.sizes or self.sizes[0] < 1:
             raise ValueError(f"graph batch sizes must be positive, got {self.sizes}")
-        self.inputs = StaticDecodeInputs.allocate(self.sizes[-1], max_blocks, padding_block, block_size, device)
-        pool = new_graph_pool(device)
+        self.inputs = StaticDecodeInputs.allocate(self.sizes[-1], max_blocks, padding_block, block_size, device,
+                                                  tree_width)
+        pool = new_graph_pool(device) if pool is None else pool
+        self.pool = pool
         self.graphs: dict[int, CapturedGraph] = {}
-        for size in tqdm(self.sizes[::-1], desc="capturing CUDA graphs", disable=not progress, leave=False):
+        desc = "capturing CUDA graphs" + (" (draft-tree verification)" if tree_width else "")
+        for size in tqdm(self.sizes[::-1], desc=desc, disable=not progress, leave=False):
             self.graphs[size] = capture(self._call(forward, size), pool)
 
     def _call(self, forward: DecodeForward, size: int) -> Callable[[], DecodeOutputs]:
@@ -151,7 +183,7 @@ class DecodeGraphs:
         """Replay the graph of exactly this row count; None when no graph has it (the caller runs eagerly).
         The outputs are the graph's own tensors: read them before the next replay."""
         graph = self.graphs.get(input_ids.shape[0])
-        if graph is None or meta.tree_mask is not None:
+        if graph is None or not self.inputs.fits(meta):
             return None
         self.inputs.fill(input_ids, positions, meta)
         graph.replay()

@@ -141,6 +141,7 @@ class ModelRunner:
         # Only the PyTorch reference attends through a gathered key window; Triton reads the block table.
         self.gathers_key_window = backend is not KernelBackend.TRITON
         self._graphs: DecodeGraphs | None = None
+        self._verify_graphs: DecodeGraphs | None = None
         self._allocate_kv_cache(num_blocks)
         self._decode_forward = self._forward_logits
         if compile_decode:
@@ -225,8 +226,9 @@ class ModelRunner:
         where the backend needs it), and their features when collected; R should be `padded_rows` of the real
         row count. Logits may be a captured graph's output: read them before the next decode forward."""
         meta = replace(meta, decode_rows=True)
-        if self._graphs is not None:
-            outputs = self._graphs.run(input_ids, positions, meta)
+        graphs = self._graphs if meta.tree_mask is None else self._verify_graphs
+        if graphs is not None:
+            outputs = graphs.run(input_ids, positions, meta)
             if outputs is not None:
                 logits, features = outputs
                 # Features outlive the step (a drafter keeps them); the next replay would overwrite them.
@@ -258,11 +260,7 @@ class ModelRunner:
     def padded_rows(self, rows: int) -> int:
         """The row count to pad `rows` decode rows to. A compiled graph already built for up to 4x the rows
         beats compiling a new one, which is slow on a small CPU: draft trees cut short near max_tokens
-        would otherwise each compile their own size. With CUDA graphs: the smallest captured size that holds
-        them."""
-        captured = self._graphs.size_for(rows) if self._graphs is not None else None
-        if captured is not None:
-            return captured
+        would otherwise each compile their own size. CUDA graphs are captured for the buckets themselves."""
         bucket = _bucket(rows)
         warm = [b for b in self._warm_buckets if bucket <= b <= 4 * bucket]
         return min(warm, default=bucket)
@@ -279,12 +277,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def capture_decode_graphs(self, max_rows: int, capture: GraphCapture = capture_cuda_graph,
-                              progress: bool = True) -> list[int]:
+                              progress: bool = True, verify: tuple[int, int] | None = None) -> list[int]:
         """Capture the eager decode step for every bucket up to the one holding `max_rows` rows, replayed from
-        then on; larger row counts run as before. Needs a backend whose decode attention reads the block
-        table (Triton): a gathered key window's length changes every step. Features must be chosen first
-        (`collect_features`): the graphs return what the step returned when captured. Returns the captured
-        sizes, none where capturing failed (the step then runs eagerly, as the compile path falls back)."""
+        then on; larger row counts run as before. `verify` (rows, tree width): also capture verification
+        rows with draft trees up to that width, for every bucket up to the one holding that many rows.
+        Needs a backend whose decode attention reads the block table (Triton): a gathered key window's
+        length changes every step. Features must be chosen first (`collect_features`): the graphs return
+        what the step returned when captured. Returns the plain decode sizes captured, none where capturing
+        failed (the step then runs eagerly, as the compile path falls back)."""
         if self.gathers_key_window:
             raise ValueError("CUDA graphs need the Triton backend: the PyTorch reference's key window changes "
                              "shape every step")
@@ -292,9 +292,16 @@ class ModelRunner:
         try:
             self._graphs = DecodeGraphs(self._forward_logits, sizes, self.max_blocks_per_seq, PADDING_BLOCK,
                                         self.block_size, self.device, capture, progress)
+            if verify is not None:
+                verify_rows, tree_width = verify
+                self._verify_graphs = DecodeGraphs(
+                    self._forward_logits, [b for b in DECODE_BATCH_BUCKETS if b <= _bucket(verify_rows)],
+                    self.max_blocks_per_seq, PADDING_BLOCK, self.block_size, self.device, capture, progress,
+                    tree_width, pool=self._graphs.pool)
         except RuntimeError as error:
             print(f"kilotok: capturing CUDA graphs failed ({error}); running the decode step eagerly",
                   file=sys.stderr)
+            self._graphs = self._verify_graphs = None
             return []
         return sizes
 

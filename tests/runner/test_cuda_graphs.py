@@ -78,11 +78,40 @@ def test_sizes_pad_to_the_next_captured_one_and_others_run_eagerly():
     assert captured.run(*step(16, seed=1)) is None
     tree = step(4, seed=1)
     tree[2].tree_mask = torch.ones(4, 2, dtype=torch.bool)
-    assert captured.run(*tree) is None  # draft-tree verification is not captured (yet)
+    assert captured.run(*tree) is None  # draft-tree rows go to the verification graphs
     ids, positions, meta = step(4, seed=1)
     meta.block_tables = meta.block_tables[:, :3]
     with pytest.raises(ValueError, match="3 columns; the captured graphs read 5"):
         captured.run(ids, positions, meta)
+
+
+def reads_the_tree_too(input_ids, positions, meta: AttentionMetadata):
+    logits, features = reads_every_input(input_ids, positions, meta)
+    tree = (meta.tree_mask.long() * 5 + meta.tree_positions) * torch.arange(1, meta.tree_mask.shape[1] + 1)
+    return logits + tree.sum(dim=1, keepdim=True), features
+
+
+def with_tree(rows: int, width: int, seed: int):
+    ids, positions, meta = step(rows, seed)
+    generator = torch.Generator().manual_seed(seed)
+    meta.tree_mask = torch.rand(rows, width, generator=generator) < 0.5
+    meta.tree_positions = torch.randint(0, 30, (rows, width), generator=generator, dtype=torch.int32)
+    return ids, positions, meta
+
+
+def test_verification_graphs_pad_narrower_trees_with_invisible_columns():
+    captured = DecodeGraphs(reads_the_tree_too, (1, 2, 4), MAX_BLOCKS, 0, BLOCK_SIZE, torch.device("cpu"),
+                            capture=ReplayedCall, progress=False, tree_width=6)
+    captured.run(*with_tree(4, 6, seed=1))  # fills every column, so a narrower tree must clear the rest
+    for rows, width, seed in ((4, 3, 2), (2, 6, 3), (4, 1, 4)):
+        ids, positions, meta = with_tree(rows, width, seed)
+        padded = AttentionMetadata(**{**vars(meta), "tree_mask": torch.zeros(rows, 6, dtype=torch.bool),
+                                      "tree_positions": torch.zeros(rows, 6, dtype=torch.int32)})
+        padded.tree_mask[:, :width] = meta.tree_mask
+        padded.tree_positions[:, :width] = meta.tree_positions
+        assert torch.equal(captured.run(ids, positions, meta)[0], reads_the_tree_too(ids, positions, padded)[0])
+    assert captured.run(*with_tree(4, 7, seed=5)) is None  # wider than captured: eager
+    assert captured.run(*step(4, seed=6)) is None  # no tree: the plain decode graphs' rows
 
 
 def test_triton_decode_through_captured_graphs_gives_the_eager_greedy_tokens(monkeypatch):
@@ -113,6 +142,28 @@ def test_graphs_need_a_backend_that_reads_the_block_table(monkeypatch):
         llm.engine.runner.capture_decode_graphs(4, capture=ReplayedCall, progress=False)
 
 
+def test_triton_verification_through_captured_graphs_gives_the_torch_backends_tokens(monkeypatch):
+    pytest.importorskip("triton")
+    from kilotok.speculative.config import SpecConfig
+    from tests.tiny_engine import RandomTreeDrafter, use_drafter
+
+    reference = random_reference()
+    prompts = mixed_prompts(3, seed=6)
+    params = greedy(5)
+    settings = {"max_model_len": 40, "spec": SpecConfig("ngram", depth=3), "max_num_seqs": 2}
+    expected = tiny_llm(monkeypatch, reference, backend="torch", **settings).generate(prompts, params)
+    llm = tiny_llm(monkeypatch, reference, backend="triton", **settings)
+    use_drafter(llm, RandomTreeDrafter(VOCAB, max_nodes=4, seed=0))
+    runner = llm.engine.runner
+    runner.capture_decode_graphs(2, capture=ReplayedCall, progress=False, verify=(2 * 5, 16))
+    replayed = []
+    monkeypatch.setattr(runner._verify_graphs.graphs[8], "replay", lambda: replayed.append(8) or
+                        ReplayedCall.replay(runner._verify_graphs.graphs[8]))
+    got = llm.generate(prompts, params)
+    assert [out.token_ids for out in got] == [out.token_ids for out in expected]
+    assert replayed and llm.engine.spec_stats.drafted_tokens > llm.engine.spec_stats.accepted_tokens > 0
+
+
 @pytest.mark.gpu
 def test_captured_cuda_graphs_give_the_eager_greedy_tokens(monkeypatch):
     reference = random_reference()
@@ -126,3 +177,19 @@ def test_captured_cuda_graphs_give_the_eager_greedy_tokens(monkeypatch):
     assert llm.engine.runner._graphs.sizes == [1, 2, 4]
     assert [out.token_ids for out in llm.generate(prompts, params)] == expected
     assert [out.token_ids for out in llm.generate(prompts[:3], params)] == expected[:3]
+
+
+@pytest.mark.gpu
+def test_speculative_steps_through_captured_cuda_graphs_give_the_eager_tokens(monkeypatch):
+    from kilotok.speculative.config import SpecConfig
+
+    reference = random_reference()
+    prompts = mixed_prompts(6, seed=7)
+    params = greedy(8)
+    settings = {"device": "cuda", "backend": "triton", "max_num_seqs": 4, "spec": SpecConfig("ngram", depth=3)}
+    expected = [out.token_ids for out in tiny_llm(monkeypatch, reference, cuda_graphs=False, **settings)
+                .generate(prompts, params)]
+    llm = tiny_llm(monkeypatch, reference, **settings)
+    assert llm.engine.runner._verify_graphs is not None
+    assert [out.token_ids for out in llm.generate(prompts, params)] == expected
+    assert llm.engine.spec_stats.accepted_tokens > 0

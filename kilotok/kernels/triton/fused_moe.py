@@ -108,6 +108,7 @@ def align_by_expert(experts: torch.Tensor, num_experts: int, block_m: int) -> tu
     need, so the shapes depend only on T, k and the expert count."""
     flat = experts.flatten().long()
     num_pairs = flat.numel()
+    # Not bincount: on CUDA it reads the largest id back to the host, which a captured CUDA graph cannot do.
     counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
