@@ -17,7 +17,6 @@ from torch import nn
 from kilotok.kernels.attention import paged_attention, store_kv
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
-from kilotok.kernels.cpu_attention import cpu_decode_attention_available
 from kilotok.kernels.norm import l2_normalize
 from kilotok.layers.norm import RMSNorm
 from kilotok.layers.rotary import RotaryEmbedding
@@ -34,10 +33,11 @@ class Attention(nn.Module):
                  rotary: RotaryEmbedding | None, rope_interleaved: bool = False, q_norm: RMSNorm | None = None,
                  k_norm: RMSNorm | None = None, l2_norm_eps: float | None = None, chunk_size: int = 0,
                  temperature: tuple[float, float] | None = None, backend: KernelBackend = KernelBackend.TORCH,
-                 pdl: bool = False) -> None:
+                 pdl: bool = False, cpu_kernel: bool = False) -> None:
         """`rotary` None: no RoPE. `l2_norm_eps`: Llama 4's QK norm. `chunk_size` > 0: each query sees only
         its own chunk of positions. `temperature` (floor_scale, attn_scale): Llama 4's query scaling.
-        `backend` picks the attention kernels; `pdl` lets Triton kernels overlap their launches."""
+        `backend` picks the attention kernels; `pdl` lets Triton kernels overlap their launches; `cpu_kernel`
+        runs decode rows through the C++ op (kernels/cpu_attention.py), for a layer on the CPU where it built."""
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -54,8 +54,7 @@ class Attention(nn.Module):
         self.temperature = temperature
         self.backend = backend
         self.pdl = pdl
-        # Decided once here, so compiled graphs see a constant.
-        self.cpu_kernel = backend is KernelBackend.TORCH and cpu_decode_attention_available()
+        self.cpu_kernel = cpu_kernel
         # Filled by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D].
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)

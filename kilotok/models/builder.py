@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from kilotok.errors import ModelFormatError
 from kilotok.kernels.backend import KernelBackend, resolve_backend
+from kilotok.kernels.cpu_attention import cpu_decode_attention_available
 from kilotok.kernels.device import resolve_device
 from kilotok.layers.attention import Attention
 from kilotok.layers.linear import make_linear
@@ -43,7 +44,8 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     family = FAMILIES[config.architecture]
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling, backend, pdl)
-    kernels = KernelChoice(backend, pdl)
+    on_cpu = torch.device(device).type == "cpu"
+    kernels = KernelChoice(backend, pdl, backend is KernelBackend.TORCH and on_cpu and cpu_decode_attention_available())
     layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels).to(device)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))
@@ -62,6 +64,8 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
 class KernelChoice:
     backend: KernelBackend
     pdl: bool
+    cpu_attention: bool
+    """Decode attention through the C++ op (kernels/cpu_attention.py): built only for a model on the CPU."""
 
 
 class LayerWeights:
@@ -118,6 +122,7 @@ def _attention(config: ModelConfig, get: LayerWeights, index: int, fmt: WeightFo
         else None,
         backend=kernels.backend,
         pdl=kernels.pdl,
+        cpu_kernel=kernels.cpu_attention,
     )
 
 
@@ -150,6 +155,7 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
         shared_expert=shared,
         backend=kernels.backend,
         pdl=kernels.pdl,
+        cpu_kernel=kernels.cpu_attention,
     )
 
 
