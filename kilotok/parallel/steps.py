@@ -27,18 +27,19 @@ _META_FIELDS = [f.name for f in fields(AttentionMetadata)]
 
 
 @torch.compiler.disable
-def send(comm: Communicator, command: str, tensors: list[torch.Tensor | None]) -> None:
-    specs = [None if t is None else (tuple(t.shape), t.dtype) for t in tensors]
+def send(comm: Communicator, command: str, tensors: list[torch.Tensor | bool | None]) -> None:
+    """Tensors go as broadcasts; anything else (None, a metadata flag) travels in the object message."""
+    specs = [(tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else ("value", t) for t in tensors]
     comm.broadcast_object((command, specs))
     for tensor in tensors:
-        if tensor is not None:
+        if isinstance(tensor, torch.Tensor):
             comm.broadcast(tensor.contiguous())
 
 
-def receive(comm: Communicator) -> tuple[str, list[torch.Tensor | None]]:
+def receive(comm: Communicator) -> tuple[str, list[torch.Tensor | bool | None]]:
     command, specs = comm.broadcast_object(None)
-    tensors = [None if spec is None else comm.broadcast(torch.empty(spec[0], dtype=spec[1], device=comm.device))
-               for spec in specs]
+    tensors = [spec[1] if spec[0] == "value"
+               else comm.broadcast(torch.empty(spec[0], dtype=spec[1], device=comm.device)) for spec in specs]
     return command, tensors
 
 
