@@ -5,13 +5,16 @@ position t), and its output predicts token t + 2. For each sequence the drafter 
 and values of every committed input (one per position, built from the target's own features) and the
 head's output at the last one, which already scores the children of the root (the newest token).
 
+The head's inputs keep their positions in the sequence, and may have gaps: positions whose features it
+never got (steps at batch sizes where the policy drafts nothing, cached prompt blocks) are simply absent
+from its keys. It drafts for a sequence once it has the feature of the position before the newest token.
+
 A step then expands: the root's top-k children form level 1; each level runs the head once over the
 frontier (the k best nodes of that level by cumulative log-probability, each reading its parent's
 output feature) and scores its top-k children; after `depth` levels the best `tree_size` nodes overall
 form the tree. A child never scores above its parent, so the best nodes always include their ancestors.
 The speculative keys of a step are dropped; the accepted tokens are committed with the target's
-features when the sequence is next drafted for, so steps that do not draft (the batch-size policy
-drafts nothing at large batches) leave the head idle.
+features when the sequence is next drafted for.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ class _HeadCache:
     """What the head computed for one sequence's committed inputs."""
 
     past_k: torch.Tensor
-    """[1, C, Hkv, D] the head's keys of the C committed inputs (positions 0..C-1)."""
+    """[1, C, Hkv, D] the head's keys of the C committed inputs, in position order."""
     past_v: torch.Tensor
     logits: torch.Tensor
-    """[draft_vocab] the head's output at position C - 1: scores of the root's children."""
+    """[draft_vocab] the head's output at the newest committed input: scores of the root's children."""
     hidden: torch.Tensor
-    """[d] the head's output feature at position C - 1, read by the root's children."""
+    """[d] the head's output feature at the newest committed input, read by the root's children."""
+    last_position: int
+    """The newest committed input's position."""
 
     @property
     def committed(self) -> int:
@@ -53,13 +58,17 @@ class _HeadCache:
 class DraftState:
     """The drafter's state of one sequence, kept in `seq.draft_state`."""
 
-    pending_features: list[torch.Tensor] = field(default_factory=list)
-    """Target features the head has not run over yet: a prompt's chunks, and every later step's kept
-    positions, until the sequence is next drafted for. The head then runs over them all at once, so a
-    chunked prefill drafts as a whole one does and steps that do not draft cost the head nothing."""
-    pending_tokens: list[int] = field(default_factory=list)
-    """The token after each pending feature's position (known for a prompt once it completes)."""
+    pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    """(first position, target features [n, k * d]) the head has not run over yet: a prompt's chunks, and
+    later steps' kept positions, until the sequence is next drafted for. The head then runs over them all
+    at once, so a chunked prefill drafts as a whole one does."""
+    next_position: int = 0
+    """The position after the newest feature received."""
     cache: _HeadCache | None = None
+
+    def receive(self, start: int, features: torch.Tensor) -> None:
+        self.pending.append((start, features))
+        self.next_position = start + features.shape[0]
 
 
 def _quantize_linears(head: Eagle3DraftModel) -> None:
@@ -106,44 +115,60 @@ class Eagle3Drafter:
         return cls(head, spec.topk)
 
     def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
-        if not seq.params.speculate:
-            return  # never drafted for: nothing to keep
-        if start == 0:
-            seq.draft_state = DraftState()
-        state: DraftState = seq.draft_state
-        state.pending_features.append(features)
-        if next_token is not None:
-            state.pending_tokens.extend(seq.token_ids[1:] + [next_token])
+        if not seq.params.speculate or features is None:
+            return  # never drafted for, or no features collected: nothing to keep
+        state: DraftState | None = seq.draft_state
+        if state is None or start < state.next_position:
+            # A new request, or one preempted and now recomputed: its head inputs start over.
+            state = seq.draft_state = DraftState()
+        state.receive(start, features)
 
     def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
-        if seq.params.speculate:
-            seq.draft_state.pending_features.append(features)
-            seq.draft_state.pending_tokens.extend(tokens)
+        if seq.params.speculate and features is not None:
+            # The features are the root's (the sequence's last token, at len(seq) - 1) and the accepted drafts'.
+            if seq.draft_state is None:
+                seq.draft_state = DraftState()
+            seq.draft_state.receive(len(seq) - 1, features)
+
+    @staticmethod
+    def ready(seq: Sequence) -> bool:
+        """Whether the head has (or has pending) the input at the position before the newest token, which
+        scores the root's children."""
+        state: DraftState | None = seq.draft_state
+        return state is not None and state.next_position == len(seq) - 1
 
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        trees = []
         for seq in seqs:
-            self.catch_up(seq.draft_state)
-        return [self._grow(seq.draft_state.cache, shape) for seq in seqs]
+            if self.ready(seq):
+                self.catch_up(seq)
+                trees.append(self._grow(seq.draft_state.cache, shape))
+            else:
+                trees.append(DraftTree())  # this step's features make it ready for the next
+        return trees
 
-    def catch_up(self, state: DraftState) -> None:
-        """Run the head over the pending inputs (token t + 1, target feature t) and keep their keys."""
-        if not state.pending_tokens:
+    def catch_up(self, seq: Sequence) -> None:
+        """Run the head over the pending inputs (token t + 1, target feature t), whose tokens the sequence
+        holds by now, and keep their keys."""
+        state: DraftState = seq.draft_state
+        if not state.pending:
             return
-        features, tokens = torch.cat(state.pending_features), state.pending_tokens
-        state.pending_features, state.pending_tokens = [], []
+        positions = torch.cat([torch.arange(start, start + len(part)) for start, part in state.pending])
+        features = torch.cat([part for _, part in state.pending])
+        state.pending = []
+        tokens = [seq.token_ids[position + 1] for position in positions.tolist()]
         cache = state.cache
-        start = 0 if cache is None else cache.committed
+        committed = 0 if cache is None else cache.committed
         count = features.shape[0]
-        positions = torch.arange(start, start + count).unsqueeze(0)
-        mask = torch.ones(count, start + count, dtype=torch.bool)
-        mask[:, start:] = torch.ones(count, count, dtype=torch.bool).tril()
-        out = self.head(torch.tensor([tokens[:count]]), self.head.fuse(features).unsqueeze(0), positions,
+        mask = torch.ones(count, committed + count, dtype=torch.bool)
+        mask[:, committed:] = torch.ones(count, count, dtype=torch.bool).tril()
+        out = self.head(torch.tensor([tokens]), self.head.fuse(features).unsqueeze(0), positions.unsqueeze(0),
                         None if cache is None else cache.past_k, None if cache is None else cache.past_v,
                         mask.unsqueeze(0))
         past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
-        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1])
+        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], int(positions[-1]))
 
     def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
         candidates: list[_Candidate] = []
@@ -188,8 +213,8 @@ class Eagle3Drafter:
             mask[row, cache.committed + speculative + row] = True
         tokens = torch.tensor([[node.token for node in nodes]])
         features = torch.stack([node.feature for node in nodes]).unsqueeze(0)
-        # The root's input sits at position C - 1, so a node at depth `level` reads at C - 1 + level.
-        positions = torch.full((1, count), cache.committed - 1 + level)
+        # The root's parent is the newest committed input, so a node at depth `level` reads `level` past it.
+        positions = torch.full((1, count), cache.last_position + level)
         past_k = torch.cat([cache.past_k, *spec_k], dim=1)
         past_v = torch.cat([cache.past_v, *spec_v], dim=1)
         return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0))
