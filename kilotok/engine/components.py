@@ -43,6 +43,7 @@ def build_components(config: EngineConfig) -> EngineComponents:
         2, int(config.kv_cache_gb * 2**30) // ModelRunner.kv_bytes_per_block(model, config.block_size))
     runner = ModelRunner(model, num_blocks, config.block_size, max_model_len, config.compile, loaded.backend) \
         if group is None else leader_runner(group, config, loaded, num_blocks, max_model_len)
-    decoder = build_decoder(config.spec, PlainDecoder(runner), model, loaded.name, max_model_len, config.max_num_seqs)
+    decoder = build_decoder(config.spec, PlainDecoder(runner), model, loaded.name, max_model_len, config.max_num_seqs,
+                            config.compile)
     return EngineComponents(loaded.name, loaded.tokenizer, loaded.weight_format, loaded.backend, model,
                             max_model_len, num_blocks, runner, decoder)

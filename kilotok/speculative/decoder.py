@@ -150,8 +150,9 @@ class SpeculativeDecoder:
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,
-                  max_model_len: int, max_num_seqs: int) -> Decoder:
-    """The decoder a SpecConfig asks for: `target` itself without speculation."""
+                  max_model_len: int, max_num_seqs: int, compile_steps: bool) -> Decoder:
+    """The decoder a SpecConfig asks for: `target` itself without speculation. `compile_steps`: compile the
+    draft head's steps, as the target's decode steps are."""
     if not spec.enabled:
         return target
     if spec.method == "ngram":
@@ -159,6 +160,6 @@ def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model
     else:
         from kilotok.speculative.eagle3.drafter import Eagle3Drafter
 
-        drafter = Eagle3Drafter.load(spec, model, model_name)
+        drafter = Eagle3Drafter.load(spec, model, model_name, compile_steps)
     return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name), max_model_len, spec.max_draft_nodes,
                               max_num_seqs)

@@ -30,6 +30,7 @@ from kilotok.quant.lowbit import LowBitLinear, lowbit_available, pack_float
 from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.eagle3.checkpoint import default_draft_path, load_eagle3
+from kilotok.speculative.eagle3.head_steps import Candidates, HeadSteps, candidate_depths
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import ROOT, DraftTree
@@ -80,29 +81,16 @@ def _quantize_linears(head: Eagle3DraftModel) -> None:
             setattr(head.get_submodule(parent), attribute, LowBitLinear(pack_float(module.weight, 8), module.bias))
 
 
-@dataclass
-class _Candidate:
-    token: int
-    """Target token id."""
-    score: float
-    """Cumulative log-probability under the head."""
-    parent: int
-    """Index into the candidate list, or ROOT."""
-    depth: int
-    feature: torch.Tensor
-    """[d] the output feature the node reads when expanded (its parent's output)."""
-    ancestors: list[int] = field(default_factory=list)
-    """Columns of this step's speculative keys that belong to the node's expanded ancestors."""
-
-
 class Eagle3Drafter:
-    def __init__(self, head: Eagle3DraftModel, topk: int) -> None:
+    def __init__(self, head: Eagle3DraftModel, topk: int, compile_steps: bool = False) -> None:
+        """`compile_steps`: run catch-up and expansion as compiled graphs (head_steps.py)."""
         self.head = head
         self.topk = min(topk, head.config.draft_vocab_size)
         self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
+        self.steps = HeadSteps(head, compile_steps)
 
     @classmethod
-    def load(cls, spec: SpecConfig, model: CausalLM, model_name: str) -> Eagle3Drafter:
+    def load(cls, spec: SpecConfig, model: CausalLM, model_name: str, compile_steps: bool) -> Eagle3Drafter:
         folder = spec.draft or default_draft_path(model_name)
         if folder is None:
             raise ModelNotFoundError(
@@ -112,7 +100,7 @@ class Eagle3Drafter:
         head = load_eagle3(folder, model.config, model.embed_tokens.weight)
         if lowbit_available():
             _quantize_linears(head)
-        return cls(head, spec.topk)
+        return cls(head, spec.topk, compile_steps)
 
     def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
         if not seq.params.speculate or features is None:
@@ -159,70 +147,23 @@ class Eagle3Drafter:
         state.pending = []
         tokens = [seq.token_ids[position + 1] for position in positions.tolist()]
         cache = state.cache
-        committed = 0 if cache is None else cache.committed
-        count = features.shape[0]
-        mask = torch.ones(count, committed + count, dtype=torch.bool)
-        mask[:, committed:] = torch.ones(count, count, dtype=torch.bool).tril()
-        out = self.head(torch.tensor([tokens]), self.head.fuse(features).unsqueeze(0), positions.unsqueeze(0),
-                        None if cache is None else cache.past_k, None if cache is None else cache.past_v,
-                        mask.unsqueeze(0))
+        out = self.steps.catch_up(tokens, features, positions, None if cache is None else cache.past_k,
+                                  None if cache is None else cache.past_v)
         past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
         state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], int(positions[-1]))
 
     def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
-        candidates: list[_Candidate] = []
-        frontier = self._children(candidates, ROOT, 0.0, 1, cache.logits, cache.hidden, [])
-        spec_k: list[torch.Tensor] = []
-        spec_v: list[torch.Tensor] = []
-        for depth in range(2, shape.depth + 1):
-            frontier = sorted(frontier, key=lambda i: -candidates[i].score)[: self.topk]
-            out = self._expand(cache, [candidates[i] for i in frontier], spec_k, spec_v, depth - 1)
-            columns = sum(k.shape[1] for k in spec_k)
-            spec_k.append(out.k)
-            spec_v.append(out.v)
-            next_frontier = []
-            for row, index in enumerate(frontier):
-                node = candidates[index]
-                ancestors = [*node.ancestors, columns + row]
-                next_frontier += self._children(candidates, index, node.score, depth, out.logits[0, row],
-                                                out.hidden[0, row], ancestors)
-            frontier = next_frontier
-        return self._best_tree(candidates, shape.tree_size)
+        candidates = self.steps.expand(cache.past_k, cache.past_v, cache.logits, cache.hidden, cache.last_position,
+                                       shape.depth, self.topk)
+        return _best_tree(candidates, candidate_depths(shape.depth, self.topk), shape.tree_size)
 
-    def _children(self, candidates: list[_Candidate], parent: int, score: float, depth: int,
-                  logits: torch.Tensor, feature: torch.Tensor, ancestors: list[int]) -> list[int]:
-        """Add the top-k children of a node; returns their candidate indices."""
-        top = logits.log_softmax(dim=-1).topk(self.topk)
-        tokens = self.head.draft_to_target(top.indices).tolist()
-        first = len(candidates)
-        for token, log_prob in zip(tokens, top.values.tolist(), strict=True):
-            candidates.append(_Candidate(token, score + log_prob, parent, depth, feature, ancestors))
-        return list(range(first, len(candidates)))
 
-    def _expand(self, cache: _HeadCache, nodes: list[_Candidate], spec_k: list[torch.Tensor],
-                spec_v: list[torch.Tensor], level: int):
-        """One head forward over a level's frontier nodes: each sees the committed inputs, its expanded
-        ancestors' speculative inputs and itself."""
-        count = len(nodes)
-        speculative = sum(k.shape[1] for k in spec_k)
-        mask = torch.zeros(count, cache.committed + speculative + count, dtype=torch.bool)
-        mask[:, : cache.committed] = True
-        for row, node in enumerate(nodes):
-            mask[row, [cache.committed + column for column in node.ancestors]] = True
-            mask[row, cache.committed + speculative + row] = True
-        tokens = torch.tensor([[node.token for node in nodes]])
-        features = torch.stack([node.feature for node in nodes]).unsqueeze(0)
-        # The root's parent is the newest committed input, so a node at depth `level` reads `level` past it.
-        positions = torch.full((1, count), cache.last_position + level)
-        past_k = torch.cat([cache.past_k, *spec_k], dim=1)
-        past_v = torch.cat([cache.past_v, *spec_v], dim=1)
-        return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0))
-
-    def _best_tree(self, candidates: list[_Candidate], tree_size: int) -> DraftTree:
-        """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
-        ranked = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, candidates[i].depth, i))
-        chosen = sorted(ranked[:tree_size], key=lambda i: (candidates[i].depth, i))
-        index_of = {old: new for new, old in enumerate(chosen)}
-        index_of[ROOT] = ROOT
-        return DraftTree([candidates[i].token for i in chosen], [index_of[candidates[i].parent] for i in chosen])
+def _best_tree(candidates: Candidates, depths: list[int], tree_size: int) -> DraftTree:
+    """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
+    scores = candidates.scores
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
+    chosen = sorted(ranked[:tree_size], key=lambda i: (depths[i], i))
+    index_of = {old: new for new, old in enumerate(chosen)}
+    index_of[ROOT] = ROOT
+    return DraftTree([candidates.tokens[i] for i in chosen], [index_of[candidates.parents[i]] for i in chosen])
