@@ -3,7 +3,7 @@ forward and the whole step, timed by wrapping the drafter's and the runner's met
 decodes the bench prompts one at a time (the default model, default weights, compiled, greedy).
 
     python scripts/spec_step_cost.py [--prompts 4] [--max-tokens 96] [--depth 3] [--topk 1] [--tree-size 3]
-                                     [--fp32-head]
+                                     [--fp32-head] [--no-prefix-cache]
 
 Drafting is forced at batch 1 (a one-row policy written to a temporary file), whatever the shipped table
 says. Prints one JSON object: medians in ms per step, and tokens per step.
@@ -54,13 +54,15 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--topk", type=int, default=1)
     parser.add_argument("--tree-size", type=int, default=3)
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="prefill whole prompts: the head then sees every prompt position's features")
     parser.add_argument("--fp32-head", action="store_true",
                         help="the head's linear layers in fp32 instead of int8 (to compare acceptance)")
     args = parser.parse_args()
     policy_file = Path(tempfile.mkdtemp()) / "batch1.json"
     SpecPolicy(((1, TreeShape(args.depth, args.tree_size)),)).save(policy_file)
     spec = SpecConfig("eagle3", depth=args.depth, topk=args.topk, tree_size=args.tree_size, policy=str(policy_file))
-    llm = LLM("smollm2-135m", spec=spec, progress=False)
+    llm = LLM("smollm2-135m", spec=spec, progress=False, enable_prefix_caching=not args.no_prefix_cache)
     if args.fp32_head:
         use_fp32_head(llm)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)

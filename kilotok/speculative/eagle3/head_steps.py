@@ -62,31 +62,27 @@ class HeadSteps:
         """The head over new inputs (tokens [n], target features [n, k * d] at `positions` [n]) after
         the committed keys, causal among themselves: the head's output for the n inputs."""
         count = len(tokens)
-        committed = 0 if past_k is None else past_k.shape[1]
         rows = next((bucket for bucket in COMPILED_ROWS if bucket >= count), None)
-        if past_k is None or rows is None:
-            mask = torch.ones(count, committed + count, dtype=torch.bool)
-            mask[:, committed:] = torch.ones(count, count, dtype=torch.bool).tril()
+        if not _compilable(past_k) or rows is None:
             return self._catch_up(torch.tensor([tokens]), features.unsqueeze(0), positions.unsqueeze(0),
-                                  past_k, past_v, mask.unsqueeze(0))
-        # Padding rows repeat the last input and see only themselves; no real row sees them.
+                                  past_k, past_v)
+        # Padding rows repeat the last input after the real ones: causal order keeps them out of real rows' view.
         padding = rows - count
-        mask = torch.zeros(rows, committed + rows, dtype=torch.bool)
-        mask[:, :committed] = True
-        mask[:, committed:] = torch.ones(rows, rows, dtype=torch.bool).tril()
-        mask[count:, committed : committed + count] = False
         padded_tokens = torch.tensor([tokens + tokens[-1:] * padding])
         padded_features = torch.cat((features, features[-1:].expand(padding, -1))).unsqueeze(0)
         padded_positions = torch.cat((positions, positions[-1:].expand(padding))).unsqueeze(0)
-        out = self._call("catch_up", rows, padded_tokens, padded_features, padded_positions, past_k, past_v,
-                         mask.unsqueeze(0))
+        out = self._call("catch_up", rows, padded_tokens, padded_features, padded_positions, past_k, past_v)
         return Eagle3Output(out.hidden[:, :count], out.logits[:, :count], out.k[:, :count], out.v[:, :count])
 
     def expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
                root_hidden: torch.Tensor, last_position: int, depth: int, topk: int) -> Candidates:
-        tokens, scores, parents = self._call("expand", (depth, topk), past_k, past_v, root_logits, root_hidden,
-                                             torch.tensor(last_position), depth, topk)
+        call = self._call if _compilable(past_k) else self._eager_call
+        tokens, scores, parents = call("expand", (depth, topk), past_k, past_v, root_logits, root_hidden,
+                                       torch.tensor(last_position), depth, topk)
         return Candidates(tokens.tolist(), scores.tolist(), parents.tolist())
+
+    def _eager_call(self, name: str, shape, *args):
+        return self._eager[name](*args)
 
     def _call(self, name: str, shape, *args):
         """The compiled graph of `name` for `shape`, guards on the head's weights skipped once it is built;
@@ -113,9 +109,13 @@ class HeadSteps:
         return out
 
     def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-                  past_k: torch.Tensor | None, past_v: torch.Tensor | None, mask: torch.Tensor) -> Eagle3Output:
+                  past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
         head = self.head
-        return head(tokens, head.fuse(features), positions, past_k, past_v, mask)
+        rows = tokens.shape[1]
+        committed = 0 if past_k is None else past_k.shape[1]
+        mask = torch.cat((torch.ones(rows, committed, dtype=torch.bool),
+                          torch.ones(rows, rows, dtype=torch.bool).tril()), dim=1)
+        return head(tokens, head.fuse(features), positions, past_k, past_v, mask.unsqueeze(0))
 
     def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
                 root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
@@ -149,10 +149,14 @@ class HeadSteps:
         return torch.cat(tokens), torch.cat(all_scores), torch.cat(parents)
 
 
+def _compilable(past_k: torch.Tensor | None) -> bool:
+    """Compiled graphs take the committed keys' count as a dynamic dimension, which cannot be 0 or 1 (torch
+    specializes those sizes): a sequence's first inputs run eagerly."""
+    return past_k is not None and past_k.shape[1] >= 2
+
+
 def _mark_key_lengths(name: str, args: tuple) -> None:
-    """The committed keys' count (and the catch-up mask's width with it) varies step by step: dynamic."""
+    """The committed keys' count varies step by step: a dynamic dimension, so the context needs no new graph."""
     past_k, past_v = (args[3], args[4]) if name == "catch_up" else (args[0], args[1])
     torch._dynamo.mark_dynamic(past_k, 1)
     torch._dynamo.mark_dynamic(past_v, 1)
-    if name == "catch_up":
-        torch._dynamo.mark_dynamic(args[5], 2)
