@@ -49,7 +49,8 @@ def build_components(config: EngineConfig) -> EngineComponents:
         graphs = False
     else:
         num_blocks, runner, graphs = _runner(config, loaded, max_model_len)
-    decoder = build_decoder(config.spec, PlainDecoder(runner), model, loaded.name, max_model_len)
+    decoder = build_decoder(config.spec, PlainDecoder(runner), model, loaded.name, max_model_len, config.max_num_seqs,
+                            config.compile)
     if graphs:
         # After the decoder: a drafter asks the runner for features, which the graphs must capture too.
         runner.capture_decode_graphs(config.max_num_seqs, progress=config.progress, verify=_verify_shape(config))

@@ -29,8 +29,7 @@ class LLMEngine:
         self.max_model_len = parts.max_model_len
         self.runner = parts.runner
         self.decoder = parts.decoder
-        self.block_manager = BlockManager(parts.num_blocks, config.block_size,
-                                          config.enable_prefix_caching and self.decoder.allows_prefix_caching)
+        self.block_manager = BlockManager(parts.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    self.decoder.lookahead_slots, self.max_model_len)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)

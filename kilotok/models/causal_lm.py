@@ -64,7 +64,8 @@ class CausalLM(nn.Module):
     """`forward` maps a flat batch of new tokens [T] to final hidden states [T, d]; `compute_logits`
     applies the head only to the rows that need it (the last token of each sequence, or a draft tree).
 
-    `aux_hidden_layers` names layers whose *input* hidden states are also returned, for EAGLE-3 drafts.
+    `aux_layers` names layers whose *input* hidden states are also returned, for EAGLE-3 drafts: an argument,
+    not model state, so a compiled step with features and one without are two graphs that never share guards.
     """
 
     def __init__(self, config: ModelConfig, embed_tokens: torch.Tensor, layers: list[DecoderLayer],
@@ -77,16 +78,16 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, pdl)
         self.lm_head = lm_head
-        self.aux_hidden_layers: tuple[int, ...] = ()
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+        aux_layers: tuple[int, ...] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden = self.embed_tokens(input_ids)
         residual = None
         aux_hidden = []
         for index, layer in enumerate(self.layers):
-            if index in self.aux_hidden_layers:
+            if index in aux_layers:
                 aux_hidden.append(hidden if residual is None else residual + hidden)
             hidden, residual = layer(positions, hidden, residual, meta)
         return self.norm.add_and_norm(hidden, residual)[0], aux_hidden

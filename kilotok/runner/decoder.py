@@ -71,9 +71,6 @@ class Decoder(Protocol):
     lookahead_slots: int
     """KV-cache slots a decode step may write past a sequence's end (draft tokens): the scheduler reserves
     them, so the step never runs out of blocks."""
-    allows_prefix_caching: bool
-    """Whether a sequence may start from cached prompt blocks (a drafter that reads the target's
-    features of every prompt position cannot: cached blocks come without them)."""
 
     def step(self, batch: ScheduledBatch) -> list[StepResult]:
         """Run the batch; one result per sequence of `batch.seqs`, in order. Sequences are only read."""
@@ -81,7 +78,6 @@ class Decoder(Protocol):
 
 class PlainDecoder:
     lookahead_slots = 0
-    allows_prefix_caching = True
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner

@@ -143,17 +143,22 @@ class ModelRunner:
         self._graphs: DecodeGraphs | None = None
         self._verify_graphs: DecodeGraphs | None = None
         self._allocate_kv_cache(num_blocks)
-        self._decode_forward = self._forward_logits
+        # Two decode forwards, compiled apart: with the drafter's features and without, so a step that does
+        # not draft returns none (speculative/decoder.py).
+        self._eager_forwards = {False: self._forward_logits, True: self._forward_logits_and_features}
+        self._decode_forwards = self._eager_forwards
         if compile_decode:
             # At batch 1 the fused elementwise kernels are tiny: spreading them over OpenMP threads costs
             # more in barriers than it saves. Matrix products still use every thread through ATen.
             # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
             # bucket per engine would pass its default limit of 8 and silently fall back to eager.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-            self._decode_forward = torch.compile(self._forward_logits, dynamic=False,
-                                                 options={"cpp.threads": 1})
+            self._decode_forwards = {features: torch.compile(forward, dynamic=False, options={"cpp.threads": 1})
+                                     for features, forward in self._eager_forwards.items()}
         self._compile_failed = not compile_decode
-        self._warm_buckets: set[int] = set()
+        self._warm_buckets: set[tuple[int, bool]] = set()
+        """(rows, with features) of the compiled graphs built so far."""
+        self._feature_layers: tuple[int, ...] = ()
         self._feature_order: list[int] = []
 
     @staticmethod
@@ -173,10 +178,11 @@ class ModelRunner:
             attention.v_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
 
     def collect_features(self, layer_ids: tuple[int, ...]) -> None:
-        """Have forwards also return the hidden states entering `layer_ids` (a drafter's features),
-        concatenated in that order; an id may repeat, the model collects each layer once."""
+        """Have prefills, and decode forwards that ask for them, also return the hidden states entering
+        `layer_ids` (a drafter's features), concatenated in that order; an id may repeat, the model collects
+        each layer once."""
         unique = sorted(set(layer_ids))
-        self.model.aux_hidden_layers = tuple(unique)
+        self._feature_layers = tuple(unique)
         self._feature_order = [unique.index(layer) for layer in layer_ids]
 
     def _concat_features(self, aux: list[torch.Tensor]) -> torch.Tensor:
@@ -193,7 +199,7 @@ class ModelRunner:
         sample yet), and, when features are collected, each sequence's features [new tokens, k * d]."""
         ends = [seq.num_cached_tokens + count for seq, count in zip(seqs, num_new_tokens, strict=True)]
         inputs = token_rows(seqs, ends, len(seqs), self.block_size, self.max_blocks_per_seq, self.device)
-        hidden, aux = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        hidden, aux = self.model(inputs.input_ids, inputs.positions, inputs.meta, aux_layers=self._feature_layers)
         features = list(self._concat_features(aux).split(num_new_tokens)) if aux else None
         complete = [row for row, (seq, end) in enumerate(zip(seqs, ends, strict=True)) if end == len(seq)]
         if not complete:
@@ -202,9 +208,9 @@ class ModelRunner:
         return self.sample([seqs[row] for row in complete], logits), features
 
     @torch.inference_mode()
-    def decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run each sequence's last token (not yet cached) and sample the next one: [B] int64, and the
-        rows' features [B, k * d] when they are collected."""
+    def decode(self, seqs: list[Sequence], features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run each sequence's last token (not yet cached) and sample the next one: [B] int64, and, when
+        `features` asks for them and they are collected, the rows' features [B, k * d]."""
         padded = _bucket(len(seqs))
         inputs = token_rows(seqs, [len(seq) for seq in seqs], padded, self.block_size, self.max_blocks_per_seq,
                             self.device)
@@ -212,68 +218,74 @@ class ModelRunner:
         meta.decode_rows = True
         if self.gathers_key_window:
             meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, self.block_size, self.device)
-        logits, features = self.decode_rows(inputs.input_ids, inputs.positions, meta)
-        return self.sample(seqs, logits[: len(seqs)]), None if features is None else features[: len(seqs)]
+        logits, rows_features = self.decode_rows(inputs.input_ids, inputs.positions, meta, features)
+        return self.sample(seqs, logits[: len(seqs)]), None if rows_features is None else rows_features[: len(seqs)]
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)
         return self.sampler(logits, sampling, [seq.generator for seq in seqs])
 
     @torch.inference_mode()
-    def decode_rows(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                    meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decode_rows(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                    features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [R, V] of R rows that each query their own sequence's keys (through `meta.kv_gather_index`
-        where the backend needs it), and their features when collected; R should be `padded_rows` of the real
-        row count. Logits may be a captured graph's output: read them before the next decode forward."""
+        where the backend needs it), and their features when `features` asks for them and they are collected
+        (else None); R should be `padded_rows` of the real row count. Logits may be a captured graph's
+        output: read them before the next decode forward."""
         meta = replace(meta, decode_rows=True)
+        features = features and bool(self._feature_layers)
         graphs = self._graphs if meta.tree_mask is None else self._verify_graphs
         if graphs is not None:
             outputs = graphs.run(input_ids, positions, meta)
             if outputs is not None:
-                logits, features = outputs
+                logits, captured = outputs
                 # Features outlive the step (a drafter keeps them); the next replay would overwrite them.
-                return logits, None if features is None else features.clone()
+                return logits, captured.clone() if features and captured is not None else None
         if meta.kv_gather_index is not None:
             meta = _chunked_key_window(meta)
         if self._compile_failed:
-            return self._forward_logits(input_ids, positions, meta)
-        bucket = input_ids.shape[0]
-        if bucket in self._warm_buckets:
+            return self._eager_forwards[features](input_ids, positions, meta)
+        graph = (input_ids.shape[0], features)
+        forward = self._decode_forwards[features]
+        if graph in self._warm_buckets:
             # Guards that only re-check the (unchanging) model's parameters cost a measurable share of a step;
             # the ones that tell batch buckets apart are still evaluated. A step that would need a new
             # graph raises instead, and goes on to the ordinary path below.
             try:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return self._decode_forward(input_ids, positions, meta)
+                    return forward(input_ids, positions, meta)
             except RuntimeError:
                 pass
         try:
-            outputs = self._decode_forward(input_ids, positions, meta)
+            outputs = forward(input_ids, positions, meta)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             print(f"kilotok: torch.compile unavailable ({type(error).__name__}: {error}); running eager",
                   file=sys.stderr)
             self._compile_failed = True
-            return self._forward_logits(input_ids, positions, meta)
-        self._warm_buckets.add(bucket)
+            return self._eager_forwards[features](input_ids, positions, meta)
+        self._warm_buckets.add(graph)
         return outputs
 
-    def padded_rows(self, rows: int) -> int:
+    def padded_rows(self, rows: int, features: bool = False) -> int:
         """The row count to pad `rows` decode rows to. A compiled graph already built for up to 4x the rows
         beats compiling a new one, which is slow on a small CPU: draft trees cut short near max_tokens
         would otherwise each compile their own size. CUDA graphs are captured for the buckets themselves."""
         bucket = _bucket(rows)
-        warm = [b for b in self._warm_buckets if bucket <= b <= 4 * bucket]
+        features = features and bool(self._feature_layers)
+        warm = [b for b, with_features in self._warm_buckets if with_features == features and bucket <= b <= 4 * bucket]
         return min(warm, default=bucket)
 
     @torch.inference_mode()
     def compile_buckets(self, max_rows: int) -> None:
-        """Build the compiled decode graph of every bucket up to `max_rows` now, so a server never stalls its
-        running requests to compile one when the batch first grows."""
+        """Build the compiled decode graphs (with features too, when they are collected) of every bucket up to
+        `max_rows` now, so a server never stalls its running requests to compile one when the batch first grows."""
         if self._compile_failed:
             return
         window = KEY_WINDOW_ALIGN if self.gathers_key_window else 0
         for bucket in (b for b in DECODE_BATCH_BUCKETS if b < 2 * max_rows):
-            self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, window, self.device))
+            for features in {False, bool(self._feature_layers)}:
+                self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, window, self.device),
+                                 features)
 
     @torch.inference_mode()
     def capture_decode_graphs(self, max_rows: int, capture: GraphCapture = capture_cuda_graph,
@@ -289,13 +301,15 @@ class ModelRunner:
             raise ValueError("CUDA graphs need the Triton backend: the PyTorch reference's key window changes "
                              "shape every step")
         sizes = [b for b in DECODE_BATCH_BUCKETS if b <= _bucket(max_rows)]
+        # With the drafter's features whenever they are collected; steps that ask for none ignore them.
+        captured_forward = self._eager_forwards[bool(self._feature_layers)]
         try:
-            self._graphs = DecodeGraphs(self._forward_logits, sizes, self.max_blocks_per_seq, PADDING_BLOCK,
+            self._graphs = DecodeGraphs(captured_forward, sizes, self.max_blocks_per_seq, PADDING_BLOCK,
                                         self.block_size, self.device, capture, progress)
             if verify is not None:
                 verify_rows, tree_width = verify
                 self._verify_graphs = DecodeGraphs(
-                    self._forward_logits, [b for b in DECODE_BATCH_BUCKETS if b <= _bucket(verify_rows)],
+                    captured_forward, [b for b in DECODE_BATCH_BUCKETS if b <= _bucket(verify_rows)],
                     self.max_blocks_per_seq, PADDING_BLOCK, self.block_size, self.device, capture, progress,
                     tree_width, pool=self._graphs.pool)
         except RuntimeError as error:
@@ -320,9 +334,14 @@ class ModelRunner:
         """Release what the runner holds beyond memory (a parallel runner's other ranks)."""
 
     def _forward_logits(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                        meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden, aux = self.model(input_ids, positions, meta)
-        return self.model.compute_logits(hidden), (self._concat_features(aux) if aux else None)
+                        meta: AttentionMetadata) -> tuple[torch.Tensor, None]:
+        hidden, _ = self.model(input_ids, positions, meta)
+        return self.model.compute_logits(hidden), None
+
+    def _forward_logits_and_features(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                                     meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, aux = self.model(input_ids, positions, meta, aux_layers=self._feature_layers)
+        return self.model.compute_logits(hidden), self._concat_features(aux)
 
 
 def _chunked_key_window(meta: AttentionMetadata) -> AttentionMetadata:

@@ -7,6 +7,12 @@ are written to the slots of positions len(seq) - 1, len(seq), ... in node order.
 accepted node at depth d moves to the slot of position len(seq) - 1 + d (accepted nodes only ever
 move to earlier slots, never onto a later accepted node's), so the cache holds exactly the tokens a
 plain decode would have written, and whatever else the tree wrote lies beyond the new length.
+
+Where the policy picks no tree for the batch size, the step is the plain decode step: the compiled graph
+without features, and no drafter work. A drafter that reads features gets them from every step at a batch
+size that drafts, and starts drafting for a sequence once it has its newest position's (the step after
+drafting resumes); positions decoded in between, and cached prompt blocks, are gaps its head skips. When
+the policy drafts at no batch size the engine can run, the target's features are never collected.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.drafter import Drafter
 from kilotok.speculative.ngram import NgramDrafter
-from kilotok.speculative.policy import SpecPolicy
+from kilotok.speculative.policy import SpecPolicy, TreeShape
 from kilotok.speculative.tree import DraftTree
 from kilotok.speculative.verify import Verdict, verify_greedy, verify_sampled
 from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
@@ -28,16 +34,28 @@ from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
 
 class SpeculativeDecoder:
     def __init__(self, target: PlainDecoder, drafter: Drafter, policy: SpecPolicy, max_model_len: int,
-                 lookahead_slots: int) -> None:
+                 lookahead_slots: int, max_num_seqs: int) -> None:
+        """`max_num_seqs`: the largest batch the scheduler forms, beyond which the policy never applies."""
         self.target = target
         self.runner = target.runner
         self.drafter = drafter
-        self.policy = policy
         self.max_model_len = max_model_len
         self.lookahead_slots = lookahead_slots
-        self.allows_prefix_caching = not drafter.aux_layer_ids
-        if drafter.aux_layer_ids:
-            self.runner.collect_features(drafter.aux_layer_ids)
+        self.max_num_seqs = max_num_seqs
+        self.policy = policy
+
+    @property
+    def policy(self) -> SpecPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: SpecPolicy) -> None:
+        """A policy may be swapped between requests (`kilotok bench spec-policy` does): features are collected
+        from the first one that drafts at some batch size on."""
+        self._policy = policy
+        self.drafts = policy.drafts_up_to(self.max_num_seqs)
+        if self.drafts and self.drafter.aux_layer_ids:
+            self.runner.collect_features(self.drafter.aux_layer_ids)
 
     def step(self, batch: ScheduledBatch) -> list[StepResult]:
         results = self.decode(batch.decode_seqs) if batch.num_decodes else []
@@ -48,15 +66,20 @@ class SpeculativeDecoder:
     def prefill(self, batch: ScheduledBatch) -> list[StepResult]:
         starts = [seq.num_cached_tokens for seq in batch.seqs]
         results, features = self.target.prefill(batch)
+        if not self.drafts:
+            return results
         for row, (seq, start, result) in enumerate(zip(batch.seqs, starts, results, strict=True)):
             self.drafter.prefilled(seq, start, None if features is None else features[row],
                                    result.tokens[0] if result.tokens else None)
         return results
 
     def decode(self, seqs: list[Sequence]) -> list[StepResult]:
-        trees = self._fitted_trees(seqs, self._draft(seqs))
+        shape = self.policy.shape_for(len(seqs)) if self.drafts else None
+        if shape is None:
+            return self._plain_step(seqs, features=False)
+        trees = self._fitted_trees(seqs, self._draft(seqs, shape))
         if not any(trees):
-            return self._plain_step(seqs)
+            return self._plain_step(seqs, features=True)
         logits, features = self._verify(seqs, trees)
         results = []
         for row, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
@@ -69,21 +92,20 @@ class SpeculativeDecoder:
                                                                         len(verdict.accepted))))
         return results
 
-    def _plain_step(self, seqs: list[Sequence]) -> list[StepResult]:
-        """Nothing to verify: the plain decode step, whose features (when the drafter reads them) it hands
-        on, so drafting can resume at any later step."""
-        tokens, features = self.runner.decode(seqs)
-        results = []
-        for row, (seq, token) in enumerate(zip(seqs, tokens.tolist(), strict=True)):
-            self.drafter.verified(seq, [token], None if features is None else features[row : row + 1])
-            results.append(StepResult([token], 1, DraftOutcome(0, 0, 0)))
-        return results
+    def _plain_step(self, seqs: list[Sequence], features: bool) -> list[StepResult]:
+        """Nothing to verify: the plain decode step. With `features` (the batch size drafts, the trees were
+        empty) the drafter gets them, so it can draft at the next step; without, it is not called."""
+        tokens, rows_features = self.runner.decode(seqs, features)
+        tokens = tokens.tolist()
+        if features:
+            for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+                self.drafter.verified(seq, [token], None if rows_features is None else rows_features[row : row + 1])
+        return [StepResult([token], 1, DraftOutcome(0, 0, 0)) for token in tokens]
 
-    def _draft(self, seqs: list[Sequence]) -> list[DraftTree]:
+    def _draft(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
         """Trees for the sequences that speculate, at the size the policy gives this batch; empty trees
         for the rest (they still verify their root, so the drafter keeps their features)."""
-        shape = self.policy.shape_for(len(seqs))
-        drafting = [seq for seq in seqs if seq.params.speculate] if shape is not None else []
+        drafting = [seq for seq in seqs if seq.params.speculate]
         proposed = dict(zip((seq.seq_id for seq in drafting), self.drafter.propose(drafting, shape), strict=True)
                         ) if drafting else {}
         return [proposed.get(seq.seq_id, DraftTree()) for seq in seqs]
@@ -106,10 +128,10 @@ class SpeculativeDecoder:
         runner = self.runner
         width = verify_width(trees)
         rows = len(seqs) * width
-        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows),
+        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows, features=True),
                                                          runner.block_size, runner.max_blocks_per_seq,
                                                          runner.device)
-        logits, features = runner.decode_rows(input_ids, positions, meta)
+        logits, features = runner.decode_rows(input_ids, positions, meta, features=True)
         features = None if features is None else features[:rows].view(len(seqs), width, -1)
         return logits[:rows].view(len(seqs), width, -1), features
 
@@ -128,8 +150,9 @@ class SpeculativeDecoder:
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,
-                  max_model_len: int) -> Decoder:
-    """The decoder a SpecConfig asks for: `target` itself without speculation."""
+                  max_model_len: int, max_num_seqs: int, compile_steps: bool) -> Decoder:
+    """The decoder a SpecConfig asks for: `target` itself without speculation. `compile_steps`: compile the
+    draft head's steps, as the target's decode steps are."""
     if not spec.enabled:
         return target
     if spec.method == "ngram":
@@ -137,5 +160,6 @@ def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model
     else:
         from kilotok.speculative.eagle3.drafter import Eagle3Drafter
 
-        drafter = Eagle3Drafter.load(spec, model, model_name)
-    return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name), max_model_len, spec.max_draft_nodes)
+        drafter = Eagle3Drafter.load(spec, model, model_name, compile_steps)
+    return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name), max_model_len, spec.max_draft_nodes,
+                              max_num_seqs)

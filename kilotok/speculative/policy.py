@@ -46,6 +46,17 @@ class SpecPolicy:
     def shape_for(self, batch_size: int) -> TreeShape | None:
         return next((shape for batch, shape in self.limits if batch_size <= batch), None)
 
+    def drafts_up_to(self, max_batch_size: int) -> bool:
+        """Whether any batch size up to `max_batch_size` gets a tree."""
+        smallest = 1
+        for batch, shape in self.limits:
+            if smallest > max_batch_size:
+                return False
+            if shape is not None:
+                return True
+            smallest = batch + 1
+        return False
+
     def max_verify_rows(self, max_batch_size: int) -> int:
         """The most rows a verification forward can have with up to `max_batch_size` sequences: each
         sequence's last token plus its draft tree."""

@@ -1,7 +1,7 @@
 """Target hidden states for prompt + response: the three fused layers and the final normed state.
 
 The target runs over a fresh single-block KV cache per sequence (no engine, no paging across requests),
-with `aux_hidden_layers` set so one forward returns what the draft reads. The final hidden state is kept
+with `aux_layers` given so one forward returns what the draft reads. The final hidden state is kept
 instead of the logits: the soft labels over the draft vocabulary are recomputed from it with the target's
 head rows at training time, which stores d numbers per token instead of draft_vocab.
 """
@@ -69,8 +69,8 @@ def target_features(model: CausalLM, token_ids: list[int],
         context_lens=torch.tensor([length], dtype=torch.int32, device=device),
         query_start_loc=torch.tensor([0, length], dtype=torch.int32, device=device),
     )
-    model.aux_hidden_layers = tuple(aux_layer_ids)
-    final, aux = model(torch.tensor(token_ids, device=device), torch.arange(length, device=device), meta)
+    final, aux = model(torch.tensor(token_ids, device=device), torch.arange(length, device=device), meta,
+                       aux_layers=tuple(aux_layer_ids))
     return torch.cat(aux, dim=-1), final
 
 

@@ -33,8 +33,6 @@ def test_chunked_prefill_starts_eagle3_drafts_from_every_prompt_position(monkeyp
     runs = {}
     for budget in (4096, 5):
         llm = tiny_llm(monkeypatch, reference, spec=spec, max_num_batched_tokens=budget)
-        # Cached prompt blocks would come without the target features the head starts from.
-        assert llm.engine.block_manager.prefix_cache is None
         chunks = record_calls(monkeypatch, llm.engine.decoder.drafter, "prefilled")
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(10))
         assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 10)[0] for p in prompts]
@@ -67,3 +65,18 @@ def test_ngram_speculation_with_chunks_and_prefix_hits_keeps_greedy_output(monke
     manager = llm.engine.block_manager
     assert manager.prefix_hit_tokens > 0
     assert manager.num_free_blocks == manager.num_usable_blocks and not any(manager.ref_counts)
+
+
+def test_eagle3_drafts_after_prefix_cache_hits_and_keeps_greedy_output(monkeypatch, reference, tmp_path):
+    """Cached prompt blocks come without the target's features: the head starts after them (a gap it
+    skips), drafts from there, and the output stays the target's greedy one."""
+    spec = SpecConfig("eagle3", draft=str(random_head_folder(reference, tmp_path)), depth=3, topk=2, tree_size=5)
+    llm = tiny_llm(monkeypatch, reference, spec=spec, kv_cache_blocks=64)
+    chunks = record_calls(monkeypatch, llm.engine.decoder.drafter, "prefilled")
+    shared = random_prompt(13, seed=5, vocab=VOCAB)
+    prompts = [shared + random_prompt(n, seed=20 + n, vocab=VOCAB) for n in (1, 3, 6)]
+    outputs = [llm.generate({"prompt_token_ids": p}, greedy(16))[0] for p in prompts]
+    assert [o.token_ids for o in outputs] == [greedy_with_logits(reference, p, 16)[0] for p in prompts]
+    # Three full blocks of 4 came from the cache for the second and third prompts.
+    assert [args[1] for args, _, _ in chunks] == [0, 12, 12]
+    assert all(o.drafted_tokens > 0 for o in outputs)

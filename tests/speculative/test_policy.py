@@ -25,6 +25,15 @@ def test_capping_never_exceeds_the_configured_tree():
     assert capped.shape_for(6) is None
 
 
+def test_a_policy_drafts_up_to_a_batch_size_when_any_size_up_to_it_gets_a_tree():
+    shape = TreeShape(3, 3)
+    late = SpecPolicy(((2, None), (8, shape)))
+    assert not late.drafts_up_to(1) and not late.drafts_up_to(2) and late.drafts_up_to(3) and late.drafts_up_to(64)
+    assert not SpecPolicy(((1, None), (8, None))).drafts_up_to(64)
+    assert not SpecPolicy(()).drafts_up_to(4)
+    assert SpecPolicy.fixed(shape).drafts_up_to(1)
+
+
 def test_verify_rows_peak_where_batch_times_tree_is_largest():
     # 1 x 17, 4 x 7 = 28, 8 x 1, 16 x 2 = 32, then 32 sequences with no tree.
     assert [POLICY.max_verify_rows(b) for b in (1, 4, 8, 16, 32)] == [17, 28, 28, 32, 32]

@@ -5,13 +5,16 @@ position t), and its output predicts token t + 2. For each sequence the drafter 
 and values of every committed input (one per position, built from the target's own features) and the
 head's output at the last one, which already scores the children of the root (the newest token).
 
+The head's inputs keep their positions in the sequence, and may have gaps: positions whose features it
+never got (steps at batch sizes where the policy drafts nothing, cached prompt blocks) are simply absent
+from its keys. It drafts for a sequence once it has the feature of the position before the newest token.
+
 A step then expands: the root's top-k children form level 1; each level runs the head once over the
 frontier (the k best nodes of that level by cumulative log-probability, each reading its parent's
 output feature) and scores its top-k children; after `depth` levels the best `tree_size` nodes overall
 form the tree. A child never scores above its parent, so the best nodes always include their ancestors.
 The speculative keys of a step are dropped; the accepted tokens are committed with the target's
-features when the sequence is next drafted for, so steps that do not draft (the batch-size policy
-drafts nothing at large batches) leave the head idle.
+features when the sequence is next drafted for.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kilotok.quant.lowbit import LowBitLinear, lowbit_available, pack_float
 from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.eagle3.checkpoint import default_draft_path, load_eagle3
+from kilotok.speculative.eagle3.head_steps import Candidates, HeadSteps, candidate_depths
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import ROOT, DraftTree
@@ -37,12 +41,14 @@ class _HeadCache:
     """What the head computed for one sequence's committed inputs."""
 
     past_k: torch.Tensor
-    """[1, C, Hkv, D] the head's keys of the C committed inputs (positions 0..C-1)."""
+    """[1, C, Hkv, D] the head's keys of the C committed inputs, in position order."""
     past_v: torch.Tensor
     logits: torch.Tensor
-    """[draft_vocab] the head's output at position C - 1: scores of the root's children."""
+    """[draft_vocab] the head's output at the newest committed input: scores of the root's children."""
     hidden: torch.Tensor
-    """[d] the head's output feature at position C - 1, read by the root's children."""
+    """[d] the head's output feature at the newest committed input, read by the root's children."""
+    last_position: int
+    """The newest committed input's position."""
 
     @property
     def committed(self) -> int:
@@ -53,13 +59,17 @@ class _HeadCache:
 class DraftState:
     """The drafter's state of one sequence, kept in `seq.draft_state`."""
 
-    pending_features: list[torch.Tensor] = field(default_factory=list)
-    """Target features the head has not run over yet: a prompt's chunks, and every later step's kept
-    positions, until the sequence is next drafted for. The head then runs over them all at once, so a
-    chunked prefill drafts as a whole one does and steps that do not draft cost the head nothing."""
-    pending_tokens: list[int] = field(default_factory=list)
-    """The token after each pending feature's position (known for a prompt once it completes)."""
+    pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    """(first position, target features [n, k * d]) the head has not run over yet: a prompt's chunks, and
+    later steps' kept positions, until the sequence is next drafted for. The head then runs over them all
+    at once, so a chunked prefill drafts as a whole one does."""
+    next_position: int = 0
+    """The position after the newest feature received."""
     cache: _HeadCache | None = None
+
+    def receive(self, start: int, features: torch.Tensor) -> None:
+        self.pending.append((start, features))
+        self.next_position = start + features.shape[0]
 
 
 def _quantize_linears(head: Eagle3DraftModel) -> None:
@@ -71,30 +81,17 @@ def _quantize_linears(head: Eagle3DraftModel) -> None:
             setattr(head.get_submodule(parent), attribute, LowBitLinear(pack_float(module.weight, 8), module.bias))
 
 
-@dataclass
-class _Candidate:
-    token: int
-    """Target token id."""
-    score: float
-    """Cumulative log-probability under the head."""
-    parent: int
-    """Index into the candidate list, or ROOT."""
-    depth: int
-    feature: torch.Tensor
-    """[d] the output feature the node reads when expanded (its parent's output)."""
-    ancestors: list[int] = field(default_factory=list)
-    """Columns of this step's speculative keys that belong to the node's expanded ancestors."""
-
-
 class Eagle3Drafter:
-    def __init__(self, head: Eagle3DraftModel, topk: int) -> None:
+    def __init__(self, head: Eagle3DraftModel, topk: int, compile_steps: bool = False) -> None:
+        """`compile_steps`: run catch-up and expansion as compiled graphs (head_steps.py)."""
         self.head = head
         self.topk = min(topk, head.config.draft_vocab_size)
         self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
         self.device = head.d2t.device
+        self.steps = HeadSteps(head, compile_steps)
 
     @classmethod
-    def load(cls, spec: SpecConfig, model: CausalLM, model_name: str) -> Eagle3Drafter:
+    def load(cls, spec: SpecConfig, model: CausalLM, model_name: str, compile_steps: bool) -> Eagle3Drafter:
         folder = spec.draft or default_draft_path(model_name)
         if folder is None:
             raise ModelNotFoundError(
@@ -106,102 +103,70 @@ class Eagle3Drafter:
         head = load_eagle3(folder, model.config, model.embed_tokens.weight).to(device)
         if device.type == "cpu" and lowbit_available():
             _quantize_linears(head)
-        return cls(head, spec.topk)
+        return cls(head, spec.topk, compile_steps)
 
     def prefilled(self, seq: Sequence, start: int, features: torch.Tensor | None, next_token: int | None) -> None:
-        if not seq.params.speculate:
-            return  # never drafted for: nothing to keep
-        if start == 0:
-            seq.draft_state = DraftState()
-        state: DraftState = seq.draft_state
-        state.pending_features.append(features)
-        if next_token is not None:
-            state.pending_tokens.extend(seq.token_ids[1:] + [next_token])
+        if not seq.params.speculate or features is None:
+            return  # never drafted for, or no features collected: nothing to keep
+        state: DraftState | None = seq.draft_state
+        if state is None or start < state.next_position:
+            # A new request, or one preempted and now recomputed: its head inputs start over.
+            state = seq.draft_state = DraftState()
+        state.receive(start, features)
 
     def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
-        if seq.params.speculate:
-            seq.draft_state.pending_features.append(features)
-            seq.draft_state.pending_tokens.extend(tokens)
+        if seq.params.speculate and features is not None:
+            # The features are the root's (the sequence's last token, at len(seq) - 1) and the accepted drafts'.
+            if seq.draft_state is None:
+                seq.draft_state = DraftState()
+            seq.draft_state.receive(len(seq) - 1, features)
+
+    @staticmethod
+    def ready(seq: Sequence) -> bool:
+        """Whether the head has (or has pending) the input at the position before the newest token, which
+        scores the root's children."""
+        state: DraftState | None = seq.draft_state
+        return state is not None and state.next_position == len(seq) - 1
 
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+        trees = []
         for seq in seqs:
-            self.catch_up(seq.draft_state)
-        return [self._grow(seq.draft_state.cache, shape) for seq in seqs]
+            if self.ready(seq):
+                self.catch_up(seq)
+                trees.append(self._grow(seq.draft_state.cache, shape))
+            else:
+                trees.append(DraftTree())  # this step's features make it ready for the next
+        return trees
 
-    def catch_up(self, state: DraftState) -> None:
-        """Run the head over the pending inputs (token t + 1, target feature t) and keep their keys."""
-        if not state.pending_tokens:
+    def catch_up(self, seq: Sequence) -> None:
+        """Run the head over the pending inputs (token t + 1, target feature t), whose tokens the sequence
+        holds by now, and keep their keys."""
+        state: DraftState = seq.draft_state
+        if not state.pending:
             return
-        features, tokens = torch.cat(state.pending_features), state.pending_tokens
-        state.pending_features, state.pending_tokens = [], []
+        positions = torch.cat([torch.arange(start, start + len(part)) for start, part in state.pending])
+        features = torch.cat([part for _, part in state.pending])
+        state.pending = []
+        tokens = [seq.token_ids[position + 1] for position in positions.tolist()]
         cache = state.cache
-        start = 0 if cache is None else cache.committed
-        count = features.shape[0]
-        positions = torch.arange(start, start + count, device=self.device).unsqueeze(0)
-        mask = torch.ones(count, start + count, dtype=torch.bool)
-        mask[:, start:] = torch.ones(count, count, dtype=torch.bool).tril()
-        ids = torch.tensor([tokens[:count]], device=self.device)
-        out = self.head(ids, self.head.fuse(features).unsqueeze(0), positions,
-                        None if cache is None else cache.past_k, None if cache is None else cache.past_v,
-                        mask.unsqueeze(0).to(self.device))
+        out = self.steps.catch_up(tokens, features, positions, None if cache is None else cache.past_k,
+                                  None if cache is None else cache.past_v)
         past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
-        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1])
+        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], int(positions[-1]))
 
     def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
-        candidates: list[_Candidate] = []
-        frontier = self._children(candidates, ROOT, 0.0, 1, cache.logits, cache.hidden, [])
-        spec_k: list[torch.Tensor] = []
-        spec_v: list[torch.Tensor] = []
-        for depth in range(2, shape.depth + 1):
-            frontier = sorted(frontier, key=lambda i: -candidates[i].score)[: self.topk]
-            out = self._expand(cache, [candidates[i] for i in frontier], spec_k, spec_v, depth - 1)
-            columns = sum(k.shape[1] for k in spec_k)
-            spec_k.append(out.k)
-            spec_v.append(out.v)
-            next_frontier = []
-            for row, index in enumerate(frontier):
-                node = candidates[index]
-                ancestors = [*node.ancestors, columns + row]
-                next_frontier += self._children(candidates, index, node.score, depth, out.logits[0, row],
-                                                out.hidden[0, row], ancestors)
-            frontier = next_frontier
-        return self._best_tree(candidates, shape.tree_size)
+        candidates = self.steps.expand(cache.past_k, cache.past_v, cache.logits, cache.hidden, cache.last_position,
+                                       shape.depth, self.topk)
+        return _best_tree(candidates, candidate_depths(shape.depth, self.topk), shape.tree_size)
 
-    def _children(self, candidates: list[_Candidate], parent: int, score: float, depth: int,
-                  logits: torch.Tensor, feature: torch.Tensor, ancestors: list[int]) -> list[int]:
-        """Add the top-k children of a node; returns their candidate indices."""
-        top = logits.log_softmax(dim=-1).topk(self.topk)
-        tokens = self.head.draft_to_target(top.indices).tolist()
-        first = len(candidates)
-        for token, log_prob in zip(tokens, top.values.tolist(), strict=True):
-            candidates.append(_Candidate(token, score + log_prob, parent, depth, feature, ancestors))
-        return list(range(first, len(candidates)))
 
-    def _expand(self, cache: _HeadCache, nodes: list[_Candidate], spec_k: list[torch.Tensor],
-                spec_v: list[torch.Tensor], level: int):
-        """One head forward over a level's frontier nodes: each sees the committed inputs, its expanded
-        ancestors' speculative inputs and itself."""
-        count = len(nodes)
-        speculative = sum(k.shape[1] for k in spec_k)
-        mask = torch.zeros(count, cache.committed + speculative + count, dtype=torch.bool)
-        mask[:, : cache.committed] = True
-        for row, node in enumerate(nodes):
-            mask[row, [cache.committed + column for column in node.ancestors]] = True
-            mask[row, cache.committed + speculative + row] = True
-        tokens = torch.tensor([[node.token for node in nodes]], device=self.device)
-        features = torch.stack([node.feature for node in nodes]).unsqueeze(0)
-        # The root's input sits at position C - 1, so a node at depth `level` reads at C - 1 + level.
-        positions = torch.full((1, count), cache.committed - 1 + level, device=self.device)
-        past_k = torch.cat([cache.past_k, *spec_k], dim=1)
-        past_v = torch.cat([cache.past_v, *spec_v], dim=1)
-        return self.head(tokens, features, positions, past_k, past_v, mask.unsqueeze(0).to(self.device))
-
-    def _best_tree(self, candidates: list[_Candidate], tree_size: int) -> DraftTree:
-        """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
-        ranked = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, candidates[i].depth, i))
-        chosen = sorted(ranked[:tree_size], key=lambda i: (candidates[i].depth, i))
-        index_of = {old: new for new, old in enumerate(chosen)}
-        index_of[ROOT] = ROOT
-        return DraftTree([candidates[i].token for i in chosen], [index_of[candidates[i].parent] for i in chosen])
+def _best_tree(candidates: Candidates, depths: list[int], tree_size: int) -> DraftTree:
+    """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
+    scores = candidates.scores
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
+    chosen = sorted(ranked[:tree_size], key=lambda i: (depths[i], i))
+    index_of = {old: new for new, old in enumerate(chosen)}
+    index_of[ROOT] = ROOT
+    return DraftTree([candidates.tokens[i] for i in chosen], [index_of[candidates.parents[i]] for i in chosen])

@@ -11,7 +11,7 @@ import torch
 from kilotok import SamplingParams
 from kilotok.errors import ModelFormatError
 from kilotok.speculative.config import SpecConfig
-from kilotok.speculative.policy import TreeShape
+from kilotok.speculative.policy import SpecPolicy, TreeShape
 from tests.tiny_engine import (
     chi_square_p_value,
     exact_joint,
@@ -19,6 +19,7 @@ from tests.tiny_engine import (
     mixed_greedy_params,
     mixed_prompts,
     random_head_folder,
+    record_calls,
     tiny_llm,
 )
 
@@ -44,6 +45,32 @@ def test_greedy_output_is_identical_to_plain_decoding(monkeypatch, reference, he
         assert (got.token_ids, got.finish_reason, got.text) == (want.token_ids, want.finish_reason, want.text)
     stats = spec.engine.spec_stats
     assert 0 < stats.accepted_tokens < stats.drafted_tokens
+
+
+def test_batch_sizes_without_a_tree_run_plain_steps_and_keep_greedy_output(monkeypatch, reference, head_folder):
+    """The policy drafts at batch sizes 1 and 4-6, not at 2-3: those steps run the decode graph without
+    features and never call the drafter; drafting resumes from the features of the steps after them."""
+    prompts, params = mixed_prompts(16, seed=3), mixed_greedy_params(16)
+    plain = tiny_llm(monkeypatch, reference, max_model_len=40, max_num_seqs=6)
+    spec = tiny_llm(monkeypatch, reference, max_model_len=40, max_num_seqs=6, spec=_eagle3(head_folder))
+    decoder, shape = spec.engine.decoder, TreeShape(3, 5)
+    decoder.policy = SpecPolicy(((1, shape), (3, None), (6, shape)))
+    batch_sizes, drafter_calls = [], []
+    decode = decoder.decode
+    monkeypatch.setattr(decoder, "decode", lambda seqs: batch_sizes.append(len(seqs)) or decode(seqs))
+    for name in ("propose", "verified"):
+        method = getattr(decoder.drafter, name)
+        monkeypatch.setattr(decoder.drafter, name,
+                            lambda *args, _method=method: drafter_calls.append(batch_sizes[-1]) or _method(*args))
+    features_asked = record_calls(monkeypatch, spec.engine.runner, "decode")
+    expected = plain.generate(prompts, params)
+    for want, got in zip(expected, spec.generate(prompts, params), strict=True):
+        assert (got.token_ids, got.finish_reason, got.text) == (want.token_ids, want.finish_reason, want.text)
+    assert {1, 2, 3, 6} <= set(batch_sizes)
+    assert not {2, 3} & set(drafter_calls) and {1, 6} <= set(drafter_calls)
+    for (seqs, features), _, _ in features_asked:
+        assert features == (len(seqs) not in (2, 3))
+    assert spec.engine.spec_stats.accepted_tokens > 0
 
 
 def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, head_folder):
@@ -108,7 +135,7 @@ def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, he
     chains = set()
     for _ in range(6):
         engine.step()
-        drafter.catch_up(seq.draft_state)
+        drafter.catch_up(seq)
         recorded.clear()
         tree = drafter.propose([seq], TreeShape(depth=3, tree_size=3))[0]
         drafted = [seq.draft_state.cache.logits] + [out.logits[0, 0] for out in recorded]

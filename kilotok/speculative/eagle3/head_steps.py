@@ -1,0 +1,162 @@
+"""The EAGLE-3 head's two kinds of work per draft, as tensor programs that `torch.compile` turns into one
+graph each: catching up on the target's features of the newest positions, and growing a whole tree's
+levels (EAGLE-2 dynamic expansion) without returning to Python between levels.
+
+On a small CPU the head's eager forward costs far more in per-op dispatch than in arithmetic (its int8
+weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
+are built per shape: catch-up per row-count bucket, expansion per (depth, top-k); the number of
+committed keys is a dynamic dimension, so a sequence's growing context needs no new graph. As the target's
+decode graphs do (runner/model_runner.py), calls after a graph's first skip re-checking the guards on the
+head's unchanging weights.
+
+The expansion: the root's top-k children form level 1. Each further level runs the head once over the
+frontier (the k best nodes of the level before, by cumulative log-probability), each node reading its
+parent's output feature at position last + level and attending to the committed keys, its expanded
+ancestors' keys and its own; each frontier node's top-k children form the level. The candidates come out
+in level order, each level's frontier-major, for the caller to pick the best tree from.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kilotok.speculative.eagle3.model import Eagle3DraftModel, Eagle3Output
+from kilotok.speculative.tree import ROOT
+
+COMPILED_ROWS = (1, 2, 4, 8, 16)
+"""Row buckets of compiled catch-up; longer catch-ups (a prompt) run eagerly, once per request."""
+
+
+@dataclass
+class Candidates:
+    """Every node an expansion scored, in level order: target token ids, cumulative log-probabilities under
+    the head, and parents (indices into these lists, or ROOT)."""
+
+    tokens: list[int]
+    scores: list[float]
+    parents: list[int]
+
+
+def candidate_depths(depth: int, topk: int) -> list[int]:
+    """Depth of each candidate `expand` returns: top-k at level 1, top-k x top-k at every later level."""
+    return [1] * topk + [level for level in range(2, depth + 1) for _ in range(topk * topk)]
+
+
+class HeadSteps:
+    def __init__(self, head: Eagle3DraftModel, compile_steps: bool) -> None:
+        self.head = head
+        self._eager = {"catch_up": self._catch_up, "expand": self._expand}
+        self._calls: dict[str, Callable] = dict(self._eager)
+        if compile_steps:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
+            self._calls = {name: torch.compile(call, dynamic=False) for name, call in self._eager.items()}
+        self._compile_failed = not compile_steps
+        self._warm: set[tuple] = set()
+
+    def catch_up(self, tokens: list[int], features: torch.Tensor, positions: torch.Tensor,
+                 past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
+        """The head over new inputs (tokens [n], target features [n, k * d] at `positions` [n]) after
+        the committed keys, causal among themselves: the head's output for the n inputs."""
+        count = len(tokens)
+        rows = next((bucket for bucket in COMPILED_ROWS if bucket >= count), None)
+        if not _compilable(past_k) or rows is None:
+            return self._catch_up(torch.tensor([tokens]), features.unsqueeze(0), positions.unsqueeze(0),
+                                  past_k, past_v)
+        # Padding rows repeat the last input after the real ones: causal order keeps them out of real rows' view.
+        padding = rows - count
+        padded_tokens = torch.tensor([tokens + tokens[-1:] * padding])
+        padded_features = torch.cat((features, features[-1:].expand(padding, -1))).unsqueeze(0)
+        padded_positions = torch.cat((positions, positions[-1:].expand(padding))).unsqueeze(0)
+        out = self._call("catch_up", rows, padded_tokens, padded_features, padded_positions, past_k, past_v)
+        return Eagle3Output(out.hidden[:, :count], out.logits[:, :count], out.k[:, :count], out.v[:, :count])
+
+    def expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
+               root_hidden: torch.Tensor, last_position: int, depth: int, topk: int) -> Candidates:
+        call = self._call if _compilable(past_k) else self._eager_call
+        tokens, scores, parents = call("expand", (depth, topk), past_k, past_v, root_logits, root_hidden,
+                                       torch.tensor(last_position), depth, topk)
+        return Candidates(tokens.tolist(), scores.tolist(), parents.tolist())
+
+    def _eager_call(self, name: str, shape, *args):
+        return self._eager[name](*args)
+
+    def _call(self, name: str, shape, *args):
+        """The compiled graph of `name` for `shape`, guards on the head's weights skipped once it is built;
+        eager where compiling fails (one line says so)."""
+        if self._compile_failed:
+            return self._eager[name](*args)
+        key = (name, shape)
+        call = self._calls[name]
+        _mark_key_lengths(name, args)
+        if key in self._warm:
+            try:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    return call(*args)
+            except RuntimeError:
+                pass
+        try:
+            out = call(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            print(f"kilotok: the draft head runs eager (torch.compile failed: {type(error).__name__}: {error})",
+                  file=sys.stderr)
+            self._compile_failed = True
+            return self._eager[name](*args)
+        self._warm.add(key)
+        return out
+
+    def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                  past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
+        head = self.head
+        rows = tokens.shape[1]
+        committed = 0 if past_k is None else past_k.shape[1]
+        mask = torch.cat((torch.ones(rows, committed, dtype=torch.bool),
+                          torch.ones(rows, rows, dtype=torch.bool).tril()), dim=1)
+        return head(tokens, head.fuse(features), positions, past_k, past_v, mask.unsqueeze(0))
+
+    def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
+                root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
+                topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        head = self.head
+        committed = past_k.shape[1]
+        scores, draft_ids = root_logits.log_softmax(dim=-1).topk(topk)
+        tokens = [head.draft_to_target(draft_ids)]
+        all_scores = [scores]
+        parents = [torch.full((topk,), ROOT, dtype=torch.int64)]
+        features = root_hidden.expand(topk, -1)
+        # Per candidate of the newest level: which speculative key columns its expanded ancestors own.
+        ancestors = torch.zeros(topk, 0, dtype=torch.bool)
+        first = 0  # index of the newest level's first candidate
+        own = torch.eye(topk, dtype=torch.bool)
+        for level in range(1, depth):
+            best = all_scores[-1].topk(topk).indices
+            frontier_ancestors = ancestors[best]
+            mask = torch.cat((torch.ones(topk, committed, dtype=torch.bool), frontier_ancestors, own), dim=1)
+            out = head(tokens[-1][best].unsqueeze(0), features[best].unsqueeze(0),
+                       (last_position + level).expand(1, topk), past_k, past_v, mask.unsqueeze(0))
+            past_k = torch.cat((past_k, out.k), dim=1)
+            past_v = torch.cat((past_v, out.v), dim=1)
+            child_scores, child_ids = out.logits[0].log_softmax(dim=-1).topk(topk)
+            tokens.append(head.draft_to_target(child_ids).flatten())
+            all_scores.append((all_scores[-1][best].unsqueeze(1) + child_scores).flatten())
+            parents.append((first + best).repeat_interleave(topk))
+            first += tokens[-2].shape[0]
+            features = out.hidden[0].repeat_interleave(topk, dim=0)
+            ancestors = torch.cat((frontier_ancestors, own), dim=1).repeat_interleave(topk, dim=0)
+        return torch.cat(tokens), torch.cat(all_scores), torch.cat(parents)
+
+
+def _compilable(past_k: torch.Tensor | None) -> bool:
+    """Compiled graphs take the committed keys' count as a dynamic dimension, which cannot be 0 or 1 (torch
+    specializes those sizes): a sequence's first inputs run eagerly."""
+    return past_k is not None and past_k.shape[1] >= 2
+
+
+def _mark_key_lengths(name: str, args: tuple) -> None:
+    """The committed keys' count varies step by step: a dynamic dimension, so the context needs no new graph."""
+    past_k, past_v = (args[3], args[4]) if name == "catch_up" else (args[0], args[1])
+    torch._dynamo.mark_dynamic(past_k, 1)
+    torch._dynamo.mark_dynamic(past_v, 1)
