@@ -155,7 +155,6 @@ def _sparse_moe(config: ModelConfig, family: ModelFamily, get: LayerWeights, fmt
         shared_expert=shared,
         backend=kernels.backend,
         pdl=kernels.pdl,
-        cpu_kernel=kernels.cpu_attention,
     )
 
 
