@@ -80,7 +80,7 @@ def time_calls(model, settings: KernelBenchSettings) -> list[dict[str, object]]:
 def time_steps(llm, settings: KernelBenchSettings) -> list[dict[str, float]]:
     """Median ms of the compiled decode step over padding rows with a 64-key window, by row count."""
     from kilotok.kernels.attention import KEY_WINDOW_ALIGN
-    from kilotok.runner.model_runner import warm_up_rows
+    from kilotok.runner.step_inputs import warm_up_rows
 
     runner = llm.engine.runner
     records = []

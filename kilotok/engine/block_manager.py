@@ -20,7 +20,7 @@ import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Sequence as TokenIds
 
-from kilotok.runner.model_runner import PADDING_BLOCK
+from kilotok.runner.step_inputs import PADDING_BLOCK
 from kilotok.sequence import Sequence
 
 BlockHash = bytes

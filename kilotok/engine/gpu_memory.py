@@ -19,7 +19,8 @@ import torch
 from kilotok.errors import InvalidRequestError
 from kilotok.kernels.attention import KEY_WINDOW_ALIGN
 from kilotok.kernels.attention_metadata import AttentionMetadata
-from kilotok.runner.model_runner import PADDING_BLOCK, ModelRunner, warm_up_rows
+from kilotok.runner.model_runner import ModelRunner
+from kilotok.runner.step_inputs import PADDING_BLOCK, warm_up_rows
 
 GIB = 2**30
 SLACK_BYTES = 256 * 2**20

@@ -13,7 +13,7 @@ import torch
 
 from kilotok.kernels.attention import aligned_window
 from kilotok.kernels.attention_metadata import AttentionMetadata
-from kilotok.runner.model_runner import PADDING_BLOCK
+from kilotok.runner.step_inputs import PADDING_BLOCK
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
 

@@ -11,7 +11,7 @@ import torch
 
 from kilotok.kernels.attention import paged_attention, store_kv
 from kilotok.kernels.backend import KernelBackend
-from kilotok.runner.model_runner import decode_key_window, token_rows
+from kilotok.runner.step_inputs import decode_key_window, token_rows
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
