@@ -12,7 +12,24 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+
+def load_cpu_ops(source: Path, prefix: str, what: str, switch: str, fallback: str,
+                 supported: Callable[[], bool], requirement: str) -> bool:
+    """Build and load `source`'s ops unless the environment variable `switch` is 0, and check with
+    `supported` (one of the loaded ops) that this processor has what they need; False, with one line on
+    stderr saying why and that `fallback` runs instead, where any of that fails."""
+    if os.environ.get(switch) == "0":
+        print(f"kilotok: {switch}=0: {fallback}", file=sys.stderr)
+        return False
+    if not build_cpu_ops(source, prefix, what):
+        return False
+    if not supported():
+        print(f"kilotok: this processor lacks {requirement}; {fallback}", file=sys.stderr)
+        return False
+    return True
 
 
 def build_cpu_ops(source: Path, prefix: str, what: str) -> bool:

@@ -39,8 +39,8 @@ def paged_attention(
 
     With `attention_chunk_size` C > 0 (Llama 4's local layers), a query at position p sees only the keys
     of its own chunk, positions C * (p // C) .. p. `pdl` lets Triton kernels overlap their launches;
-    `cpu_kernel` runs decode rows on CPU tensors through the C++ op (kernels/cpu_attention.py), which the
-    caller has checked is available."""
+    `cpu_kernel` runs decode rows through the C++ op (kernels/cpu_attention.py), which the caller (the
+    builder, for a model on the CPU) has checked is available."""
     if backend is KernelBackend.TRITON:
         return _triton_attention(q, k_cache, v_cache, meta, scale, attention_chunk_size, pdl)
     if meta.kv_gather_index is not None:
@@ -48,7 +48,7 @@ def paged_attention(
         kv_valid = meta.kv_valid.flatten(1)
         if attention_chunk_size:
             kv_valid = chunked_window_mask(kv_valid, attention_chunk_size)
-        if cpu_kernel and q.device.type == "cpu":
+        if cpu_kernel:
             return cpu_decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
         return decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
     return torch.ops.kilotok.paged_attention(

@@ -12,13 +12,11 @@ lacks AVX-512, or KILOTOK_CPU_ATTENTION=0 asks for the reference (to compare the
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-from kilotok.native import build_cpu_ops
+from kilotok.native import load_cpu_ops
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
 
@@ -26,13 +24,9 @@ SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
 @functools.cache
 def cpu_decode_attention_available() -> bool:
     """Build and load the op once per process; False, with one line on stderr, where it cannot run."""
-    if os.environ.get("KILOTOK_CPU_ATTENTION") == "0":
-        print("kilotok: KILOTOK_CPU_ATTENTION=0: decode attention runs as tensor ops", file=sys.stderr)
-        return False
-    if not build_cpu_ops(SOURCE, "kilotok_attention", "CPU decode-attention kernel"):
-        return False
-    if not torch.ops.kilotok.decode_attention_cpu_supported():
-        print("kilotok: this processor lacks AVX-512; decode attention runs as tensor ops", file=sys.stderr)
+    if not load_cpu_ops(SOURCE, "kilotok_attention", "CPU decode-attention kernel", "KILOTOK_CPU_ATTENTION",
+                        "decode attention runs as tensor ops",
+                        lambda: torch.ops.kilotok.decode_attention_cpu_supported(), "AVX-512"):
         return False
     torch.library.register_fake("kilotok::gathered_decode_attention")(lambda q, *_: torch.empty_like(q))
     return True

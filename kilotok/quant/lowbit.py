@@ -15,8 +15,6 @@ PyTorch, for tests and for tensors the ops cannot take.
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import torch
 from torch import nn
 
 from kilotok.loader.tensor import QuantizedTensor
-from kilotok.native import build_cpu_ops
+from kilotok.native import load_cpu_ops
 from kilotok.quant.gguf_blocks import GROUP_SIZE, unpack_blocks
 
 SOURCE = Path(__file__).parent / "csrc" / "lowbit_linear.cpp"
@@ -36,13 +34,9 @@ TILE = 16
 def lowbit_available() -> bool:
     """Build and load the ops once per process; False, with one line on stderr, where they cannot run or
     KILOTOK_LOWBIT_KERNELS=0 asks for ATen's kernels (to compare the two)."""
-    if os.environ.get("KILOTOK_LOWBIT_KERNELS") == "0":
-        print("kilotok: KILOTOK_LOWBIT_KERNELS=0: using ATen's int4/int8 kernels", file=sys.stderr)
-        return False
-    if not build_cpu_ops(SOURCE, "kilotok_lowbit", "CPU low-bit kernels"):
-        return False
-    if not torch.ops.kilotok.lowbit_cpu_supported():
-        print("kilotok: this processor lacks AVX-512 VNNI; using ATen's int4/int8 kernels", file=sys.stderr)
+    if not load_cpu_ops(SOURCE, "kilotok_lowbit", "CPU low-bit kernels", "KILOTOK_LOWBIT_KERNELS",
+                        "using ATen's int4/int8 kernels", lambda: torch.ops.kilotok.lowbit_cpu_supported(),
+                        "AVX-512 VNNI"):
         return False
     _register_fakes()
     return True

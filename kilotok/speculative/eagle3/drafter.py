@@ -87,7 +87,6 @@ class Eagle3Drafter:
         self.head = head
         self.topk = min(topk, head.config.draft_vocab_size)
         self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
-        self.device = head.d2t.device
         self.steps = HeadSteps(head, compile_steps)
 
     @classmethod
