@@ -130,7 +130,6 @@ class ModelRunner:
         inputs = token_rows(seqs, [len(seq) for seq in seqs], padded, self.block_size, self.max_blocks_per_seq,
                             self.device)
         meta = inputs.meta
-        meta.decode_rows = True
         if self.gathers_key_window:
             meta.kv_gather_index, meta.kv_valid = decode_key_window(seqs, padded, self.block_size, self.device)
         logits, rows_features = self.decode_rows(inputs.input_ids, inputs.positions, meta, features)
