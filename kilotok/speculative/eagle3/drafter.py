@@ -144,16 +144,17 @@ class Eagle3Drafter:
         state: DraftState = seq.draft_state
         if not state.pending:
             return
-        positions = torch.cat([torch.arange(start, start + len(part)) for start, part in state.pending])
+        # Positions are known on the host: built there once, then copied to the features' device in one go.
+        positions = [position for start, part in state.pending for position in range(start, start + len(part))]
         features = torch.cat([part for _, part in state.pending])
         state.pending = []
-        tokens = [seq.token_ids[position + 1] for position in positions.tolist()]
+        tokens = [seq.token_ids[position + 1] for position in positions]
         cache = state.cache
-        out = self.steps.catch_up(tokens, features, positions, None if cache is None else cache.past_k,
-                                  None if cache is None else cache.past_v)
+        out = self.steps.catch_up(tokens, features, torch.tensor(positions, device=features.device),
+                                  None if cache is None else cache.past_k, None if cache is None else cache.past_v)
         past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
-        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], int(positions[-1]))
+        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], positions[-1])
 
     def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
         candidates = self.steps.expand(cache.past_k, cache.past_v, cache.logits, cache.hidden, cache.last_position,

@@ -61,14 +61,14 @@ class HeadSteps:
                  past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
         """The head over new inputs (tokens [n], target features [n, k * d] at `positions` [n]) after
         the committed keys, causal among themselves: the head's output for the n inputs."""
-        count = len(tokens)
+        count, device = len(tokens), features.device
         rows = next((bucket for bucket in COMPILED_ROWS if bucket >= count), None)
         if not _compilable(past_k) or rows is None:
-            return self._catch_up(torch.tensor([tokens]), features.unsqueeze(0), positions.unsqueeze(0),
-                                  past_k, past_v)
+            return self._catch_up(torch.tensor([tokens], device=device), features.unsqueeze(0),
+                                  positions.unsqueeze(0), past_k, past_v)
         # Padding rows repeat the last input after the real ones: causal order keeps them out of real rows' view.
         padding = rows - count
-        padded_tokens = torch.tensor([tokens + tokens[-1:] * padding])
+        padded_tokens = torch.tensor([tokens + tokens[-1:] * padding], device=device)
         padded_features = torch.cat((features, features[-1:].expand(padding, -1))).unsqueeze(0)
         padded_positions = torch.cat((positions, positions[-1:].expand(padding))).unsqueeze(0)
         out = self._call("catch_up", rows, padded_tokens, padded_features, padded_positions, past_k, past_v)
@@ -76,10 +76,18 @@ class HeadSteps:
 
     def expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
                root_hidden: torch.Tensor, last_position: int, depth: int, topk: int) -> Candidates:
-        call = self._call if _compilable(past_k) else self._eager_call
-        tokens, scores, parents = call("expand", (depth, topk), past_k, past_v, root_logits, root_hidden,
-                                       torch.tensor(last_position), depth, topk)
+        tokens, scores, parents = self.expand_tensors(past_k, past_v, root_logits, root_hidden, last_position,
+                                                      depth, topk)
         return Candidates(tokens.tolist(), scores.tolist(), parents.tolist())
+
+    def expand_tensors(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
+                       root_hidden: torch.Tensor, last_position: int, depth: int,
+                       topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The candidates as tensors on the head's device (tokens, scores, parents), before `expand` copies
+        them to the host."""
+        call = self._call if _compilable(past_k) else self._eager_call
+        return call("expand", (depth, topk), past_k, past_v, root_logits, root_hidden,
+                    torch.tensor(last_position, device=past_k.device), depth, topk)
 
     def _eager_call(self, name: str, shape, *args):
         return self._eager[name](*args)
@@ -113,28 +121,29 @@ class HeadSteps:
         head = self.head
         rows = tokens.shape[1]
         committed = 0 if past_k is None else past_k.shape[1]
-        mask = torch.cat((torch.ones(rows, committed, dtype=torch.bool),
-                          torch.ones(rows, rows, dtype=torch.bool).tril()), dim=1)
+        mask = torch.cat((torch.ones(rows, committed, dtype=torch.bool, device=tokens.device),
+                          torch.ones(rows, rows, dtype=torch.bool, device=tokens.device).tril()), dim=1)
         return head(tokens, head.fuse(features), positions, past_k, past_v, mask.unsqueeze(0))
 
     def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
                 root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
                 topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         head = self.head
-        committed = past_k.shape[1]
+        committed, device = past_k.shape[1], past_k.device
         scores, draft_ids = root_logits.log_softmax(dim=-1).topk(topk)
         tokens = [head.draft_to_target(draft_ids)]
         all_scores = [scores]
-        parents = [torch.full((topk,), ROOT, dtype=torch.int64)]
+        parents = [torch.full((topk,), ROOT, dtype=torch.int64, device=device)]
         features = root_hidden.expand(topk, -1)
         # Per candidate of the newest level: which speculative key columns its expanded ancestors own.
-        ancestors = torch.zeros(topk, 0, dtype=torch.bool)
+        ancestors = torch.zeros(topk, 0, dtype=torch.bool, device=device)
         first = 0  # index of the newest level's first candidate
-        own = torch.eye(topk, dtype=torch.bool)
+        own = torch.eye(topk, dtype=torch.bool, device=device)
         for level in range(1, depth):
             best = all_scores[-1].topk(topk).indices
             frontier_ancestors = ancestors[best]
-            mask = torch.cat((torch.ones(topk, committed, dtype=torch.bool), frontier_ancestors, own), dim=1)
+            mask = torch.cat((torch.ones(topk, committed, dtype=torch.bool, device=device), frontier_ancestors, own),
+                             dim=1)
             out = head(tokens[-1][best].unsqueeze(0), features[best].unsqueeze(0),
                        (last_position + level).expand(1, topk), past_k, past_v, mask.unsqueeze(0))
             past_k = torch.cat((past_k, out.k), dim=1)

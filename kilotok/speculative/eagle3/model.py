@@ -116,10 +116,10 @@ class Eagle3DraftModel(nn.Module):
 
     def set_draft_vocab(self, target_ids: torch.Tensor) -> None:
         """Draft id i stands for target id `target_ids[i]` (sorted ascending, as the reference stores it)."""
-        target_ids = target_ids.to(torch.int64).sort().values
+        target_ids = target_ids.to(self.d2t.device, torch.int64).sort().values
         if target_ids.numel() != self.config.draft_vocab_size:
             raise ValueError(f"need {self.config.draft_vocab_size} draft tokens, got {target_ids.numel()}")
-        self.d2t.copy_(target_ids - torch.arange(target_ids.numel()))
+        self.d2t.copy_(target_ids - torch.arange(target_ids.numel(), device=target_ids.device))
         self.t2d.zero_()
         self.t2d[target_ids] = True
 
