@@ -30,8 +30,9 @@ AGREEMENT_TOKENS = 32
 """Leading greedy tokens each batch-1 run keeps, to compare engines on the same weights."""
 SPEC_TREES = {"ngram": {"depth": 5}, "eagle3": {"depth": 5, "topk": 4, "tree_size": 16}}
 """Draft trees for a GPU, where verifying a few dozen rows at batch 1 costs about what one row does (a guess
-until `kilotok bench spec-policy` has measured them on one). Fixed at every batch size: the tables kilotok
-ships are measured for CPU families, and the host processor would otherwise pick one."""
+until `kilotok bench spec-policy` has measured them on one), at every batch size, as the engine runs the
+configured tree on a GPU without a shipped table; given as a file, so a table shipped later for the card
+does not change what this bench measures."""
 
 
 def bench_spec(method: str, folder: Path) -> SpecConfig:

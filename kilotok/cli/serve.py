@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
               kv_cache_blocks=args.kv_cache_blocks, **engine_settings(args))
     if llm.engine.config.compile:
         print("kilotok: compiling the decode graphs for every batch size up to --max-num-seqs", file=sys.stderr)
-        spec = llm.engine.config.spec
-        rows = spec.tree_policy(args.model).max_verify_rows(args.max_num_seqs) if spec.enabled else args.max_num_seqs
+        decoder = llm.engine.decoder
+        rows = decoder.policy.max_verify_rows(args.max_num_seqs) if llm.engine.config.spec.enabled \
+            else args.max_num_seqs
         llm.engine.runner.compile_buckets(rows)
     app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key,
                     start_engine_thread=False)

@@ -86,8 +86,9 @@ def add_spec_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spec-tree-size", type=int, default=defaults.tree_size,
                        help="most draft tokens verified per step (default: %(default)s)")
     group.add_argument("--spec-policy", default=None, metavar="FILE",
-                       help="tree shape by batch size, from `kilotok bench spec-policy` (default: the "
-                            "configured tree up to batch 4, none above)")
+                       help="tree shape by batch size, from `kilotok bench spec-policy` (default: the table "
+                            "shipped for the model on this device; without one, the configured tree up to batch 4 "
+                            "on the CPU, at every batch size on CUDA)")
 
 
 def spec_config(args: argparse.Namespace) -> SpecConfig:

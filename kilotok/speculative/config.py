@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
+import torch
+
 from kilotok.errors import InvalidRequestError
-from kilotok.speculative.policy import SpecPolicy, TreeShape, processor_family, shipped_policy_path
+from kilotok.speculative.policy import SpecPolicy, TreeShape, device_family, shipped_policy_path
 
 SPEC_METHODS = ("none", "ngram", "eagle3")
 
 DEFAULT_POLICY = SpecPolicy(((4, TreeShape(64, 64)),))
-"""Where no policy is given or shipped for the model and processor: the configured tree up to batch 4,
-none above."""
+"""On the CPU, where no policy is given or shipped for the model and processor: the configured tree up to
+batch 4, none above. On CUDA the configured tree drafts at every batch size instead (SpecConfig.tree_policy)."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class SpecConfig:
     ngram_max: int = 3
     policy: str | None = None
     """JSON table of tree shape by batch size (`kilotok bench spec-policy --out FILE`); None uses the table
-    shipped for the model on this processor family, else DEFAULT_POLICY. Shapes never exceed depth and
-    tree_size, which size the KV slots a step reserves."""
+    shipped for the model on the device it runs on (tree_policy). Shapes never exceed depth and tree_size,
+    which size the KV slots a step reserves."""
 
     def __post_init__(self) -> None:
         if self.method not in SPEC_METHODS:
@@ -64,10 +67,22 @@ class SpecConfig:
         """KV-cache slots a step needs beyond the sequence itself."""
         return self.depth if self.method == "ngram" else self.tree_size
 
-    def tree_policy(self, model_name: str = "") -> SpecPolicy:
-        path = self.policy or shipped_policy_path(model_name, self.method, processor_family())
-        policy = SpecPolicy.load(path) if path else DEFAULT_POLICY
-        return policy.capped(TreeShape(self.depth, self.max_draft_nodes))
+    def tree_policy(self, model_name: str = "", device: torch.device | str = "cpu") -> SpecPolicy:
+        """The tree shape by batch size for `model_name` running on `device`: the `policy` file, else the table
+        shipped for the model, the method and the device's family (speculative/policy.py), else on CUDA the
+        configured tree at every batch size (one line on stderr says so), elsewhere DEFAULT_POLICY."""
+        largest = TreeShape(self.depth, self.max_draft_nodes)
+        family = None if self.policy else device_family(device)
+        path = self.policy or shipped_policy_path(model_name, self.method, family)
+        if path:
+            return SpecPolicy.load(path).capped(largest)
+        if torch.device(device).type != "cuda":
+            return DEFAULT_POLICY.capped(largest)
+        print(f"kilotok: no speculative policy is shipped for {model_name or 'this model'} ({self.method}) on "
+              f"{family}: the configured tree (depth {largest.depth}, {largest.tree_size} nodes) drafts at every "
+              "batch size; measure a table with `kilotok bench spec-policy --out FILE` and pass --spec-policy FILE",
+              file=sys.stderr)
+        return SpecPolicy.fixed(largest)
 
     @classmethod
     def of(cls, spec: SpecConfig | str | None) -> SpecConfig:

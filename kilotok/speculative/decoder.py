@@ -161,5 +161,5 @@ def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model
         from kilotok.speculative.eagle3.drafter import Eagle3Drafter
 
         drafter = Eagle3Drafter.load(spec, model, model_name, compile_steps)
-    return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name), max_model_len, spec.max_draft_nodes,
-                              max_num_seqs)
+    return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name, target.runner.device), max_model_len,
+                              spec.max_draft_nodes, max_num_seqs)

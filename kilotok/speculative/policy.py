@@ -5,9 +5,12 @@ rows costs little more than decoding one. As the batch grows the forward turns c
 cost their full price, and speculation stops paying. The policy is a table from batch size to tree
 shape (or none), measured on the machine by `kilotok bench spec-policy` and stored as JSON.
 
-kilotok ships tables measured on the processor families it was tuned on (assets/spec-policies/MODEL/
-METHOD-FAMILY.json, written by that command, never by hand) and picks the one for the processor it runs
-on; elsewhere, or for other models, the configured tree runs up to batch 4.
+Tables are per device: kilotok ships those measured on the devices it was tuned on (assets/spec-policies/
+MODEL/METHOD-FAMILY.json, written by that command, never by hand), where FAMILY is a processor family for a
+model on the CPU (avx512-vnni) and `cuda-` and the GPU's name for one on CUDA (cuda-nvidia-h200), and picks
+the one for the device the model runs on: never a CPU table for a GPU, whose costs by row count differ
+entirely. Without a table (speculative/config.py): on the CPU the configured tree runs up to batch 4, on
+CUDA, where verifying extra rows costs little up to far larger batches, at every batch size.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from kilotok.errors import InvalidRequestError
 
@@ -118,8 +123,17 @@ def processor_family(cpu_flags: set[str] | None = None) -> str | None:
     return "avx512-vnni-amx" if "amx_int8" in flags or "amx_tile" in flags else "avx512-vnni"
 
 
+def device_family(device: torch.device | str, cpu_flags: set[str] | None = None) -> str | None:
+    """The family of shipped tables for a model on `device`: on the CPU its processor family (None where no
+    table can apply), on CUDA `cuda-` and the GPU's name in lower case, words joined by '-'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "cuda-" + re.sub(r"[^a-z0-9]+", "-", _gpu_name(device).lower()).strip("-")
+    return processor_family(cpu_flags) if device.type == "cpu" else None
+
+
 def shipped_policy_path(model_name: str, method: str, family: str | None) -> Path | None:
-    """The shipped table for a registered model name, a method and a processor family, if there is one."""
+    """The shipped table for a registered model name, a method and a device family, if there is one."""
     if family is None or not re.fullmatch(r"[\w.-]+", model_name):
         return None
     path = SHIPPED_POLICIES / model_name / f"{method}-{family}.json"
@@ -133,3 +147,7 @@ def _cpu_flags() -> set[str]:
         return set()
     line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
+
+
+def _gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device)

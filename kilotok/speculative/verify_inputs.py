@@ -37,7 +37,10 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
 
     Besides the gathered windows (the PyTorch reference reads those), the metadata carries the tree in
     the form the Triton decode kernel reads with the block table: each row's tree mask and the tree keys'
-    positions (kernels/attention_metadata.py)."""
+    positions (kernels/attention_metadata.py).
+
+    Built on the host, where the trees and block tables are (Python lists), and copied to `device` once
+    per tensor, as the decode step's inputs are (runner/step_inputs.py)."""
     padding_slot = PADDING_BLOCK * block_size
     offsets = torch.arange(block_size, dtype=torch.int64)
     window = aligned_window(max(len(seq) for seq in seqs) + width - 1)

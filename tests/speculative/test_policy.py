@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from kilotok.errors import InvalidRequestError
 from kilotok.speculative import policy as policy_module
 from kilotok.speculative.config import DEFAULT_POLICY, SpecConfig
+from kilotok.speculative.decoder import build_decoder
 from kilotok.speculative.ngram import NgramDrafter
-from kilotok.speculative.policy import SHIPPED_POLICIES, SpecPolicy, TreeShape, processor_family
+from kilotok.speculative.policy import SHIPPED_POLICIES, SpecPolicy, TreeShape, device_family, processor_family
 
 POLICY = SpecPolicy(((1, TreeShape(6, 16)), (4, TreeShape(4, 6)), (8, None), (16, TreeShape(1, 1))))
 
@@ -85,6 +89,59 @@ def test_the_table_shipped_for_the_model_and_processor_is_picked(tmp_path, monke
     assert config.tree_policy("../smollm2-135m") == DEFAULT_POLICY.capped(TreeShape(8, 16))
     monkeypatch.setattr(policy_module, "_cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_tile"})
     assert config.tree_policy("smollm2-135m") == DEFAULT_POLICY.capped(TreeShape(8, 16))
+
+
+def test_gpu_families_are_named_after_the_card(monkeypatch):
+    monkeypatch.setattr(policy_module, "_gpu_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(policy_module, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert device_family(torch.device("cuda", 1)) == "cuda-nvidia-h100-80gb-hbm3"
+    assert device_family("cpu") == "avx512-vnni"
+    assert device_family("meta") is None
+
+
+def test_a_gpu_never_gets_the_host_processors_table(tmp_path, monkeypatch, capsys):
+    """On CUDA: the table shipped for that card; without one the configured tree at every batch size, and one
+    line that says so, although the host processor has a table (which drafts at no batch size here)."""
+    never = SpecPolicy(((1, None), (8, None)))
+    never.save(tmp_path / "smollm2-135m" / "eagle3-avx512-vnni.json")
+    monkeypatch.setattr(policy_module, "SHIPPED_POLICIES", tmp_path)
+    monkeypatch.setattr(policy_module, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    monkeypatch.setattr(policy_module, "_gpu_name", lambda device: "NVIDIA H200")
+    config = SpecConfig(method="eagle3", depth=5, topk=4, tree_size=16)
+    assert config.tree_policy("smollm2-135m", "cpu") == never
+    capsys.readouterr()
+
+    on_gpu = config.tree_policy("smollm2-135m", torch.device("cuda"))
+    assert on_gpu == SpecPolicy.fixed(TreeShape(5, 16))
+    assert [on_gpu.shape_for(b) for b in (1, 8, 64, 1024)] == [TreeShape(5, 16)] * 4
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "cuda-nvidia-h200" in lines[0] and "every batch size" in lines[0]
+
+    POLICY.save(tmp_path / "smollm2-135m" / "eagle3-cuda-nvidia-h200.json")
+    assert config.tree_policy("smollm2-135m", "cuda:0") == POLICY.capped(TreeShape(5, 16))
+    monkeypatch.setattr(policy_module, "_gpu_name", lambda device: "NVIDIA H100 80GB HBM3")
+    assert config.tree_policy("smollm2-135m", "cuda:0") == SpecPolicy.fixed(TreeShape(5, 16))
+    capsys.readouterr()
+
+
+def test_the_speculative_decoder_takes_the_policy_of_its_runners_device(monkeypatch, capsys):
+    monkeypatch.setattr(policy_module, "_gpu_name", lambda device: "NVIDIA H200")
+    spec = SpecConfig(method="ngram", depth=4)
+    for device, want in (("cpu", DEFAULT_POLICY.capped(TreeShape(4, 4))), ("cuda", SpecPolicy.fixed(TreeShape(4, 4)))):
+        target = SimpleNamespace(runner=SimpleNamespace(device=torch.device(device)))
+        decoder = build_decoder(spec, target, None, "smollm2-135m", max_model_len=64, max_num_seqs=32,
+                                compile_steps=False)
+        assert decoder.policy == want
+    capsys.readouterr()
+
+
+def test_a_policy_file_wins_on_every_device(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(policy_module, "_gpu_name", lambda device: "NVIDIA H200")
+    path = POLICY.save(tmp_path / "mine.json")
+    config = SpecConfig(method="eagle3", depth=8, tree_size=16, policy=str(path))
+    for device in ("cpu", "cuda"):
+        assert config.tree_policy("smollm2-135m", device) == POLICY.capped(TreeShape(8, 16))
+    assert capsys.readouterr().err == ""
 
 
 def test_every_shipped_table_loads():
