@@ -1,8 +1,9 @@
 """`kilotok bench parallel`: the same greedy requests at several tensor-parallel sizes (ranks spawned by
-the engine: gloo on CPUs, NCCL on GPUs): decode tokens/s per user, and the time rank 0 spends per engine
-step inside all-reduces (waiting for the slowest rank included), with whether the tokens equal tp 1's.
-Sizes the model cannot shard (its heads, KV heads, widths or vocabulary do not split) are skipped with the
-reason; by default sizes above the machine's GPUs (or, on CPUs, its cores) are left out too."""
+the engine, on CPUs over gloo; tp 1 runs on the CPU too, so every size runs on the same device): decode
+tokens/s per user, and the time rank 0 spends per engine step inside all-reduces (waiting for the slowest
+rank included), with whether the tokens equal tp 1's. Sizes the model cannot shard (its heads, KV heads,
+widths or vocabulary do not split) are skipped with the reason; by default sizes above the machine's cores
+are left out too."""
 
 from __future__ import annotations
 
@@ -49,11 +50,11 @@ class SizeResult:
 def usable_sizes(settings: ParallelBenchSettings, explicit: bool) -> tuple[list[int], dict[int, str]]:
     """The sizes to run, and the skipped ones with why."""
     config = model_config(load_checkpoint(settings.model, progress=False).config)
-    devices = torch.cuda.device_count() if torch.cuda.is_available() else (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
     run, skipped = [], {}
     for size in settings.sizes:
-        if not explicit and size > devices:
-            skipped[size] = f"the machine has {devices} {'GPUs' if torch.cuda.is_available() else 'cores'}"
+        if not explicit and size > cores:
+            skipped[size] = f"the machine has {cores} cores"
             continue
         try:
             check_splits(config, ParallelConfig(size))
@@ -66,7 +67,7 @@ def usable_sizes(settings: ParallelBenchSettings, explicit: bool) -> tuple[list[
 
 def run_size(settings: ParallelBenchSettings, size: int) -> SizeResult:
     params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens, ignore_eos=True)
-    with LLM(settings.model, dtype=settings.dtype, compile=settings.compile, progress=False,
+    with LLM(settings.model, device="cpu", dtype=settings.dtype, compile=settings.compile, progress=False,
              tensor_parallel_size=size) as llm:
         vocab = llm.engine.model_config.vocab_size
         prompt = torch.randint(vocab // 8, vocab, (settings.prompt_tokens,),

@@ -70,7 +70,7 @@ class EngineConfig:
         if self.backend not in BACKEND_CHOICES:
             raise InvalidRequestError(f"unknown kernel backend {self.backend!r}; choose one of "
                                       f"{', '.join(BACKEND_CHOICES)}")
-        self.parallel  # noqa: B018 - validates the parallel sizes
+        self._check_parallel_device()
         check_dtype(self.dtype)
         check_dtype_device(self.dtype, self.torch_device)
         checks = {
@@ -97,3 +97,15 @@ class EngineConfig:
     @property
     def parallel(self) -> ParallelConfig:
         return ParallelConfig(self.tensor_parallel_size, self.expert_parallel_size)
+
+    def _check_parallel_device(self) -> None:
+        """Validates the parallel sizes, and refuses CUDA with more than one rank: the ranks run on CPUs over
+        gloo; a rank per GPU over NCCL is neither built (a rank's shard is built for the CPU: its weight format,
+        its attention kernel) nor tested (a lent GPU machine has one GPU)."""
+        world_size = self.parallel.world_size
+        device = self.torch_device
+        if world_size > 1 and device.type != "cpu":
+            how = f"--device {self.device}" + (f" picked {device}" if self.device == "auto" else "")
+            raise InvalidRequestError(
+                f"tensor parallelism runs its ranks on CPUs only (gloo), and {how}: pass --device cpu to split "
+                "the model over CPU processes, or drop --tensor-parallel-size to run on one GPU", param="device")

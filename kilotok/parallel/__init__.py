@@ -1,5 +1,5 @@
 """Tensor and expert parallelism over torch.distributed: one model across several processes (ranks), on
-CPUs with gloo or GPUs with NCCL, on one machine or several.
+CPUs with gloo, on one machine or several (not on GPUs yet: EngineConfig refuses CUDA with several ranks).
 
 - `layout.py`: which slice of each dimension a rank holds, and the checks that the model splits evenly;
 - `slicing.py` and `shard.py`: a checkpoint cut down to one rank's part before anything is built or packed;

@@ -6,9 +6,10 @@
   on one node or several, and each joins over env://.
 
 Either way rank 0 returns a `RankGroup` and the other ranks run `follower(comm, *args)` (they never return
-from `join_group` under torchrun: their process exits when rank 0 closes the group). Ranks use gloo on
-CPUs and NCCL on GPUs. A spawned follower exits when rank 0's process goes away; rank 0 ends every spawned
-rank when it closes, when it exits, or when a collective fails.
+from `join_group` under torchrun: their process exits when rank 0 closes the group). Ranks run on CPUs
+and talk over gloo, on machines with GPUs too (EngineConfig refuses a CUDA device with several ranks: a
+rank per GPU over NCCL is not built yet). A spawned follower exits when rank 0's process goes away; rank 0
+ends every spawned rank when it closes, when it exits, or when a collective fails.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def join_group(parallel: ParallelConfig, follower: Follower, args: tuple) -> Ran
             raise ParallelError(f"torchrun started {launched} processes but tensor_parallel_size is {world}; "
                                 "they must be equal")
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        comm = _init(rank, world, "env://", int(os.environ.get("LOCAL_RANK", rank)), local_world)
+        comm = _init(rank, world, "env://", local_world)
         if rank:
             _follow(comm, follower, args)
             raise SystemExit(0)
@@ -90,32 +91,25 @@ def join_group(parallel: ParallelConfig, follower: Follower, args: tuple) -> Ran
     spawned = mp.start_processes(_spawned_follower, args=(init_method, world, follower, args, os.getpid()),
                                  nprocs=world - 1, join=False, daemon=True, start_method="spawn")
     try:
-        group = RankGroup(_init(0, world, init_method, 0, world), spawned, _threads=threads)
+        group = RankGroup(_init(0, world, init_method, world), spawned, _threads=threads)
     except BaseException:
         _end_processes(spawned, 5.0)
         raise
     return group
 
 
-def _init(rank: int, world: int, init_method: str, local_rank: int, local_world: int) -> Communicator:
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-        # Ranks sharing a machine share its cores: more threads than cores would only crowd each other out.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+def _init(rank: int, world: int, init_method: str, local_world: int) -> Communicator:
+    # Ranks sharing a machine share its cores: more threads than cores would only crowd each other out.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
                             timeout=COLLECTIVE_TIMEOUT)
-    return Communicator(rank, world, device)
+    return Communicator(rank, world, torch.device("cpu"))
 
 
 def _spawned_follower(index: int, init_method: str, world: int, follower: Follower, args: tuple,
                       leader_pid: int) -> None:
     _exit_with_leader(leader_pid)
-    _follow(_init(index + 1, world, init_method, index + 1, world), follower, args)
+    _follow(_init(index + 1, world, init_method, world), follower, args)
 
 
 def _follow(comm: Communicator, follower: Follower, args: tuple) -> None:

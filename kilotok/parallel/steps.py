@@ -5,7 +5,7 @@ runner sends every KV copy (speculative decoding's accepted path). A follower ru
 sent, in the same order, so every collective inside the forward meets its partners on all ranks.
 
 Each message is a header (the command and the shapes of its tensors) and then its tensors, broadcast
-from rank 0: tensors never go through pickling, so the same code runs over NCCL on GPUs.
+from rank 0: tensors never go through pickling, so the same code can run over NCCL once ranks run on GPUs.
 """
 
 from __future__ import annotations

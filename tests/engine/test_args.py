@@ -80,3 +80,19 @@ def test_device_reaches_the_engine_config_and_is_validated_once(monkeypatch):
     with pytest.raises(InvalidRequestError, match="dtype 'int4' runs on the CPU only .* choose one of auto, fp32"):
         EngineConfig(device="cuda", dtype="int4")
     assert EngineConfig(device="cpu", dtype="int4").dtype == "int4"
+
+
+def test_tensor_parallelism_on_cuda_is_refused_with_what_to_do(monkeypatch):
+    """Ranks run on CPUs: several ranks with a CUDA device, asked for or picked by auto, are refused before
+    anything starts; on the CPU, or with one rank on CUDA, the config stands."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    for device, said in (("cuda", "--device cuda"), ("auto", "--device auto picked cuda")):
+        settings = engine_settings(_parse(["--device", device, "--tensor-parallel-size", "3"]))
+        with pytest.raises(InvalidRequestError, match=f"CPUs only .*, and {said}: pass --device cpu") as error:
+            EngineConfig(**settings)
+        assert error.value.param == "device"
+    with pytest.raises(InvalidRequestError, match="--device cuda:1: pass --device cpu"):
+        EngineConfig(device="cuda:1", tensor_parallel_size=2)
+    assert EngineConfig(device="cpu", tensor_parallel_size=3).torch_device.type == "cpu"
+    assert EngineConfig(device="cuda", tensor_parallel_size=1).torch_device.type == "cuda"
