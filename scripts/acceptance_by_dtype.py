@@ -13,7 +13,9 @@ a GPU, the answers the shipped head was trained and evaluated on). Then the targ
 kilotok's own builder (`auto` = int4 with the C++ op for the default GGUF), runs over prompt + answer
 (train/features.py), and the head drafts chains from every answer position: unbounded (7 steps, the
 training unroll) and capped at depth 3, the default tree's longest path (at most 4 tokens per forward).
-The head runs in fp32 and with its linears int8 as the engine runs them (`kilotok::q8_linear`).
+Each is counted two ways: per position (train/eval.py's figure, every answer position once) and walked
+(the positions the engine's forwards start at, which predicts the engine's tokens per forward). The head
+runs in fp32 and with its linears int8 as the engine runs them (`kilotok::q8_linear`).
 """
 
 from __future__ import annotations
