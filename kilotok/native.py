@@ -1,7 +1,7 @@
 """Builds kilotok's C++ CPU ops (quant/csrc/, kernels/csrc/) the first time they are needed.
 
 `torch.utils.cpp_extension` compiles a source once and caches it on disk; each build is named by its
-source's hash, so installs (or checkouts) with different sources keep their own builds instead of
+sources' hash, so installs (or checkouts) with different sources keep their own builds instead of
 rebuilding over each other. A build that fails is not an error: the caller runs its PyTorch path instead,
 after one line on stderr that says why.
 """
@@ -16,15 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def load_cpu_ops(source: Path, prefix: str, what: str, switch: str, fallback: str,
+def load_cpu_ops(sources: list[Path], prefix: str, what: str, switch: str, fallback: str,
                  supported: Callable[[], bool], requirement: str) -> bool:
-    """Build and load `source`'s ops unless the environment variable `switch` is 0, and check with
+    """Build and load the ops of `sources` (one library) unless the environment variable `switch` is 0, and check with
     `supported` (one of the loaded ops) that this processor has what they need; False, with one line on
     stderr saying why and that `fallback` runs instead, where any of that fails."""
     if os.environ.get(switch) == "0":
         print(f"kilotok: {switch}=0: {fallback}", file=sys.stderr)
         return False
-    if not build_cpu_ops(source, prefix, what):
+    if not build_cpu_ops(sources, prefix, what):
         return False
     if not supported():
         print(f"kilotok: this processor lacks {requirement}; {fallback}", file=sys.stderr)
@@ -32,17 +32,17 @@ def load_cpu_ops(source: Path, prefix: str, what: str, switch: str, fallback: st
     return True
 
 
-def build_cpu_ops(source: Path, prefix: str, what: str) -> bool:
-    """Compile and load `source` (it registers its ops with torch.library on load); False, with one line
+def build_cpu_ops(sources: list[Path], prefix: str, what: str) -> bool:
+    """Compile and load `sources` as one library (they register its ops with torch.library on load); False, with one line
     on stderr naming `what` and the fallback, where that fails."""
     from torch.utils import cpp_extension
 
-    name = f"{prefix}_{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    name = f"{prefix}_{hashlib.sha256(b''.join(source.read_bytes() for source in sources)).hexdigest()[:12]}"
     try:
         _find_ninja()
         if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/{name}.so")):
             print(f"kilotok: compiling the {what} (once; cached on disk)", file=sys.stderr)
-        cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"],
+        cpp_extension.load(name=name, sources=[str(source) for source in sources], extra_cflags=["-O3", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as error:  # noqa: BLE001 - any build failure means the PyTorch path runs instead
         print(f"kilotok: the {what} could not be built ({type(error).__name__}: {error}); using the PyTorch "

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
-from kilotok.kernels.cpu_attention import cpu_decode_attention
+from kilotok.kernels.cpu_attention import cpu_decode_attention, cpu_prefill_attention
 
 
 def store_kv(
@@ -39,8 +39,8 @@ def paged_attention(
 
     With `attention_chunk_size` C > 0 (Llama 4's local layers), a query at position p sees only the keys
     of its own chunk, positions C * (p // C) .. p. `pdl` lets Triton kernels overlap their launches;
-    `cpu_kernel` runs decode rows through the C++ op (kernels/cpu_attention.py), which the caller (the
-    builder, for a model on the CPU) has checked is available."""
+    `cpu_kernel` runs the C++ ops (kernels/cpu_attention.py), which the caller (the builder, for a model
+    on the CPU) has checked are available."""
     if backend is KernelBackend.TRITON:
         return _triton_attention(q, k_cache, v_cache, meta, scale, attention_chunk_size, pdl)
     if meta.kv_gather_index is not None:
@@ -51,6 +51,9 @@ def paged_attention(
         if cpu_kernel:
             return cpu_decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
         return decode_attention(q, k_cache, v_cache, meta.kv_gather_index.flatten(1), kv_valid, scale)
+    if cpu_kernel:
+        return cpu_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc,
+                                     scale, attention_chunk_size)
     return torch.ops.kilotok.paged_attention(
         q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start_loc, scale, attention_chunk_size,
     )

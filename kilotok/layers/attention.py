@@ -37,7 +37,7 @@ class Attention(nn.Module):
         """`rotary` None: no RoPE. `l2_norm_eps`: Llama 4's QK norm. `chunk_size` > 0: each query sees only
         its own chunk of positions. `temperature` (floor_scale, attn_scale): Llama 4's query scaling.
         `backend` picks the attention kernels; `pdl` lets Triton kernels overlap their launches; `cpu_kernel`
-        runs decode rows through the C++ op (kernels/cpu_attention.py), for a layer on the CPU where it built."""
+        runs the C++ attention ops (kernels/cpu_attention.py), for a layer on the CPU where they built."""
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads

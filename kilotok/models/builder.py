@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from kilotok.errors import ModelFormatError
 from kilotok.kernels.backend import KernelBackend, resolve_backend
-from kilotok.kernels.cpu_attention import cpu_decode_attention_available
+from kilotok.kernels.cpu_attention import cpu_attention_available
 from kilotok.kernels.device import resolve_device
 from kilotok.layers.attention import Attention
 from kilotok.layers.linear import make_linear
@@ -45,7 +45,7 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
     rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                              config.rope_scaling, backend, pdl)
     on_cpu = torch.device(device).type == "cpu"
-    kernels = KernelChoice(backend, pdl, backend is KernelBackend.TORCH and on_cpu and cpu_decode_attention_available())
+    kernels = KernelChoice(backend, pdl, backend is KernelBackend.TORCH and on_cpu and cpu_attention_available())
     layers = [_layer(config, family, LayerWeights(weights, i), i, fmt, rotary, kernels).to(device)
               for i in tqdm(range(config.num_layers), desc="building layers", disable=not progress, leave=False)]
     embed = as_float(_require(weights, "model.embed_tokens.weight"))

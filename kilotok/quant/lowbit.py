@@ -34,7 +34,7 @@ TILE = 16
 def lowbit_available() -> bool:
     """Build and load the ops once per process; False, with one line on stderr, where they cannot run or
     KILOTOK_LOWBIT_KERNELS=0 asks for ATen's kernels (to compare the two)."""
-    if not load_cpu_ops(SOURCE, "kilotok_lowbit", "CPU low-bit kernels", "KILOTOK_LOWBIT_KERNELS",
+    if not load_cpu_ops([SOURCE], "kilotok_lowbit", "CPU low-bit kernels", "KILOTOK_LOWBIT_KERNELS",
                         "using ATen's int4/int8 kernels", lambda: torch.ops.kilotok.lowbit_cpu_supported(),
                         "AVX-512 VNNI"):
         return False

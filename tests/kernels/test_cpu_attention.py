@@ -10,7 +10,7 @@ import torch
 
 from kilotok.kernels import cpu_attention
 
-pytestmark = pytest.mark.skipif(not cpu_attention.cpu_decode_attention_available(),
+pytestmark = pytest.mark.skipif(not cpu_attention.cpu_attention_available(),
                                 reason="needs AVX-512 and a C++ compiler")
 
 BLOCKS, BLOCK_SIZE = 12, 16
