@@ -33,8 +33,8 @@ def load_cpu_ops(sources: list[Path], prefix: str, what: str, switch: str, fallb
 
 
 def build_cpu_ops(sources: list[Path], prefix: str, what: str) -> bool:
-    """Compile and load `sources` as one library (they register its ops with torch.library on load); False, with one line
-    on stderr naming `what` and the fallback, where that fails."""
+    """Compile and load `sources` as one library (they register its ops with torch.library on load);
+    False, with one line on stderr naming `what` and the fallback, where that fails."""
     from torch.utils import cpp_extension
 
     name = f"{prefix}_{hashlib.sha256(b''.join(source.read_bytes() for source in sources)).hexdigest()[:12]}"
