@@ -51,7 +51,7 @@ def assert_within_bound(x: torch.Tensor, weight: lowbit.PackedWeight) -> None:
 def test_every_row_count_is_within_the_activation_bound(bits, shape):
     generator = torch.Generator().manual_seed(sum(shape) + bits)
     weight = pack_float(torch.randn(*shape, generator=generator), bits)
-    for rows in range(1, 34):
+    for rows in [*range(1, 34), 150]:  # 150: more rows than one of the op's row chunks
         assert_within_bound(torch.randn(rows, shape[1], generator=generator) * 3, weight)
 
 
@@ -67,9 +67,9 @@ def test_the_bound_is_tight_enough_to_catch_a_wrong_block_scale(bits):
 @pytest.mark.parametrize("bits", [4, 8])
 def test_a_row_is_the_same_alone_and_anywhere_in_a_batch(bits):
     weight = pack_float(torch.randn(70, 96), bits)
-    batch = torch.randn(19, 96)
+    batch = torch.randn(150, 96)  # more rows than one of the op's row chunks
     together = lowbit.lowbit_linear(batch, weight)
-    for row in (0, 7, 8, 18):
+    for row in (0, 7, 8, 18, 70, 149):
         assert torch.equal(lowbit.lowbit_linear(batch[row : row + 1].contiguous(), weight)[0], together[row])
 
 

@@ -30,6 +30,10 @@ namespace {
 constexpr int64_t kBlock = 32;
 constexpr int64_t kTile = 16;
 constexpr int kRows = 16;  // 16 accumulators + 8 weight steps + scales fit the 32 zmm registers
+// Rows whose quantized activations a thread keeps in its L2 cache while it walks its column tiles; a
+// prompt's thousands of rows would otherwise be streamed from memory once per tile. A multiple of kRows,
+// so rows fall into the same groups of kRows however many there are.
+constexpr int64_t kRowChunk = 64;
 
 #define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
@@ -76,10 +80,12 @@ Activations quantize_activations(const torch::Tensor& x, int64_t blocks, bool un
   Activations a{torch::empty({rows, blocks * kBlock}, x.options().dtype(torch::kInt8)),
                 torch::empty({rows, blocks}, x.options()), torch::empty({rows, blocks}, x.options())};
   const float* data = x.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    quantize_row(data + r * k, k, blocks, unsigned_codes, a.codes.data_ptr<int8_t>() + r * blocks * kBlock,
-                 a.scales.data_ptr<float>() + r * blocks, a.sums.data_ptr<float>() + r * blocks);
-  }
+  at::parallel_for(0, rows, kRowChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      quantize_row(data + r * k, k, blocks, unsigned_codes, a.codes.data_ptr<int8_t>() + r * blocks * kBlock,
+                   a.scales.data_ptr<float>() + r * blocks, a.sums.data_ptr<float>() + r * blocks);
+    }
+  });
   return a;
 }
 
@@ -146,10 +152,19 @@ void call_with_rows(int64_t n, Tile& tile, int64_t first) {
   tile(std::integral_constant<int, R>{}, first);
 }
 
-// Calls `tile(R, first_row)` for every group of up to kRows rows.
+// Calls `tile(R, first_row)` for every group of up to kRows rows in [first, end).
 template <typename Tile>
-void for_row_groups(int64_t rows, Tile tile) {
-  for (int64_t first = 0; first < rows; first += kRows) call_with_rows(std::min<int64_t>(kRows, rows - first), tile, first);
+void for_row_groups(int64_t first, int64_t end, Tile tile) {
+  for (; first < end; first += kRows) call_with_rows(std::min<int64_t>(kRows, end - first), tile, first);
+}
+
+// Calls `tile_rows(t, first, end)` for every column tile t in [begin, end) and every chunk of kRowChunk
+// rows, chunks outermost.
+template <typename TileRows>
+void for_tiles_by_row_chunks(int64_t begin, int64_t end, int64_t rows, TileRows tile_rows) {
+  for (int64_t chunk = 0; chunk < rows; chunk += kRowChunk) {
+    for (int64_t t = begin; t < end; ++t) tile_rows(t, chunk, std::min(rows, chunk + kRowChunk));
+  }
 }
 
 __mmask16 tile_columns(int64_t tile, int64_t out_features) {
@@ -180,8 +195,8 @@ torch::Tensor q4_linear(const torch::Tensor& x, const torch::Tensor& codes, cons
   const float* d = scales.data_ptr<float>();
   const float* m = mins.data_ptr<float>();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      for_row_groups(rows, [&](auto group, int64_t first) {
+    for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
+      for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
         q4_tile<decltype(group)::value>(w + t * blocks * 256, d + t * blocks * kTile, m + t * blocks * kTile,
                                         a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
                                         a.scales.data_ptr<float>() + first * blocks,
@@ -189,7 +204,7 @@ torch::Tensor q4_linear(const torch::Tensor& x, const torch::Tensor& codes, cons
                                         out.data_ptr<float>() + first * out_features + t * kTile, out_features,
                                         tile_columns(t, out_features));
       });
-    }
+    });
   });
   return out;
 }
@@ -207,15 +222,15 @@ torch::Tensor q8_linear(const torch::Tensor& x, const torch::Tensor& codes, cons
   const int32_t* c = code_sums.data_ptr<int32_t>();
   const float* s = scales.data_ptr<float>();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      for_row_groups(rows, [&](auto group, int64_t first) {
+    for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
+      for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
         q8_tile<decltype(group)::value>(w + t * blocks * 512, c + t * blocks * kTile, s + t * blocks * kTile,
                                         a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
                                         a.scales.data_ptr<float>() + first * blocks, blocks,
                                         out.data_ptr<float>() + first * out_features + t * kTile, out_features,
                                         tile_columns(t, out_features));
       });
-    }
+    });
   });
   return out;
 }
