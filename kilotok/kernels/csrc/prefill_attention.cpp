@@ -4,14 +4,16 @@
 // sequence at a time: at prompt lengths of tens to hundreds of tokens its cost is the per-sequence,
 // per-layer tensor bookkeeping, not the arithmetic, and that is what this op removes.
 //
-// One work item is (sequence, KV head, tile of up to QUERY_TILE new tokens). The item gathers the keys the
-// tile can see once, transposed to [head_dim, keys] so that scores for 16 keys are one vector FMA per
-// dimension, and the values as [keys, head_dim]. Then each query head of the group, for each token:
-// scores over its own visible keys, softmax, weighted sum of values.
+// One work item is (sequence, KV head, 16 of the sequence's (new token, query head of the group) pairs),
+// one pair per vector lane. For each visible key, read once from the cache, the 16 scores are one FMA per
+// head dimension (the queries transposed to [head_dim, 16], the key's element broadcast); the softmax
+// runs across keys with every lane masked to its own visible range; then each pair sums its values.
+// Nothing is gathered or transposed per key, so the work is the arithmetic plus one read of the keys
+// per 16 pairs.
 //
-// A query's result depends only on the query and its visible keys, not on the tile, the batch or how
-// the prompt was split into chunks: scores accumulate over the head dimension in order, and the softmax
-// and the value sum run over the query's own keys, in order, with vector lanes counted from its first.
+// A query's result depends only on the query and its visible keys, not on its lane, the batch or how the
+// prompt was split into chunks: a score accumulates over the head dimension in order, masked keys add
+// exact zeros to the softmax's sum, and the value sum runs over the query's own keys in order.
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -26,7 +28,6 @@ namespace {
 
 #define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-constexpr int64_t QUERY_TILE = 8;
 constexpr int64_t LANES = 16;
 
 KILOTOK_AVX512 inline __mmask16 lanes_below(int64_t count) {
@@ -51,130 +52,139 @@ KILOTOK_AVX512 inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
+// 16 consecutive cache elements (fewer under `mask`) as floats.
+KILOTOK_AVX512 inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+KILOTOK_AVX512 inline __m512 load16(const at::BFloat16* p, __mmask16 mask) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
 struct Shape {
   int64_t heads, kv_heads, group, head_dim, block_size, max_blocks, chunk;
 };
 
-// Where a tile's keys sit: flat cache rows of key positions first .. first + count - 1.
-struct KeyRange {
-  int64_t first, count;
+// 16 (token, query head) pairs of one sequence and KV head; the keys they see lie in [first_key, last_key].
+struct Lanes {
+  __mmask16 active;
+  __m512i lowest, position;  // each lane's visible key positions, inclusive
+  int64_t first_key, last_key;
+};
+
+// Which lanes see key first_key + j.
+KILOTOK_AVX512 inline __mmask16 visible(const Lanes& lanes, int64_t j) {
+  const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(lanes.first_key + j));
+  return static_cast<__mmask16>(lanes.active & _mm512_cmp_epi32_mask(key, lanes.lowest, _MM_CMPINT_NLT) &
+                                _mm512_cmp_epi32_mask(key, lanes.position, _MM_CMPINT_LE));
+}
+
+// One work item: `pairs` (token * group + g) of sequence `sequence`, from `first_pair`.
+struct Item {
+  int64_t sequence, kv_head, first_pair;
 };
 
 template <typename T>
-void gather_keys(const T* k_cache, const T* v_cache, const int32_t* blocks, const Shape& s, int64_t kv_head,
-                 KeyRange keys, int64_t stride, float* keys_t, float* values) {
-  const int64_t D = s.head_dim;
-  for (int64_t j = 0; j < keys.count; ++j) {
-    const int64_t position = keys.first + j;
-    const int64_t slot = static_cast<int64_t>(blocks[position / s.block_size]) * s.block_size +
-                         position % s.block_size;
-    const T* k = k_cache + (slot * s.kv_heads + kv_head) * D;
-    const T* v = v_cache + (slot * s.kv_heads + kv_head) * D;
-    for (int64_t d = 0; d < D; ++d) {
-      keys_t[d * stride + j] = static_cast<float>(k[d]);
-      values[j * D + d] = static_cast<float>(v[d]);
-    }
+KILOTOK_AVX512 void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* blocks,
+                           const Shape& s, const Item& item, int64_t first_row, int64_t new_tokens, int64_t prefix,
+                           float scale, float* out, std::vector<float>& queries, std::vector<float>& weights,
+                           std::vector<int64_t>& rows) {
+  const int64_t D = s.head_dim, G = s.group;
+  const auto lowest_key = [&](int64_t position) { return s.chunk ? position / s.chunk * s.chunk : 0; };
+  // Lane i: pair first_pair + i, i.e. token t = pair / G of the sequence's new ones and head g = pair % G.
+  alignas(64) int32_t lowest[LANES], position[LANES];
+  int64_t offsets[LANES];
+  queries.assign(D * LANES, 0.0f);
+  Lanes lanes{0, {}, {}, INT64_MAX, 0};
+  for (int64_t i = 0; i < LANES; ++i) {
+    const int64_t pair = item.first_pair + i, t = pair / G;
+    lowest[i] = position[i] = 0;
+    if (t >= new_tokens) continue;
+    lanes.active |= static_cast<__mmask16>(1u << i);
+    position[i] = static_cast<int32_t>(prefix + t);
+    lowest[i] = static_cast<int32_t>(lowest_key(prefix + t));
+    lanes.first_key = std::min<int64_t>(lanes.first_key, lowest[i]);
+    lanes.last_key = std::max<int64_t>(lanes.last_key, position[i]);
+    offsets[i] = ((first_row + t) * s.heads + item.kv_head * G + pair % G) * D;
+    for (int64_t d = 0; d < D; ++d) queries[d * LANES + i] = q[offsets[i] + d];
   }
-}
-
-// scores[0:n] = scale * (q . key j) for the n keys from column `first` of keys_t, four 16-key blocks at a
-// time so the FMA chains overlap.
-KILOTOK_AVX512 void score_keys(const float* q, const float* keys_t, int64_t stride, int64_t D, int64_t first,
-                               int64_t n, float scale, float* scores) {
-  for (int64_t j = 0; j < n; j += 4 * LANES) {
-    __mmask16 masks[4];
-    __m512 acc[4];
-    for (int b = 0; b < 4; ++b) {
-      masks[b] = lanes_below(std::max<int64_t>(0, n - j - b * LANES));
-      acc[b] = _mm512_setzero_ps();
-    }
-    for (int64_t d = 0; d < D; ++d) {
-      const __m512 qd = _mm512_set1_ps(q[d]);
-      const float* row = keys_t + d * stride + first + j;
-      for (int b = 0; b < 4; ++b)
-        acc[b] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(masks[b], row + b * LANES), acc[b]);
-    }
-    for (int b = 0; b < 4; ++b)
-      _mm512_mask_storeu_ps(scores + j + b * LANES, masks[b], _mm512_mul_ps(acc[b], _mm512_set1_ps(scale)));
+  lanes.lowest = _mm512_load_si512(lowest);
+  lanes.position = _mm512_load_si512(position);
+  const int64_t n = lanes.last_key - lanes.first_key + 1;
+  rows.resize(n);
+  for (int64_t j = 0, block = lanes.first_key / s.block_size, offset = lanes.first_key % s.block_size; j < n; ++j) {
+    rows[j] = ((blocks[block] * s.block_size + offset) * s.kv_heads + item.kv_head) * D;
+    if (++offset == s.block_size) offset = 0, ++block;
   }
-}
-
-// scores[0:n] -> their softmax, in place.
-KILOTOK_AVX512 void softmax(float* scores, int64_t n) {
-  __m512 top = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < n; j += LANES)
-    top = _mm512_mask_max_ps(top, lanes_below(n - j), top, _mm512_loadu_ps(scores + j));
-  const __m512 peak = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+  // Scores [n][16], four keys at a time so their FMA chains overlap.
+  weights.resize((n + 3) * LANES);
+  for (int64_t j = 0; j < n; j += 4) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const T* keys[4];
+    for (int u = 0; u < 4; ++u) keys[u] = k_cache + rows[std::min(j + u, n - 1)];
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 qd = _mm512_loadu_ps(queries.data() + d * LANES);
+      for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(qd, _mm512_set1_ps(static_cast<float>(keys[u][d])), acc[u]);
+    }
+    for (int u = 0; u < 4; ++u) _mm512_storeu_ps(weights.data() + (j + u) * LANES, _mm512_mul_ps(acc[u], _mm512_set1_ps(scale)));
+  }
+  // Softmax across keys, each lane over its own visible keys; the others weigh exactly 0.
+  __m512 top = _mm512_set1_ps(-104.0f * 4);
+  for (int64_t j = 0; j < n; ++j) {
+    top = _mm512_mask_max_ps(top, visible(lanes, j), top, _mm512_loadu_ps(weights.data() + j * LANES));
+  }
   __m512 total = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; j += LANES) {
-    const __mmask16 mask = lanes_below(n - j);
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores + j), peak));
-    total = _mm512_mask_add_ps(total, mask, total, e);
-    _mm512_mask_storeu_ps(scores + j, mask, e);
+  for (int64_t j = 0; j < n; ++j) {
+    float* w = weights.data() + j * LANES;
+    const __m512 e = _mm512_maskz_mov_ps(visible(lanes, j), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(w), top)));
+    total = _mm512_add_ps(total, e);
+    _mm512_storeu_ps(w, e);
   }
-  const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
-  for (int64_t j = 0; j < n; j += LANES) {
-    const __mmask16 mask = lanes_below(n - j);
-    _mm512_mask_storeu_ps(scores + j, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, scores + j), inverse));
-  }
-}
-
-// out[0:D] = sum over j of weights[j] * values[j, :], up to 128 columns held in registers at a time.
-KILOTOK_AVX512 void weigh_values(const float* weights, const float* values, int64_t n, int64_t D, float* out) {
-  for (int64_t c0 = 0; c0 < D; c0 += 8 * LANES) {
-    __mmask16 masks[8];
-    __m512 acc[8];
-    for (int c = 0; c < 8; ++c) {
-      masks[c] = lanes_below(std::max<int64_t>(0, D - c0 - c * LANES));
-      acc[c] = _mm512_setzero_ps();
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      const __m512 w = _mm512_set1_ps(weights[j]);
-      const float* row = values + j * D + c0;
+  alignas(64) float inverse[LANES];
+  _mm512_store_ps(inverse, _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), lanes.active, total)));
+  // Each pair's values, up to 128 columns in registers at a time, over its own keys in order.
+  for (int64_t i = 0; i < LANES; ++i) {
+    if (!(lanes.active >> i & 1)) continue;
+    const int64_t begin = lowest[i] - lanes.first_key, end = position[i] - lanes.first_key + 1;
+    for (int64_t c0 = 0; c0 < D; c0 += 8 * LANES) {
+      __mmask16 masks[8];
+      __m512 acc[8];
       for (int c = 0; c < 8; ++c) {
-        if (masks[c]) acc[c] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(masks[c], row + c * LANES), acc[c]);
+        masks[c] = lanes_below(std::max<int64_t>(0, D - c0 - c * LANES));
+        acc[c] = _mm512_setzero_ps();
       }
+      for (int64_t j = begin; j < end; ++j) {
+        const __m512 w = _mm512_set1_ps(weights[j * LANES + i] * inverse[i]);
+        const T* row = v_cache + rows[j] + c0;
+        for (int c = 0; c < 8; ++c) {
+          if (masks[c]) acc[c] = _mm512_fmadd_ps(w, load16(row + c * LANES, masks[c]), acc[c]);
+        }
+      }
+      for (int c = 0; c < 8; ++c) _mm512_mask_storeu_ps(out + offsets[i] + c0 + c * LANES, masks[c], acc[c]);
     }
-    for (int c = 0; c < 8; ++c) _mm512_mask_storeu_ps(out + c0 + c * LANES, masks[c], acc[c]);
   }
 }
-
-struct Tile {
-  int64_t sequence, first_row, rows, first_position;  // rows of q; the first row's position
-};
 
 template <typename T>
 void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-         const torch::Tensor& block_tables, const std::vector<Tile>& tiles, const Shape& s, double scale,
-         torch::Tensor& out) {
+         const torch::Tensor& block_tables, const int32_t* lens, const int32_t* starts, const std::vector<Item>& items,
+         const Shape& s, double scale, torch::Tensor& out) {
   const float* q_data = q.data_ptr<float>();
   const T* k_data = k_cache.data_ptr<T>();
   const T* v_data = v_cache.data_ptr<T>();
   const int32_t* table_data = block_tables.data_ptr<int32_t>();
   float* out_data = out.data_ptr<float>();
-  const int64_t D = s.head_dim, items = static_cast<int64_t>(tiles.size()) * s.kv_heads;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> keys_t, values, scores;
-    for (int64_t item = begin; item < end; ++item) {
-      const Tile& tile = tiles[item / s.kv_heads];
-      const int64_t kv_head = item % s.kv_heads;
-      const auto lowest = [&](int64_t position) { return s.chunk ? position / s.chunk * s.chunk : 0; };
-      const KeyRange keys{lowest(tile.first_position), tile.first_position + tile.rows - lowest(tile.first_position)};
-      const int64_t stride = (keys.count + LANES - 1) / LANES * LANES;
-      keys_t.resize(D * stride);
-      values.resize(keys.count * D);
-      scores.resize(stride);
-      gather_keys<T>(k_data, v_data, table_data + tile.sequence * s.max_blocks, s, kv_head, keys, stride,
-                     keys_t.data(), values.data());
-      for (int64_t r = 0; r < tile.rows; ++r) {
-        const int64_t position = tile.first_position + r;
-        const int64_t first = lowest(position) - keys.first, n = position + 1 - lowest(position);
-        for (int64_t g = 0; g < s.group; ++g) {
-          const int64_t offset = ((tile.first_row + r) * s.heads + kv_head * s.group + g) * D;
-          score_keys(q_data + offset, keys_t.data(), stride, D, first, n, static_cast<float>(scale), scores.data());
-          softmax(scores.data(), n);
-          weigh_values(scores.data(), values.data() + first * D, n, D, out_data + offset);
-        }
+  // Items of one sequence cost about the same and a long prompt's cost the most: dealt round-robin, the
+  // threads' shares come out even where contiguous ranges would not.
+  const int64_t count = static_cast<int64_t>(items.size());
+  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+  at::parallel_for(0, shares, 1, [&](int64_t first_share, int64_t end_share) {
+    std::vector<float> queries, weights;
+    std::vector<int64_t> rows;
+    for (int64_t share = first_share; share < end_share; ++share) {
+      for (int64_t i = share; i < count; i += shares) {
+        const Item& item = items[i];
+        const int64_t b = item.sequence, new_tokens = starts[b + 1] - starts[b];
+        attend<T>(q_data, k_data, v_data, table_data + b * s.max_blocks, s, item, starts[b], new_tokens,
+                  lens[b] - new_tokens, static_cast<float>(scale), out_data, queries, weights, rows);
       }
     }
   });
@@ -211,20 +221,21 @@ torch::Tensor paged_prefill_attention(const torch::Tensor& q, const torch::Tenso
   const int32_t* start_data = starts.data_ptr<int32_t>();
   TORCH_CHECK(start_data[0] == 0 && start_data[context_lens.numel()] == q.size(0),
               "query_start_loc must run from 0 to the number of query rows");
-  std::vector<Tile> tiles;
+  std::vector<Item> items;
   for (int64_t b = 0; b < context_lens.numel(); ++b) {
-    const int64_t first_row = start_data[b], rows = start_data[b + 1] - first_row, prefix = len_data[b] - rows;
+    const int64_t rows = start_data[b + 1] - start_data[b], prefix = len_data[b] - rows;
     TORCH_CHECK(rows >= 0 && prefix >= 0 && len_data[b] <= s.max_blocks * s.block_size,
                 "each sequence's context length must cover its new tokens and fit its block table");
-    for (int64_t r = 0; r < rows; r += QUERY_TILE)
-      tiles.push_back({b, first_row + r, std::min(QUERY_TILE, rows - r), prefix + r});
+    for (int64_t h = 0; h < s.kv_heads; ++h) {
+      for (int64_t pair = 0; pair < rows * s.group; pair += LANES) items.push_back({b, h, pair});
+    }
   }
   auto out = torch::empty_like(q);
   if (k_cache.scalar_type() == torch::kFloat) {
-    run<float>(q, k_cache, v_cache, block_tables, tiles, s, scale, out);
+    run<float>(q, k_cache, v_cache, block_tables, len_data, start_data, items, s, scale, out);
   } else {
     TORCH_CHECK(k_cache.scalar_type() == torch::kBFloat16, "the caches must be float32 or bfloat16");
-    run<at::BFloat16>(q, k_cache, v_cache, block_tables, tiles, s, scale, out);
+    run<at::BFloat16>(q, k_cache, v_cache, block_tables, len_data, start_data, items, s, scale, out);
   }
   return out;
 }
