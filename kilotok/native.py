@@ -37,7 +37,9 @@ def build_cpu_ops(sources: list[Path], prefix: str, what: str) -> bool:
     False, with one line on stderr naming `what` and the fallback, where that fails."""
     from torch.utils import cpp_extension
 
-    name = f"{prefix}_{hashlib.sha256(b''.join(source.read_bytes() for source in sources)).hexdigest()[:12]}"
+    # Headers beside the sources are part of the build too.
+    inputs = sorted({*sources, *(header for source in sources for header in source.parent.glob("*.h"))})
+    name = f"{prefix}_{hashlib.sha256(b''.join(path.read_bytes() for path in inputs)).hexdigest()[:12]}"
     try:
         _find_ninja()
         if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/{name}.so")):

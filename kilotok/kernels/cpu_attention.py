@@ -36,7 +36,7 @@ def cpu_attention_available() -> bool:
 
 
 def _processor_supported() -> bool:
-    return torch.ops.kilotok.decode_attention_cpu_supported() and torch.ops.kilotok.prefill_attention_cpu_supported()
+    return torch.ops.kilotok.attention_cpu_supported()
 
 
 def cpu_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

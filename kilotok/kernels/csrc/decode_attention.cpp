@@ -1,91 +1,103 @@
 // Decode attention over a gathered key window for x86 CPUs, registered as
 // kilotok::gathered_decode_attention; kilotok/kernels/cpu_attention.py builds this file and registers the
-// op's fake implementation. The PyTorch reference is kernels/attention.py's `decode_attention_reference`.
+// op's fake implementation. The PyTorch reference is kernels/attention.py's `decode_attention`.
 //
 // Each query row r has a window of L cache slots (index[r, :]) of which valid[r, :] marks the keys it may
 // see: a plain decode row's own context, or a draft-tree node's context plus its ancestors. One work item
-// is one (row, KV head) pair: the head's group of query heads is scored against each valid key while the
-// key is loaded once, then the values are summed with the softmax weights. Nothing is gathered into a
-// temporary window and masked keys are skipped rather than weighted by zero, so the work follows the
-// valid keys only.
+// is one (row, KV head) pair; for each query head of the group it scores the valid keys 16 at a time
+// (each key's products summed per vector lane, then the 16 keys' lanes reduced together), takes a
+// vectorized softmax, and sums the values with those weights. Nothing is gathered into a temporary
+// window and masked keys are skipped rather than weighted by zero, so the work follows the valid keys.
 //
 // A row's result must not depend on what else is in the batch or how long the window is padded: the
 // speculative decoder verifies a tree beside other rows and must reproduce a plain decode bit for bit.
-// Every item runs the same instructions over its valid keys in window order, whatever the other rows and
-// whichever thread takes it, so that holds.
+// Every item runs the same instructions over its valid keys in window order (groups of 16 counted from
+// its first valid key), whatever the other rows and whichever thread takes it, so that holds.
 
-#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
+
+#include "cpu_vector.h"
 
 namespace {
 
-#define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-bool cpu_supported() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
-
-template <typename T>
-KILOTOK_AVX512 inline void load_row(const T* src, int64_t n, float* dst) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
-KILOTOK_AVX512 inline float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
+using namespace kilotok_cpu;
 
 struct Shape {
   int64_t heads, kv_heads, group, head_dim, window;
 };
 
+// scores[0:n] = scale * (q . key j) for the keys at cache offsets rows[0:n], 16 at a time: each key's
+// products are summed per lane over the head dimension (the query held in registers, 128 columns at a
+// time), then the 16 keys' lanes are reduced together. scores must have room for n rounded up to 16.
+template <typename T>
+KILOTOK_AVX512 void score_keys(const float* q, const T* k_cache, const int64_t* rows, int64_t n, int64_t D,
+                               float scale, float* scores) {
+  for (int64_t j0 = 0; j0 < n; j0 += LANES) {
+    __m512 partial[16];
+    for (int k = 0; k < 16; ++k) partial[k] = _mm512_setzero_ps();
+    const int keys = static_cast<int>(std::min<int64_t>(LANES, n - j0));
+    for (int64_t c0 = 0; c0 < D; c0 += 8 * LANES) {
+      __mmask16 masks[8];
+      __m512 query[8];
+      for (int c = 0; c < 8; ++c) {
+        masks[c] = lanes_below(D - c0 - c * LANES);
+        query[c] = _mm512_maskz_loadu_ps(masks[c], q + c0 + c * LANES);
+      }
+      for (int k = 0; k < keys; ++k) {
+        const T* key = k_cache + rows[j0 + k] + c0;
+        for (int c = 0; c < 8; ++c) {
+          if (masks[c]) partial[k] = _mm512_fmadd_ps(query[c], load16(key + c * LANES, masks[c]), partial[k]);
+        }
+      }
+    }
+    _mm512_storeu_ps(scores + j0, _mm512_mul_ps(sum_each16(partial), _mm512_set1_ps(scale)));
+  }
+}
+
+// p[0:n] -> softmax(p[0:n]) in place, vector lanes counted from p[0].
+KILOTOK_AVX512 void softmax(float* p, int64_t n) {
+  __m512 top = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; j += LANES) top = _mm512_mask_max_ps(top, lanes_below(n - j), top, _mm512_loadu_ps(p + j));
+  const __m512 peak = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += LANES) {
+    const __mmask16 mask = lanes_below(n - j);
+    const __m512 e = _mm512_maskz_mov_ps(mask, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(p + j), peak)));
+    total = _mm512_add_ps(total, e);
+    _mm512_mask_storeu_ps(p + j, mask, e);
+  }
+  const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
+  for (int64_t j = 0; j < n; j += LANES) {
+    const __mmask16 mask = lanes_below(n - j);
+    _mm512_mask_storeu_ps(p + j, mask, _mm512_mul_ps(_mm512_loadu_ps(p + j), inverse));
+  }
+}
+
 // One (row, KV head): `q` holds the group's query heads [group, D] in float, `out` their results.
 template <typename T>
 KILOTOK_AVX512 void attend(const float* q, const T* k_cache, const T* v_cache, const int64_t* index,
                            const bool* valid, const Shape& s, int64_t kv_head, float scale, float* out,
-                           std::vector<int64_t>& slots, std::vector<float>& scores, std::vector<float>& row) {
+                           std::vector<int64_t>& rows, std::vector<float>& scores) {
   const int64_t D = s.head_dim, G = s.group;
-  slots.clear();
+  rows.clear();
   for (int64_t j = 0; j < s.window; ++j) {
-    if (valid[j]) slots.push_back(index[j]);
+    if (valid[j]) rows.push_back((index[j] * s.kv_heads + kv_head) * D);
   }
-  const int64_t n = static_cast<int64_t>(slots.size());
-  std::fill(out, out + G * D, 0.0f);
-  if (n == 0) return;
-  scores.resize(G * n);
-  for (int64_t j = 0; j < n; ++j) {
-    load_row(k_cache + (slots[j] * s.kv_heads + kv_head) * D, D, row.data());
-    for (int64_t g = 0; g < G; ++g) scores[g * n + j] = dot(q + g * D, row.data(), D) * scale;
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (n == 0) {
+    std::fill(out, out + G * D, 0.0f);
+    return;
   }
+  const int64_t padded = (n + LANES - 1) / LANES * LANES;
+  scores.resize(padded);
   for (int64_t g = 0; g < G; ++g) {
-    float* p = scores.data() + g * n;
-    const float top = *std::max_element(p, p + n);
-    float total = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      p[j] = std::exp(p[j] - top);
-      total += p[j];
-    }
-    const float inverse = 1.0f / total;
-    for (int64_t j = 0; j < n; ++j) p[j] *= inverse;
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    load_row(v_cache + (slots[j] * s.kv_heads + kv_head) * D, D, row.data());
-    for (int64_t g = 0; g < G; ++g) {
-      const float weight = scores[g * n + j];
-      float* o = out + g * D;
-#pragma omp simd
-      for (int64_t i = 0; i < D; ++i) o[i] += weight * row[i];
-    }
+    score_keys(q + g * D, k_cache, rows.data(), n, D, scale, scores.data());
+    softmax(scores.data(), n);
+    weigh_values(scores.data(), 1, 1.0f, v_cache, rows.data(), n, D, out + g * D);
   }
 }
 
@@ -93,26 +105,19 @@ template <typename T>
 void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
          const torch::Tensor& index, const torch::Tensor& valid, double scale, torch::Tensor& out) {
   const Shape s{q.size(1), k_cache.size(2), q.size(1) / k_cache.size(2), q.size(2), index.size(1)};
-  const int64_t items = q.size(0) * s.kv_heads;
   const float* q_data = q.data_ptr<float>();
   const T* k_data = k_cache.data_ptr<T>();
   const T* v_data = v_cache.data_ptr<T>();
   const int64_t* index_data = index.data_ptr<int64_t>();
   const bool* valid_data = valid.data_ptr<bool>();
   float* out_data = out.data_ptr<float>();
-  // Small items (short windows) are grouped so a thread's share is worth waking it for.
-  const int64_t work = std::max<int64_t>(1, s.window * s.group * s.head_dim);
-  const int64_t grain = std::max<int64_t>(1, (1 << 15) / work);
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> slots;
-    std::vector<float> scores;
-    std::vector<float> row(s.head_dim);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item / s.kv_heads, h = item % s.kv_heads;
-      const int64_t offset = (r * s.heads + h * s.group) * s.head_dim;
-      attend<T>(q_data + offset, k_data, v_data, index_data + r * s.window, valid_data + r * s.window, s, h,
-                static_cast<float>(scale), out_data + offset, slots, scores, row);
-    }
+  parallel_round_robin(q.size(0) * s.kv_heads, [&](int64_t item) {
+    thread_local std::vector<int64_t> rows;
+    thread_local std::vector<float> scores;
+    const int64_t r = item / s.kv_heads, h = item % s.kv_heads;
+    const int64_t offset = (r * s.heads + h * s.group) * s.head_dim;
+    attend<T>(q_data + offset, k_data, v_data, index_data + r * s.window, valid_data + r * s.window, s, h,
+              static_cast<float>(scale), out_data + offset, rows, scores);
   });
 }
 
@@ -147,7 +152,7 @@ torch::Tensor gathered_decode_attention(const torch::Tensor& q, const torch::Ten
 TORCH_LIBRARY_FRAGMENT(kilotok, m) {
   m.def("gathered_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor index, Tensor valid, "
         "float scale) -> Tensor");
-  m.def("decode_attention_cpu_supported() -> bool", &cpu_supported);
+  m.def("attention_cpu_supported() -> bool", &avx512_supported);
 }
 
 TORCH_LIBRARY_IMPL(kilotok, CPU, m) { m.impl("gathered_decode_attention", &gathered_decode_attention); }

@@ -15,8 +15,6 @@
 // prompt was split into chunks: a score accumulates over the head dimension in order, masked keys add
 // exact zeros to the softmax's sum, and the value sum runs over the query's own keys in order.
 
-#include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -24,40 +22,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_vector.h"
+
 namespace {
 
-#define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
-constexpr int64_t LANES = 16;
-
-KILOTOK_AVX512 inline __mmask16 lanes_below(int64_t count) {
-  return count >= LANES ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
-}
-
-// e^x for x <= 0 (scores less their maximum): 2^k * e^r with |r| <= ln2 / 2, e^r by the Cephes polynomial
-// (relative error about 1e-7).
-KILOTOK_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // e^-104 is below the smallest float: the result is 0
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);
-}
-
-// 16 consecutive cache elements (fewer under `mask`) as floats.
-KILOTOK_AVX512 inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
-KILOTOK_AVX512 inline __m512 load16(const at::BFloat16* p, __mmask16 mask) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
+using namespace kilotok_cpu;
 
 struct Shape {
   int64_t heads, kv_heads, group, head_dim, block_size, max_blocks, chunk;
@@ -140,26 +109,12 @@ KILOTOK_AVX512 void attend(const float* q, const T* k_cache, const T* v_cache, c
   }
   alignas(64) float inverse[LANES];
   _mm512_store_ps(inverse, _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), lanes.active, total)));
-  // Each pair's values, up to 128 columns in registers at a time, over its own keys in order.
+  // Each pair's values over its own keys, in order.
   for (int64_t i = 0; i < LANES; ++i) {
     if (!(lanes.active >> i & 1)) continue;
     const int64_t begin = lowest[i] - lanes.first_key, end = position[i] - lanes.first_key + 1;
-    for (int64_t c0 = 0; c0 < D; c0 += 8 * LANES) {
-      __mmask16 masks[8];
-      __m512 acc[8];
-      for (int c = 0; c < 8; ++c) {
-        masks[c] = lanes_below(std::max<int64_t>(0, D - c0 - c * LANES));
-        acc[c] = _mm512_setzero_ps();
-      }
-      for (int64_t j = begin; j < end; ++j) {
-        const __m512 w = _mm512_set1_ps(weights[j * LANES + i] * inverse[i]);
-        const T* row = v_cache + rows[j] + c0;
-        for (int c = 0; c < 8; ++c) {
-          if (masks[c]) acc[c] = _mm512_fmadd_ps(w, load16(row + c * LANES, masks[c]), acc[c]);
-        }
-      }
-      for (int c = 0; c < 8; ++c) _mm512_mask_storeu_ps(out + offsets[i] + c0 + c * LANES, masks[c], acc[c]);
-    }
+    weigh_values(weights.data() + begin * LANES + i, LANES, inverse[i], v_cache, rows.data() + begin, end - begin, D,
+                 out + offsets[i]);
   }
 }
 
@@ -172,27 +127,14 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   const T* v_data = v_cache.data_ptr<T>();
   const int32_t* table_data = block_tables.data_ptr<int32_t>();
   float* out_data = out.data_ptr<float>();
-  // Items of one sequence cost about the same and a long prompt's cost the most: dealt round-robin, the
-  // threads' shares come out even where contiguous ranges would not.
-  const int64_t count = static_cast<int64_t>(items.size());
-  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
-  at::parallel_for(0, shares, 1, [&](int64_t first_share, int64_t end_share) {
-    std::vector<float> queries, weights;
-    std::vector<int64_t> rows;
-    for (int64_t share = first_share; share < end_share; ++share) {
-      for (int64_t i = share; i < count; i += shares) {
-        const Item& item = items[i];
-        const int64_t b = item.sequence, new_tokens = starts[b + 1] - starts[b];
-        attend<T>(q_data, k_data, v_data, table_data + b * s.max_blocks, s, item, starts[b], new_tokens,
-                  lens[b] - new_tokens, static_cast<float>(scale), out_data, queries, weights, rows);
-      }
-    }
+  parallel_round_robin(static_cast<int64_t>(items.size()), [&](int64_t i) {
+    thread_local std::vector<float> queries, weights;
+    thread_local std::vector<int64_t> rows;
+    const Item& item = items[i];
+    const int64_t b = item.sequence, new_tokens = starts[b + 1] - starts[b];
+    attend<T>(q_data, k_data, v_data, table_data + b * s.max_blocks, s, item, starts[b], new_tokens,
+              lens[b] - new_tokens, static_cast<float>(scale), out_data, queries, weights, rows);
   });
-}
-
-bool cpu_supported() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
 // q [T, H, D] float32; caches [blocks, block_size, Hkv, D] float32 or bfloat16; block_tables [B, max_blocks]
@@ -245,7 +187,6 @@ torch::Tensor paged_prefill_attention(const torch::Tensor& q, const torch::Tenso
 TORCH_LIBRARY_FRAGMENT(kilotok, m) {
   m.def("paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, Tensor query_start_loc, float scale, int chunk) -> Tensor");
-  m.def("prefill_attention_cpu_supported() -> bool", &cpu_supported);
-}
+  }
 
 TORCH_LIBRARY_IMPL(kilotok, CPU, m) { m.impl("paged_prefill_attention", &paged_prefill_attention); }
