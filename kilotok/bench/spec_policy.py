@@ -71,7 +71,9 @@ def calibrate(llm, batch_sizes: list[int], shapes: list[TreeShape | None], max_t
         best = None
         for shape in shapes:
             speculator.policy = SpecPolicy.fixed(shape) if shape else SpecPolicy(())
-            decode_rate(llm, batch_size, 4)  # compiles this batch's verify graph outside the timing
+            # The same run once untimed: it compiles every graph this batch and tree need (the head's
+            # steps, and verify graphs for the trees cut short near max_tokens) outside the timing.
+            decode_rate(llm, batch_size, max_tokens)
             rate, acceptance = decode_rate(llm, batch_size, max_tokens)
             label = "0" if shape is None else f"{shape.depth}x{shape.tree_size}"
             log(f"batch {batch_size:3d} tree {label:>6}: {rate:8.1f} tok/s total, acceptance {acceptance:.2f}")
