@@ -81,6 +81,17 @@ def test_matches_attention_by_definition(contexts, new_tokens, heads, kv_heads, 
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_scores_far_below_zero_and_far_apart_still_match():
+    k_cache, v_cache = caches(3, 64, torch.float32, seed=9)
+    tables, lens, starts = batch([40, 17], [40, 17], seed=10)
+    # Scores spread over hundreds, then every score below -400 (positive keys, negative queries).
+    k_cache = k_cache.abs()
+    for q in (torch.randn(57, 9, 64) * 60, -torch.randn(57, 9, 64).abs() * 100):
+        out = cpu_attention.cpu_prefill_attention(q, k_cache, v_cache, tables, lens, starts, 0.125)
+        expected = attention_by_definition(q, k_cache, v_cache, tables, lens, starts, 0.125, 0)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_a_token_is_the_same_however_its_prompt_was_chunked_and_batched():
     k_cache, v_cache = caches(3, 64, torch.float32, seed=1)
     tables, lens, starts = batch([90, 40], [90, 40], seed=2)

@@ -96,7 +96,7 @@ KILOTOK_AVX512 void attend(const float* q, const T* k_cache, const T* v_cache, c
     for (int u = 0; u < 4; ++u) _mm512_storeu_ps(weights.data() + (j + u) * LANES, _mm512_mul_ps(acc[u], _mm512_set1_ps(scale)));
   }
   // Softmax across keys, each lane over its own visible keys; the others weigh exactly 0.
-  __m512 top = _mm512_set1_ps(-104.0f * 4);
+  __m512 top = _mm512_set1_ps(-INFINITY);  // every active lane sees at least its own key
   for (int64_t j = 0; j < n; ++j) {
     top = _mm512_mask_max_ps(top, visible(lanes, j), top, _mm512_loadu_ps(weights.data() + j * LANES));
   }
