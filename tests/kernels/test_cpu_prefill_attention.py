@@ -82,14 +82,19 @@ def test_matches_attention_by_definition(contexts, new_tokens, heads, kv_heads, 
 
 
 def test_scores_far_below_zero_and_far_apart_still_match():
-    k_cache, v_cache = caches(3, 64, torch.float32, seed=9)
+    """Scores spread over tens, then every score near -480 (keys about +1, queries about -60). A float32
+    score near -480 carries about 1e-4 of rounding that the softmax passes on, hence the tolerance;
+    what this guards against is the maximum or the sum going wrong (NaN, or weights from the wrong keys)."""
+    generator = torch.Generator().manual_seed(11)
     tables, lens, starts = batch([40, 17], [40, 17], seed=10)
-    # Scores spread over hundreds, then every score below -400 (positive keys, negative queries).
-    k_cache = k_cache.abs()
-    for q in (torch.randn(57, 9, 64) * 60, -torch.randn(57, 9, 64).abs() * 100):
+    shape = (BLOCKS, BLOCK_SIZE, 3, 64)
+    k_cache = 1 + 0.05 * torch.randn(shape, generator=generator)
+    v_cache = torch.randn(shape, generator=generator)
+    for q in (torch.randn(57, 9, 64, generator=generator) * 20,
+              -60 * (1 + 0.05 * torch.randn(57, 9, 64, generator=generator))):
         out = cpu_attention.cpu_prefill_attention(q, k_cache, v_cache, tables, lens, starts, 0.125)
         expected = attention_by_definition(q, k_cache, v_cache, tables, lens, starts, 0.125, 0)
-        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
 
 
 def test_a_token_is_the_same_however_its_prompt_was_chunked_and_batched():
