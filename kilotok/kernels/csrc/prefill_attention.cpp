@@ -32,89 +32,115 @@ struct Shape {
   int64_t heads, kv_heads, group, head_dim, block_size, max_blocks, chunk;
 };
 
-// 16 (token, query head) pairs of one sequence and KV head; the keys they see lie in [first_key, last_key].
-struct Lanes {
-  __mmask16 active;
-  __m512i lowest, position;  // each lane's visible key positions, inclusive
-  int64_t first_key, last_key;
-};
-
-// Which lanes see key first_key + j.
-KILOTOK_AVX512 inline __mmask16 visible(const Lanes& lanes, int64_t j) {
-  const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(lanes.first_key + j));
-  return static_cast<__mmask16>(lanes.active & _mm512_cmp_epi32_mask(key, lanes.lowest, _MM_CMPINT_NLT) &
-                                _mm512_cmp_epi32_mask(key, lanes.position, _MM_CMPINT_LE));
-}
-
-// One work item: `pairs` (token * group + g) of sequence `sequence`, from `first_pair`.
+// One work item: 16 (token, query head) pairs of sequence `sequence` and KV head `kv_head`, numbered
+// token * group + g among the sequence's pairs from `first_pair`.
 struct Item {
   int64_t sequence, kv_head, first_pair;
 };
 
+// Where one sequence's new tokens are: rows first_row.. of q, the last of its context's cached tokens.
+struct Prompt {
+  int64_t first_row, new_tokens, prefix;
+};
+
+// An item's 16 pairs: which lanes hold one, each lane's visible key positions [lowest, position] and
+// its row in q / out; every lane sees keys within [first_key, last_key].
+struct Lanes {
+  __mmask16 active = 0;
+  alignas(64) int32_t lowest[LANES] = {}, position[LANES] = {};
+  int64_t offsets[LANES] = {};
+  int64_t first_key = INT64_MAX, last_key = 0;
+};
+
+// The item's lanes, and its queries transposed to [D][16] (zeros in unused lanes).
+Lanes load_lanes(const float* q, const Shape& s, const Item& item, const Prompt& prompt, std::vector<float>& queries) {
+  const int64_t D = s.head_dim, G = s.group;
+  Lanes lanes;
+  queries.assign(D * LANES, 0.0f);
+  for (int64_t i = 0; i < LANES; ++i) {
+    const int64_t pair = item.first_pair + i, t = pair / G, position = prompt.prefix + t;
+    if (t >= prompt.new_tokens) continue;
+    lanes.active |= static_cast<__mmask16>(1u << i);
+    lanes.position[i] = static_cast<int32_t>(position);
+    lanes.lowest[i] = static_cast<int32_t>(s.chunk ? position / s.chunk * s.chunk : 0);
+    lanes.first_key = std::min<int64_t>(lanes.first_key, lanes.lowest[i]);
+    lanes.last_key = std::max<int64_t>(lanes.last_key, position);
+    lanes.offsets[i] = ((prompt.first_row + t) * s.heads + item.kv_head * G + pair % G) * D;
+    for (int64_t d = 0; d < D; ++d) queries[d * LANES + i] = q[lanes.offsets[i] + d];
+  }
+  return lanes;
+}
+
+// Which lanes see key first_key + j.
+KILOTOK_AVX512 inline __mmask16 visible(const Lanes& lanes, __m512i lowest, __m512i position, int64_t j) {
+  const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(lanes.first_key + j));
+  return static_cast<__mmask16>(lanes.active & _mm512_cmp_epi32_mask(key, lowest, _MM_CMPINT_NLT) &
+                                _mm512_cmp_epi32_mask(key, position, _MM_CMPINT_LE));
+}
+
+// weights[j][lane] = scale * (query . key j) for the n keys at cache offsets rows[0:n], four keys at a
+// time so their FMA chains overlap. weights must have room for n rounded up to 4 keys.
+template <typename T>
+KILOTOK_AVX512 void score_lanes(const float* queries, const T* k_cache, const int64_t* rows, int64_t n, int64_t D,
+                                float scale, float* weights) {
+  for (int64_t j = 0; j < n; j += 4) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const T* keys[4];
+    for (int u = 0; u < 4; ++u) keys[u] = k_cache + rows[std::min(j + u, n - 1)];
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 qd = _mm512_loadu_ps(queries + d * LANES);
+      for (int u = 0; u < 4; ++u) {
+        acc[u] = _mm512_fmadd_ps(qd, _mm512_set1_ps(static_cast<float>(keys[u][d])), acc[u]);
+      }
+    }
+    for (int u = 0; u < 4; ++u) {
+      _mm512_storeu_ps(weights + (j + u) * LANES, _mm512_mul_ps(acc[u], _mm512_set1_ps(scale)));
+    }
+  }
+}
+
+// weights[j][lane] -> e^(score - the lane's maximum) over the lane's visible keys, exactly 0 elsewhere;
+// inverse[lane] = 1 / the lane's sum.
+KILOTOK_AVX512 void softmax_lanes(const Lanes& lanes, int64_t n, float* weights, float* inverse) {
+  const __m512i lowest = _mm512_load_si512(lanes.lowest), position = _mm512_load_si512(lanes.position);
+  __m512 top = _mm512_set1_ps(-INFINITY);  // every active lane sees at least its own key
+  for (int64_t j = 0; j < n; ++j) {
+    top = _mm512_mask_max_ps(top, visible(lanes, lowest, position, j), top, _mm512_loadu_ps(weights + j * LANES));
+  }
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    float* w = weights + j * LANES;
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(w), top));
+    const __m512 kept = _mm512_maskz_mov_ps(visible(lanes, lowest, position, j), e);
+    total = _mm512_add_ps(total, kept);
+    _mm512_storeu_ps(w, kept);
+  }
+  const __m512 sums = _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), lanes.active, total);
+  _mm512_storeu_ps(inverse, _mm512_div_ps(_mm512_set1_ps(1.0f), sums));
+}
+
 template <typename T>
 KILOTOK_AVX512 void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* blocks,
-                           const Shape& s, const Item& item, int64_t first_row, int64_t new_tokens, int64_t prefix,
-                           float scale, float* out, std::vector<float>& queries, std::vector<float>& weights,
-                           std::vector<int64_t>& rows) {
-  const int64_t D = s.head_dim, G = s.group;
-  const auto lowest_key = [&](int64_t position) { return s.chunk ? position / s.chunk * s.chunk : 0; };
-  // Lane i: pair first_pair + i, i.e. token t = pair / G of the sequence's new ones and head g = pair % G.
-  alignas(64) int32_t lowest[LANES], position[LANES];
-  int64_t offsets[LANES];
-  queries.assign(D * LANES, 0.0f);
-  Lanes lanes{0, {}, {}, INT64_MAX, 0};
-  for (int64_t i = 0; i < LANES; ++i) {
-    const int64_t pair = item.first_pair + i, t = pair / G;
-    lowest[i] = position[i] = 0;
-    if (t >= new_tokens) continue;
-    lanes.active |= static_cast<__mmask16>(1u << i);
-    position[i] = static_cast<int32_t>(prefix + t);
-    lowest[i] = static_cast<int32_t>(lowest_key(prefix + t));
-    lanes.first_key = std::min<int64_t>(lanes.first_key, lowest[i]);
-    lanes.last_key = std::max<int64_t>(lanes.last_key, position[i]);
-    offsets[i] = ((first_row + t) * s.heads + item.kv_head * G + pair % G) * D;
-    for (int64_t d = 0; d < D; ++d) queries[d * LANES + i] = q[offsets[i] + d];
-  }
-  lanes.lowest = _mm512_load_si512(lowest);
-  lanes.position = _mm512_load_si512(position);
+                           const Shape& s, const Item& item, const Prompt& prompt, float scale, float* out,
+                           std::vector<float>& queries, std::vector<float>& weights, std::vector<int64_t>& rows) {
+  const int64_t D = s.head_dim;
+  const Lanes lanes = load_lanes(q, s, item, prompt, queries);
   const int64_t n = lanes.last_key - lanes.first_key + 1;
   rows.resize(n);
   for (int64_t j = 0, block = lanes.first_key / s.block_size, offset = lanes.first_key % s.block_size; j < n; ++j) {
     rows[j] = ((blocks[block] * s.block_size + offset) * s.kv_heads + item.kv_head) * D;
     if (++offset == s.block_size) offset = 0, ++block;
   }
-  // Scores [n][16], four keys at a time so their FMA chains overlap.
   weights.resize((n + 3) * LANES);
-  for (int64_t j = 0; j < n; j += 4) {
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    const T* keys[4];
-    for (int u = 0; u < 4; ++u) keys[u] = k_cache + rows[std::min(j + u, n - 1)];
-    for (int64_t d = 0; d < D; ++d) {
-      const __m512 qd = _mm512_loadu_ps(queries.data() + d * LANES);
-      for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(qd, _mm512_set1_ps(static_cast<float>(keys[u][d])), acc[u]);
-    }
-    for (int u = 0; u < 4; ++u) _mm512_storeu_ps(weights.data() + (j + u) * LANES, _mm512_mul_ps(acc[u], _mm512_set1_ps(scale)));
-  }
-  // Softmax across keys, each lane over its own visible keys; the others weigh exactly 0.
-  __m512 top = _mm512_set1_ps(-INFINITY);  // every active lane sees at least its own key
-  for (int64_t j = 0; j < n; ++j) {
-    top = _mm512_mask_max_ps(top, visible(lanes, j), top, _mm512_loadu_ps(weights.data() + j * LANES));
-  }
-  __m512 total = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    float* w = weights.data() + j * LANES;
-    const __m512 e = _mm512_maskz_mov_ps(visible(lanes, j), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(w), top)));
-    total = _mm512_add_ps(total, e);
-    _mm512_storeu_ps(w, e);
-  }
-  alignas(64) float inverse[LANES];
-  _mm512_store_ps(inverse, _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), lanes.active, total)));
+  score_lanes(queries.data(), k_cache, rows.data(), n, D, scale, weights.data());
+  float inverse[LANES];
+  softmax_lanes(lanes, n, weights.data(), inverse);
   // Each pair's values over its own keys, in order.
   for (int64_t i = 0; i < LANES; ++i) {
     if (!(lanes.active >> i & 1)) continue;
-    const int64_t begin = lowest[i] - lanes.first_key, end = position[i] - lanes.first_key + 1;
-    weigh_values(weights.data() + begin * LANES + i, LANES, inverse[i], v_cache, rows.data() + begin, end - begin, D,
-                 out + offsets[i]);
+    const int64_t begin = lanes.lowest[i] - lanes.first_key, end = lanes.position[i] - lanes.first_key + 1;
+    weigh_values(weights.data() + begin * LANES + i, LANES, inverse[i], v_cache, rows.data() + begin, end - begin,
+                 D, out + lanes.offsets[i]);
   }
 }
 
@@ -132,8 +158,9 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
     thread_local std::vector<int64_t> rows;
     const Item& item = items[i];
     const int64_t b = item.sequence, new_tokens = starts[b + 1] - starts[b];
-    attend<T>(q_data, k_data, v_data, table_data + b * s.max_blocks, s, item, starts[b], new_tokens,
-              lens[b] - new_tokens, static_cast<float>(scale), out_data, queries, weights, rows);
+    const Prompt prompt{starts[b], new_tokens, lens[b] - new_tokens};
+    attend<T>(q_data, k_data, v_data, table_data + b * s.max_blocks, s, item, prompt, static_cast<float>(scale),
+              out_data, queries, weights, rows);
   });
 }
 
