@@ -4,8 +4,9 @@ CPU, the same math as its tensor-op references:
 - decode rows (csrc/decode_attention.cpp): each row reads its valid keys straight from the paged cache
   instead of gathering, masking and softmaxing a whole padded window as `decode_attention` does; (row, KV
   head) pairs spread over threads, so a batch of many rows, or a draft tree, costs little more than one;
-- prompts (csrc/prefill_attention.cpp): every sequence's new tokens over the block table, tiles of
-  tokens spread over threads, instead of `paged_attention_reference`'s SDPA call per sequence and layer.
+- prompts (csrc/prefill_attention.cpp): every sequence's new tokens over the block table in one call,
+  groups of 16 (token, query head) pairs spread over threads, instead of `paged_attention_reference`'s
+  SDPA call per sequence and layer.
 
 kilotok builds both the first time they are needed (kilotok/native.py). Where the build fails, the
 processor lacks AVX-512, or KILOTOK_CPU_ATTENTION=0 asks for the references (to compare the two),
@@ -28,15 +29,12 @@ SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.
 def cpu_attention_available() -> bool:
     """Build and load the ops once per process; False, with one line on stderr, where they cannot run."""
     if not load_cpu_ops(SOURCES, "kilotok_attention", "CPU attention kernels", "KILOTOK_CPU_ATTENTION",
-                        "attention runs as tensor ops", _processor_supported, "AVX-512"):
+                        "attention runs as tensor ops", lambda: torch.ops.kilotok.attention_cpu_supported(),
+                        "AVX-512"):
         return False
     torch.library.register_fake("kilotok::gathered_decode_attention")(lambda q, *_: torch.empty_like(q))
     torch.library.register_fake("kilotok::paged_prefill_attention")(lambda q, *_: torch.empty_like(q))
     return True
-
-
-def _processor_supported() -> bool:
-    return torch.ops.kilotok.attention_cpu_supported()
 
 
 def cpu_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

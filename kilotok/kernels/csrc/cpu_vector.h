@@ -1,10 +1,12 @@
-// AVX-512 helpers shared by the CPU attention ops (decode_attention.cpp, prefill_attention.cpp).
+// Helpers shared by the CPU attention ops (decode_attention.cpp, prefill_attention.cpp): their input
+// checks, the cache dtype dispatch, AVX-512 vector math and the work split over threads.
 
 #pragma once
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
+#include <torch/extension.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -18,6 +20,26 @@ constexpr int64_t LANES = 16;
 inline bool avx512_supported() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+// q [rows, heads, head_dim] float32 and the paged caches [blocks, block_size, kv_heads, head_dim] it reads.
+inline void check_query_and_caches(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                                   const char* rows) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat && q.is_contiguous(), "q must be a contiguous float32 [",
+              rows, ", heads, head_dim] tensor");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == v_cache.scalar_type(),
+              "the caches must be contiguous [blocks, block_size, kv_heads, head_dim] tensors of one dtype");
+  TORCH_CHECK(k_cache.size(3) == q.size(2) && q.size(1) % k_cache.size(2) == 0,
+              "the caches' head_dim must match q's and their kv_heads divide q's heads");
+}
+
+// Calls run(T{}) with T the caches' element type: float or at::BFloat16.
+template <typename Run>
+void dispatch_cache_dtype(const torch::Tensor& k_cache, const Run& run) {
+  if (k_cache.scalar_type() == torch::kFloat) return run(float{});
+  TORCH_CHECK(k_cache.scalar_type() == torch::kBFloat16, "the caches must be float32 or bfloat16");
+  run(at::BFloat16{});
 }
 
 KILOTOK_AVX512 inline __mmask16 lanes_below(int64_t count) {

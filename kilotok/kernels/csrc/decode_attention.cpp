@@ -126,24 +126,15 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
 torch::Tensor gathered_decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache,
                                         const torch::Tensor& v_cache, const torch::Tensor& index,
                                         const torch::Tensor& valid, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat && q.is_contiguous(),
-              "q must be a contiguous float32 [rows, heads, head_dim] tensor");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == v_cache.scalar_type(),
-              "the caches must be contiguous [blocks, block_size, kv_heads, head_dim] tensors of one dtype");
-  TORCH_CHECK(k_cache.size(3) == q.size(2) && q.size(1) % k_cache.size(2) == 0,
-              "the caches' head_dim must match q's and their kv_heads divide q's heads");
+  check_query_and_caches(q, k_cache, v_cache, "rows");
   TORCH_CHECK(index.dim() == 2 && index.scalar_type() == torch::kLong && index.is_contiguous() &&
                   valid.sizes() == index.sizes() && valid.scalar_type() == torch::kBool && valid.is_contiguous() &&
                   index.size(0) == q.size(0),
               "index and valid must be contiguous [rows, window] int64 and bool tensors");
   auto out = torch::empty_like(q);
-  if (k_cache.scalar_type() == torch::kFloat) {
-    run<float>(q, k_cache, v_cache, index, valid, scale, out);
-  } else {
-    TORCH_CHECK(k_cache.scalar_type() == torch::kBFloat16, "the caches must be float32 or bfloat16");
-    run<at::BFloat16>(q, k_cache, v_cache, index, valid, scale, out);
-  }
+  dispatch_cache_dtype(k_cache, [&](auto element) {
+    run<decltype(element)>(q, k_cache, v_cache, index, valid, scale, out);
+  });
   return out;
 }
 

@@ -171,13 +171,7 @@ torch::Tensor paged_prefill_attention(const torch::Tensor& q, const torch::Tenso
                                       const torch::Tensor& v_cache, const torch::Tensor& block_tables,
                                       const torch::Tensor& context_lens, const torch::Tensor& query_start_loc,
                                       double scale, int64_t chunk) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat && q.is_contiguous(),
-              "q must be a contiguous float32 [tokens, heads, head_dim] tensor");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == v_cache.scalar_type(),
-              "the caches must be contiguous [blocks, block_size, kv_heads, head_dim] tensors of one dtype");
-  TORCH_CHECK(k_cache.size(3) == q.size(2) && q.size(1) % k_cache.size(2) == 0,
-              "the caches' head_dim must match q's and their kv_heads divide q's heads");
+  check_query_and_caches(q, k_cache, v_cache, "tokens");
   TORCH_CHECK(block_tables.dim() == 2 && block_tables.scalar_type() == torch::kInt && block_tables.is_contiguous() &&
                   context_lens.scalar_type() == torch::kInt && query_start_loc.scalar_type() == torch::kInt &&
                   context_lens.numel() == block_tables.size(0) && query_start_loc.numel() == context_lens.numel() + 1,
@@ -200,12 +194,9 @@ torch::Tensor paged_prefill_attention(const torch::Tensor& q, const torch::Tenso
     }
   }
   auto out = torch::empty_like(q);
-  if (k_cache.scalar_type() == torch::kFloat) {
-    run<float>(q, k_cache, v_cache, block_tables, len_data, start_data, items, s, scale, out);
-  } else {
-    TORCH_CHECK(k_cache.scalar_type() == torch::kBFloat16, "the caches must be float32 or bfloat16");
-    run<at::BFloat16>(q, k_cache, v_cache, block_tables, len_data, start_data, items, s, scale, out);
-  }
+  dispatch_cache_dtype(k_cache, [&](auto element) {
+    run<decltype(element)>(q, k_cache, v_cache, block_tables, len_data, start_data, items, s, scale, out);
+  });
   return out;
 }
 
