@@ -56,9 +56,11 @@ class PackedWeight:
     """A weight in the ops' layout: tiles of 16 output rows (the last one padded with zero rows), blocks of
     32 inputs (the last one padded with zero columns).
 
-    bits 4: codes uint8 [tiles, blocks, 4, 64], two steps per byte; extra: float32 mins [tiles, blocks, 16].
-    bits 8: codes int8 [tiles, blocks, 8, 64]; extra: int32 128 * column sums [tiles, blocks, 16].
-    scales: float32 [tiles, blocks, 16]. Step s of a block holds inputs 4s..4s+3 of the tile's 16 rows.
+    bits 4: codes uint8 [tiles, blocks, 4, 64], two steps per byte; extra: mins [tiles, blocks, 16], in the
+    scales' dtype.
+    bits 8: codes int8 [tiles, blocks, 8, 64]; extra: int16 column sums [tiles, blocks, 16].
+    scales: [tiles, blocks, 16], float16 where every scale (and min) is exactly a float16, as GGUF's are,
+    else float32. Step s of a block holds inputs 4s..4s+3 of the tile's 16 rows.
     """
 
     bits: int
@@ -82,16 +84,23 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> Pa
     # [tiles, 16 rows, blocks, 8 steps, 4 inputs] -> [tiles, blocks, steps, rows, inputs]
     steps = padded.view(tiles, TILE, blocks, 8, 4).permute(0, 2, 3, 1, 4).reshape(tiles, blocks, 8, 64)
 
+    # At one row a step streams the weights: float16 scales and mins are a third of the 4-bit weights' bytes
+    # where float32 ones would be half. Only where that loses nothing.
+    exact = all(torch.equal(values.float().half().float(), values.float()) for values in (scales, offsets))
+    dtype = torch.float16 if exact else torch.float32
+
     def per_tile(values: torch.Tensor) -> torch.Tensor:
-        grid = values.new_zeros((tiles * TILE, blocks), dtype=torch.float32)
+        grid = values.new_zeros((tiles * TILE, blocks), dtype=dtype)
         grid[:out_features, : values.shape[1]] = values
         return grid.view(tiles, TILE, blocks).transpose(1, 2).contiguous()
 
     if bits == 4:
         nibbles = steps[:, :, 0::2] | (steps[:, :, 1::2] << 4)
         return PackedWeight(4, nibbles.contiguous(), per_tile(scales), per_tile(offsets), out_features, in_features)
+    # At most 32 * 128 in magnitude.
     sums = padded.view(tiles, TILE, blocks, GROUP_SIZE).sum(dim=-1, dtype=torch.int32).transpose(1, 2)
-    return PackedWeight(8, steps.contiguous(), per_tile(scales), (128 * sums).contiguous(), out_features, in_features)
+    return PackedWeight(8, steps.contiguous(), per_tile(scales), sums.to(torch.int16).contiguous(), out_features,
+                        in_features)
 
 
 def pack_gguf(tensor: QuantizedTensor) -> PackedWeight:
@@ -102,7 +111,8 @@ def pack_gguf(tensor: QuantizedTensor) -> PackedWeight:
 
 def pack_float(weight: torch.Tensor, bits: int) -> PackedWeight:
     """Quantize a float weight in blocks of 32 along its input dimension: asymmetric 4-bit as GGUF Q4_1
-    does (the block's min and range over 15 steps), or symmetric 8-bit per output row (scale max|w| / 127)."""
+    does (the block's min and range over 15 steps, both kept as float16), or symmetric 8-bit per output
+    row (scale max|w| / 127)."""
     weight = weight.detach().float()
     out_features, in_features = weight.shape
     blocks = -(-in_features // GROUP_SIZE)
@@ -112,7 +122,7 @@ def pack_float(weight: torch.Tensor, bits: int) -> PackedWeight:
         step = (high - low) / 15
         inverse = torch.where(step > 0, 1 / step, torch.zeros_like(step))
         codes = torch.round((grouped - low[..., None]) * inverse[..., None]).clamp_(0, 15).to(torch.uint8)
-        return pack(codes.view(out_features, -1)[:, :in_features], step, low)
+        return pack(codes.view(out_features, -1)[:, :in_features], step.half(), low.half())
     scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
     codes = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return pack(codes, scale[:, None].expand(-1, blocks), torch.zeros(out_features, blocks))
@@ -151,11 +161,11 @@ def unpack(weight: PackedWeight) -> tuple[torch.Tensor, torch.Tensor | None]:
     else:
         steps = weight.codes
     codes = steps.view(tiles, blocks, 8, TILE, 4).permute(0, 3, 1, 2, 4).reshape(tiles * TILE, blocks, GROUP_SIZE)
-    scales = weight.scales.transpose(1, 2).reshape(tiles * TILE, blocks)
+    scales = weight.scales.float().transpose(1, 2).reshape(tiles * TILE, blocks)
     w = (codes.float() * scales[..., None])[: weight.out_features]
     if weight.bits == 8:
         return w, None
-    return w, weight.extra.transpose(1, 2).reshape(tiles * TILE, blocks)[: weight.out_features]
+    return w, weight.extra.float().transpose(1, 2).reshape(tiles * TILE, blocks)[: weight.out_features]
 
 
 class LowBitLinear(nn.Module):

@@ -5,8 +5,9 @@ but never changes them, and returns tensors without reading them back, so on a G
 the next step while this one runs.
 
 Two kinds of forward: `prefill` runs prompt chunks (any number of tokens per sequence), and decode
-forwards run rows that are each one query over its own sequence's keys, through a compiled graph (CPU)
-or a captured CUDA graph (runner/cuda_graphs.py) per padded row count. The PyTorch reference attends
+forwards run rows that are each one query over its own sequence's keys, through a compiled graph per
+padded row count, called without dynamo's guards once built (CPU, runner/compiled_step.py), or a
+captured CUDA graph (runner/cuda_graphs.py). The PyTorch reference attends
 through a gathered key window per row; the Triton kernels read the block table itself, so with them no
 window is built. A plain decode step is such rows, one per sequence; speculative verification builds its
 own rows (kilotok/speculative/verify_inputs.py) and runs them through the same graphs.
@@ -25,6 +26,7 @@ from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.models.causal_lm import CausalLM
+from kilotok.runner.compiled_step import CompiledStep
 from kilotok.runner.cuda_graphs import DecodeGraphs, GraphCapture, capture_cuda_graph
 from kilotok.runner.step_inputs import (
     PADDING_BLOCK,
@@ -68,7 +70,10 @@ class ModelRunner:
             # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
             # bucket per engine would pass its default limit of 8 and silently fall back to eager.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-            self._decode_forwards = {features: torch.compile(forward, dynamic=False, options={"cpp.threads": 1})
+            # The graph's own checks of its inputs' sizes and strides repeat what the replay's layout match
+            # (runner/compiled_step.py) or dynamo's guards already checked, hundreds of calls a step.
+            options = {"cpp.threads": 1, "size_asserts": False}
+            self._decode_forwards = {features: CompiledStep(forward, options)
                                      for features, forward in self._eager_forwards.items()}
         self._compile_failed = not compile_decode
         self._warm_buckets: set[tuple[int, bool]] = set()
@@ -159,25 +164,14 @@ class ModelRunner:
             meta = chunked_key_window(meta)
         if self._compile_failed:
             return self._eager_forwards[features](input_ids, positions, meta)
-        graph = (input_ids.shape[0], features)
-        forward = self._decode_forwards[features]
-        if graph in self._warm_buckets:
-            # Guards that only re-check the (unchanging) model's parameters cost a measurable share of a step;
-            # the ones that tell batch buckets apart are still evaluated. A step that would need a new
-            # graph raises instead, and goes on to the ordinary path below.
-            try:
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return forward(input_ids, positions, meta)
-            except RuntimeError:
-                pass
         try:
-            outputs = forward(input_ids, positions, meta)
+            outputs = self._decode_forwards[features](input_ids, positions, meta)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             print(f"kilotok: torch.compile unavailable ({type(error).__name__}: {error}); running eager",
                   file=sys.stderr)
             self._compile_failed = True
             return self._eager_forwards[features](input_ids, positions, meta)
-        self._warm_buckets.add(graph)
+        self._warm_buckets.add((input_ids.shape[0], features))
         return outputs
 
     def padded_rows(self, rows: int, features: bool = False) -> int:

@@ -98,6 +98,7 @@ def test_the_default_models_own_q4_1_and_q8_0_blocks_are_kept(default_gguf_path)
     head = weights["model.embed_tokens.weight"].take_rows(torch.arange(0, 49152, 97).numpy())
     for stored in (q4, head):
         packed = pack_gguf(stored)
+        assert packed.scales.dtype == torch.float16  # GGUF's own float16 scales, kept exactly
         torch.testing.assert_close(dequantized(packed), stored.dequantize(), rtol=0, atol=0)
         for rows in (1, 8, 33):
             assert_within_bound(torch.randn(rows, stored.shape[1]), packed)
@@ -115,3 +116,19 @@ def test_a_compiled_graph_keeps_the_op():
     x = torch.randn(3, 64)
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float16_and_float32_scales_give_the_same_product(bits):
+    generator = torch.Generator().manual_seed(bits)
+    codes = (torch.randint(0, 16, (37, 70), generator=generator, dtype=torch.uint8) if bits == 4
+             else torch.randint(-127, 128, (37, 70), generator=generator).to(torch.int8))
+    scales = (torch.rand(37, 3, generator=generator) / 10).half()
+    offsets = -(torch.rand(37, 3, generator=generator)).half() if bits == 4 else torch.zeros(37, 3)
+    compact = lowbit.pack(codes, scales, offsets)
+    assert compact.scales.dtype == torch.float16
+    wide = lowbit.PackedWeight(bits, compact.codes, compact.scales.float(),
+                               compact.extra.float() if bits == 4 else compact.extra, 37, 70)
+    x = torch.randn(20, 70, generator=generator)
+    assert torch.equal(lowbit.lowbit_linear(x, compact), lowbit.lowbit_linear(x, wide))
+    assert_within_bound(x, compact)

@@ -14,6 +14,10 @@
 // are the signed operand and the activations, shifted by 128, the unsigned one; per block,
 // out += d * da * (dot(a + 128, c) - 128 * sum(c)).
 //
+// Block scales (and Q4 minimums) are stored as float16 where that is exact, as GGUF's own are: at one row
+// a step only streams the weights, and float32 scales would add half again to the 4-bit codes' bytes.
+// Other weights keep float32 scales; each kernel is built for both.
+//
 // Every row is computed by the same instructions in the same order whatever the number of rows and
 // their position in a tile, and threads split output columns only, so a row's result does not depend
 // on what else is in the batch.
@@ -36,6 +40,17 @@ constexpr int kRows = 16;  // 16 accumulators + 8 weight steps + scales fit the 
 constexpr int64_t kRowChunk = 64;
 
 #define KILOTOK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// How far ahead of its loads a tile asks for weight codes. A thread reads its tiles' codes as one
+// sequential stream, but at few rows it computes too little per byte for the hardware prefetcher alone to
+// keep it fed from memory; the bytes of eight 4-bit blocks.
+constexpr int64_t kPrefetchBytes = 2048;
+
+// Asks for the `bytes` (a multiple of 64) of codes kPrefetchBytes past `block`.
+KILOTOK_AVX512 inline void prefetch_codes(const void* block, int bytes) {
+  const char* ahead = static_cast<const char*>(block) + kPrefetchBytes;
+  for (int line = 0; line < bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+}
 
 bool cpu_supported() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -69,6 +84,12 @@ KILOTOK_AVX512 void quantize_row(const float* x, int64_t k, int64_t blocks, bool
   }
 }
 
+// 16 block scales as floats, from float32 or float16 storage.
+KILOTOK_AVX512 inline __m512 load_scales(const float* p) { return _mm512_loadu_ps(p); }
+KILOTOK_AVX512 inline __m512 load_scales(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
 struct Activations {
   torch::Tensor codes;   // [M, blocks * 32] int8
   torch::Tensor scales;  // [M, blocks] float
@@ -91,22 +112,23 @@ Activations quantize_activations(const torch::Tensor& x, int64_t blocks, bool un
 
 // One tile of 16 output columns for R rows. codes: [blocks][4][64] bytes, two 4-bit steps per byte
 // (low nibble step 2j, high nibble step 2j + 1; each step 16 columns x 4 inputs); d, m: [blocks][16].
-template <int R>
-KILOTOK_AVX512 void q4_tile(const uint8_t* codes, const float* d, const float* m, const int8_t* a, const float* da,
+template <int R, typename S>
+KILOTOK_AVX512 void q4_tile(const uint8_t* codes, const S* d, const S* m, const int8_t* a, const float* da,
                             const float* sums, int64_t blocks, float* out, int64_t out_stride, __mmask16 columns) {
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   const int64_t a_stride = blocks * kBlock;
   for (int64_t b = 0; b < blocks; ++b) {
+    prefetch_codes(codes + b * 256, 256);
     __m512i w[8];
     for (int j = 0; j < 4; ++j) {
       const __m512i packed = _mm512_loadu_si512(codes + (b * 4 + j) * 64);
       w[2 * j] = _mm512_and_si512(packed, nibble);
       w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
     }
-    const __m512 dw = _mm512_loadu_ps(d + b * kTile);
-    const __m512 mw = _mm512_loadu_ps(m + b * kTile);
+    const __m512 dw = load_scales(d + b * kTile);
+    const __m512 mw = load_scales(m + b * kTile);
     for (int r = 0; r < R; ++r) {
       const int32_t* x4 = reinterpret_cast<const int32_t*>(a + r * a_stride + b * kBlock);
       __m512i dot = _mm512_setzero_si512();
@@ -119,19 +141,21 @@ KILOTOK_AVX512 void q4_tile(const uint8_t* codes, const float* d, const float* m
   for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * out_stride, columns, acc[r]);
 }
 
-// One tile for R rows of int8 weights. codes: [blocks][8][64] int8; code_sums: [blocks][16] int32 holding
-// 128 * the block's column sums; d: [blocks][16].
-template <int R>
-KILOTOK_AVX512 void q8_tile(const int8_t* codes, const int32_t* code_sums, const float* d, const int8_t* a,
+// One tile for R rows of int8 weights. codes: [blocks][8][64] int8; code_sums: [blocks][16] int16 holding
+// the block's column sums; d: [blocks][16].
+template <int R, typename S>
+KILOTOK_AVX512 void q8_tile(const int8_t* codes, const int16_t* code_sums, const S* d, const int8_t* a,
                             const float* da, int64_t blocks, float* out, int64_t out_stride, __mmask16 columns) {
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const int64_t a_stride = blocks * kBlock;
   for (int64_t b = 0; b < blocks; ++b) {
+    prefetch_codes(codes + b * 512, 512);
     __m512i w[8];
     for (int step = 0; step < 8; ++step) w[step] = _mm512_loadu_si512(codes + (b * 8 + step) * 64);
-    const __m512i correction = _mm512_loadu_si512(code_sums + b * kTile);
-    const __m512 dw = _mm512_loadu_ps(d + b * kTile);
+    const __m512i correction =
+        _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code_sums + b * kTile))), 7);
+    const __m512 dw = load_scales(d + b * kTile);
     for (int r = 0; r < R; ++r) {
       const int32_t* x4 = reinterpret_cast<const int32_t*>(a + r * a_stride + b * kBlock);
       __m512i dot = _mm512_setzero_si512();
@@ -182,27 +206,43 @@ void check_input(const torch::Tensor& x, int64_t blocks, int64_t tiles, int64_t 
               "out_features ", out_features, " does not match ", tiles, " tiles of ", kTile);
 }
 
+// Calls `body(S{})` with S the C++ type of `scales`' storage, float32 or float16.
+template <typename Body>
+void dispatch_scales(const torch::Tensor& scales, int64_t tiles, int64_t blocks, Body body) {
+  TORCH_CHECK(scales.is_contiguous() && scales.dim() == 3 && scales.size(0) == tiles && scales.size(1) == blocks &&
+                  scales.size(2) == kTile,
+              "scales must be contiguous [tiles, blocks, 16], as the codes");
+  if (scales.scalar_type() == torch::kHalf) return body(at::Half{});
+  TORCH_CHECK(scales.scalar_type() == torch::kFloat, "scales must be float32 or float16");
+  body(float{});
+}
+
 torch::Tensor q4_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
                         const torch::Tensor& mins, int64_t out_features) {
   const int64_t tiles = codes.size(0), blocks = codes.size(1);
   check_input(x, blocks, tiles, out_features);
   TORCH_CHECK(codes.scalar_type() == torch::kUInt8 && codes.is_contiguous() && codes.size(2) == 4 && codes.size(3) == 64,
               "q4 codes must be contiguous uint8 [tiles, blocks, 4, 64]");
+  TORCH_CHECK(mins.scalar_type() == scales.scalar_type() && mins.is_contiguous() && mins.sizes() == scales.sizes(),
+              "q4 mins must be contiguous, with the scales' shape and dtype");
   const int64_t rows = x.size(0);
   const Activations a = quantize_activations(x, blocks, /*unsigned_codes=*/false);
   torch::Tensor out = torch::empty({rows, out_features}, x.options());
   const uint8_t* w = codes.data_ptr<uint8_t>();
-  const float* d = scales.data_ptr<float>();
-  const float* m = mins.data_ptr<float>();
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
-      for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
-        q4_tile<decltype(group)::value>(w + t * blocks * 256, d + t * blocks * kTile, m + t * blocks * kTile,
-                                        a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
-                                        a.scales.data_ptr<float>() + first * blocks,
-                                        a.sums.data_ptr<float>() + first * blocks, blocks,
-                                        out.data_ptr<float>() + first * out_features + t * kTile, out_features,
-                                        tile_columns(t, out_features));
+  dispatch_scales(scales, tiles, blocks, [&](auto scale_type) {
+    using S = decltype(scale_type);
+    const S* d = static_cast<const S*>(scales.data_ptr());
+    const S* m = static_cast<const S*>(mins.data_ptr());
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
+        for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
+          q4_tile<decltype(group)::value, S>(w + t * blocks * 256, d + t * blocks * kTile, m + t * blocks * kTile,
+                                             a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
+                                             a.scales.data_ptr<float>() + first * blocks,
+                                             a.sums.data_ptr<float>() + first * blocks, blocks,
+                                             out.data_ptr<float>() + first * out_features + t * kTile, out_features,
+                                             tile_columns(t, out_features));
+        });
       });
     });
   });
@@ -215,20 +255,25 @@ torch::Tensor q8_linear(const torch::Tensor& x, const torch::Tensor& codes, cons
   check_input(x, blocks, tiles, out_features);
   TORCH_CHECK(codes.scalar_type() == torch::kInt8 && codes.is_contiguous() && codes.size(2) == 8 && codes.size(3) == 64,
               "q8 codes must be contiguous int8 [tiles, blocks, 8, 64]");
+  TORCH_CHECK(code_sums.scalar_type() == torch::kShort && code_sums.is_contiguous() && code_sums.sizes() == scales.sizes(),
+              "q8 code sums must be contiguous int16 with the scales' shape");
   const int64_t rows = x.size(0);
   const Activations a = quantize_activations(x, blocks, /*unsigned_codes=*/true);
   torch::Tensor out = torch::empty({rows, out_features}, x.options());
   const int8_t* w = codes.data_ptr<int8_t>();
-  const int32_t* c = code_sums.data_ptr<int32_t>();
-  const float* s = scales.data_ptr<float>();
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
-      for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
-        q8_tile<decltype(group)::value>(w + t * blocks * 512, c + t * blocks * kTile, s + t * blocks * kTile,
-                                        a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
-                                        a.scales.data_ptr<float>() + first * blocks, blocks,
-                                        out.data_ptr<float>() + first * out_features + t * kTile, out_features,
-                                        tile_columns(t, out_features));
+  const int16_t* c = code_sums.data_ptr<int16_t>();
+  dispatch_scales(scales, tiles, blocks, [&](auto scale_type) {
+    using S = decltype(scale_type);
+    const S* s = static_cast<const S*>(scales.data_ptr());
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
+        for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
+          q8_tile<decltype(group)::value, S>(w + t * blocks * 512, c + t * blocks * kTile, s + t * blocks * kTile,
+                                             a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
+                                             a.scales.data_ptr<float>() + first * blocks, blocks,
+                                             out.data_ptr<float>() + first * out_features + t * kTile, out_features,
+                                             tile_columns(t, out_features));
+        });
       });
     });
   });

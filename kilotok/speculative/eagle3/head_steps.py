@@ -5,9 +5,8 @@ levels (EAGLE-2 dynamic expansion) without returning to Python between levels.
 On a small CPU the head's eager forward costs far more in per-op dispatch than in arithmetic (its int8
 weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
 are built per shape: catch-up per row-count bucket, expansion per (depth, top-k); the number of
-committed keys is a dynamic dimension, so a sequence's growing context needs no new graph. As the target's
-decode graphs do (runner/model_runner.py), calls after a graph's first skip re-checking the guards on the
-head's unchanging weights.
+committed keys is a dynamic dimension, so a sequence's growing context needs no new graph. Calls after a
+graph's first skip re-checking the guards on the head's unchanging weights.
 
 The expansion: the root's top-k children form level 1. Each further level runs the head once over the
 frontier (the k best nodes of the level before, by cumulative log-probability), each node reading its
