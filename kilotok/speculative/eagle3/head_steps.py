@@ -5,8 +5,9 @@ levels (EAGLE-2 dynamic expansion) without returning to Python between levels.
 On a small CPU the head's eager forward costs far more in per-op dispatch than in arithmetic (its int8
 weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
 are built per shape: catch-up per row-count bucket, expansion per (depth, top-k); the number of
-committed keys is a dynamic dimension, so a sequence's growing context needs no new graph. Calls after a
-graph's first skip re-checking the guards on the head's unchanging weights.
+committed keys is a dynamic dimension, so a sequence's growing context needs no new graph. As the
+target's decode graphs are, each graph is called without dynamo's guards once built
+(runner/compiled_step.py).
 
 The expansion: the root's top-k children form level 1. Each further level runs the head once over the
 frontier (the k best nodes of the level before, by cumulative log-probability), each node reading its
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kilotok.runner.compiled_step import CompiledStep
 from kilotok.speculative.eagle3.model import Eagle3DraftModel, Eagle3Output
 from kilotok.speculative.tree import ROOT
 
@@ -48,13 +50,14 @@ def candidate_depths(depth: int, topk: int) -> list[int]:
 class HeadSteps:
     def __init__(self, head: Eagle3DraftModel, compile_steps: bool) -> None:
         self.head = head
-        self._eager = {"catch_up": self._catch_up, "expand": self._expand}
+        self._eager = {"catch_up": self._catch_up_tensors, "expand": self._expand}
         self._calls: dict[str, Callable] = dict(self._eager)
         if compile_steps:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-            self._calls = {name: torch.compile(call, dynamic=False) for name, call in self._eager.items()}
+            # As the target's decode graphs (runner/model_runner.py): the head's elementwise kernels are tiny.
+            options = {"cpp.threads": 1, "size_asserts": False}
+            self._calls = {name: CompiledStep(call, options) for name, call in self._eager.items()}
         self._compile_failed = not compile_steps
-        self._warm: set[tuple] = set()
 
     def catch_up(self, tokens: list[int], features: torch.Tensor, positions: torch.Tensor,
                  past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
@@ -70,8 +73,8 @@ class HeadSteps:
         padded_tokens = torch.tensor([tokens + tokens[-1:] * padding], device=device)
         padded_features = torch.cat((features, features[-1:].expand(padding, -1))).unsqueeze(0)
         padded_positions = torch.cat((positions, positions[-1:].expand(padding))).unsqueeze(0)
-        out = self._call("catch_up", rows, padded_tokens, padded_features, padded_positions, past_k, past_v)
-        return Eagle3Output(out.hidden[:, :count], out.logits[:, :count], out.k[:, :count], out.v[:, :count])
+        out = self._call("catch_up", padded_tokens, padded_features, padded_positions, past_k, past_v)
+        return Eagle3Output(*(tensor[:, :count] for tensor in out))
 
     def expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
                root_hidden: torch.Tensor, last_position: int, depth: int, topk: int) -> Candidates:
@@ -84,36 +87,23 @@ class HeadSteps:
                        topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The candidates as tensors on the head's device (tokens, scores, parents), before `expand` copies
         them to the host."""
-        call = self._call if _compilable(past_k) else self._eager_call
-        return call("expand", (depth, topk), past_k, past_v, root_logits, root_hidden,
-                    torch.tensor(last_position, device=past_k.device), depth, topk)
+        args = (past_k, past_v, root_logits, root_hidden, torch.tensor(last_position, device=past_k.device), depth,
+                topk)
+        return self._call("expand", *args) if _compilable(past_k) else self._expand(*args)
 
-    def _eager_call(self, name: str, shape, *args):
-        return self._eager[name](*args)
-
-    def _call(self, name: str, shape, *args):
-        """The compiled graph of `name` for `shape`, guards on the head's weights skipped once it is built;
-        eager where compiling fails (one line says so)."""
+    def _call(self, name: str, *args):
+        """The compiled graph of `name` for these arguments' shapes; eager where compiling fails (one line
+        says so)."""
         if self._compile_failed:
             return self._eager[name](*args)
-        key = (name, shape)
-        call = self._calls[name]
         _mark_key_lengths(name, args)
-        if key in self._warm:
-            try:
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return call(*args)
-            except RuntimeError:
-                pass
         try:
-            out = call(*args)
+            return self._calls[name](*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             print(f"kilotok: the draft head runs eager (torch.compile failed: {type(error).__name__}: {error})",
                   file=sys.stderr)
             self._compile_failed = True
             return self._eager[name](*args)
-        self._warm.add(key)
-        return out
 
     def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
                   past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
@@ -123,6 +113,12 @@ class HeadSteps:
         mask = torch.cat((torch.ones(rows, committed, dtype=torch.bool, device=tokens.device),
                           torch.ones(rows, rows, dtype=torch.bool, device=tokens.device).tril()), dim=1)
         return head(tokens, head.fuse(features), positions, past_k, past_v, mask.unsqueeze(0))
+
+    def _catch_up_tensors(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                          past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`_catch_up`'s output as a tuple (hidden, logits, k, v): what a compiled step returns."""
+        out = self._catch_up(tokens, features, positions, past_k, past_v)
+        return out.hidden, out.logits, out.k, out.v
 
     def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
                 root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,

@@ -100,3 +100,5 @@ def test_compiled_steps_equal_eager_as_the_context_grows():
         past_k, past_v = torch.cat((past_k, got_out.k), dim=1), torch.cat((past_v, got_out.v), dim=1)
         logits, hidden, last = got_out.logits[0, -1], got_out.hidden[0, -1], last + count
     assert not compiled._compile_failed
+    # Later calls of each shape ran the recorded graphs without dynamo (runner/compiled_step.py).
+    assert all(step._replays for step in compiled._calls.values())
