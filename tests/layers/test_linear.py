@@ -113,14 +113,15 @@ def test_shapes_atens_kernels_cannot_hold_fall_back(mode: str, shape: tuple[int,
 def test_weight_bytes_per_mode(kernels: str) -> None:
     weight, bias = torch.randn(OUT_FEATURES, IN_FEATURES), torch.randn(OUT_FEATURES)
     weights = OUT_FEATURES * IN_FEATURES
-    # The op keeps a float32 scale (and a Q4 min, or a Q8 code sum) per block of 32 and a float32 bias.
-    per_block = 2 * 4 * weights // 32
+    # Per block of 32, the op keeps a Q4 scale and min as float16 (as GGUF Q4_1 does), or a Q8 float32
+    # per-row scale (not exactly a float16) and an int16 code sum; and a float32 bias.
+    blocks = weights // 32
     expected = {
         "fp32": 4 * (weights + OUT_FEATURES),
         "fp16": 2 * (weights + OUT_FEATURES),
         "bf16": 2 * (weights + OUT_FEATURES),
-        "int8": weights + (per_block + 4 * OUT_FEATURES if kernels == "op" else 4 * OUT_FEATURES),
-        "int4": weights // 2 + (per_block + 4 * OUT_FEATURES if kernels == "op" else 2 * 2 * weights // 32
+        "int8": weights + ((4 + 2) * blocks + 4 * OUT_FEATURES if kernels == "op" else 4 * OUT_FEATURES),
+        "int4": weights // 2 + (2 * 2 * blocks + 4 * OUT_FEATURES if kernels == "op" else 2 * 2 * blocks
                                 + 2 * OUT_FEATURES),
     }
 
