@@ -13,9 +13,9 @@ What a replay assumes, and how it is kept true: the model's tensors are resolved
 recorded, so they must not be replaced afterwards (the runner allocates its caches once, and weights are
 never swapped). The step's arguments are matched by their layout (each tensor's dtype, device, static
 shape and contiguity, a dataclass's fields the same way, any other argument's value), which is what
-dynamo's guards on them check. A graph that
-dynamo split in several, or whose inputs cannot be named, or whose replay does not reproduce the traced
-call's outputs exactly, is never replayed: those layouts keep going through dynamo.
+dynamo's guards on them check. A graph that dynamo split in several, or whose inputs cannot be named, or
+whose replay does not reproduce the traced call's outputs exactly, is never replayed: those layouts keep
+going through dynamo.
 """
 
 from __future__ import annotations
