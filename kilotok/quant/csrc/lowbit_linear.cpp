@@ -191,6 +191,17 @@ void for_tiles_by_row_chunks(int64_t begin, int64_t end, int64_t rows, TileRows 
   }
 }
 
+// Calls `tile(R, t, first_row)` for every column tile t and group of up to kRows rows, tiles split over
+// threads.
+template <typename Tile>
+void for_each_tile_and_row_group(int64_t tiles, int64_t rows, Tile tile) {
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
+      for_row_groups(first_row, end_row, [&](auto group, int64_t first) { tile(group, t, first); });
+    });
+  });
+}
+
 __mmask16 tile_columns(int64_t tile, int64_t out_features) {
   const int64_t valid = std::min(kTile, out_features - tile * kTile);
   return valid >= kTile ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
@@ -233,17 +244,13 @@ torch::Tensor q4_linear(const torch::Tensor& x, const torch::Tensor& codes, cons
     using S = decltype(scale_type);
     const S* d = static_cast<const S*>(scales.data_ptr());
     const S* m = static_cast<const S*>(mins.data_ptr());
-    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-      for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
-        for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
-          q4_tile<decltype(group)::value, S>(w + t * blocks * 256, d + t * blocks * kTile, m + t * blocks * kTile,
-                                             a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
-                                             a.scales.data_ptr<float>() + first * blocks,
-                                             a.sums.data_ptr<float>() + first * blocks, blocks,
-                                             out.data_ptr<float>() + first * out_features + t * kTile, out_features,
-                                             tile_columns(t, out_features));
-        });
-      });
+    for_each_tile_and_row_group(tiles, rows, [&](auto group, int64_t t, int64_t first) {
+      q4_tile<decltype(group)::value, S>(w + t * blocks * 256, d + t * blocks * kTile, m + t * blocks * kTile,
+                                         a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
+                                         a.scales.data_ptr<float>() + first * blocks,
+                                         a.sums.data_ptr<float>() + first * blocks, blocks,
+                                         out.data_ptr<float>() + first * out_features + t * kTile, out_features,
+                                         tile_columns(t, out_features));
     });
   });
   return out;
@@ -265,16 +272,12 @@ torch::Tensor q8_linear(const torch::Tensor& x, const torch::Tensor& codes, cons
   dispatch_scales(scales, tiles, blocks, [&](auto scale_type) {
     using S = decltype(scale_type);
     const S* s = static_cast<const S*>(scales.data_ptr());
-    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-      for_tiles_by_row_chunks(begin, end, rows, [&](int64_t t, int64_t first_row, int64_t end_row) {
-        for_row_groups(first_row, end_row, [&](auto group, int64_t first) {
-          q8_tile<decltype(group)::value, S>(w + t * blocks * 512, c + t * blocks * kTile, s + t * blocks * kTile,
-                                             a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
-                                             a.scales.data_ptr<float>() + first * blocks, blocks,
-                                             out.data_ptr<float>() + first * out_features + t * kTile, out_features,
-                                             tile_columns(t, out_features));
-        });
-      });
+    for_each_tile_and_row_group(tiles, rows, [&](auto group, int64_t t, int64_t first) {
+      q8_tile<decltype(group)::value, S>(w + t * blocks * 512, c + t * blocks * kTile, s + t * blocks * kTile,
+                                         a.codes.data_ptr<int8_t>() + first * blocks * kBlock,
+                                         a.scales.data_ptr<float>() + first * blocks, blocks,
+                                         out.data_ptr<float>() + first * out_features + t * kTile, out_features,
+                                         tile_columns(t, out_features));
     });
   });
   return out;
