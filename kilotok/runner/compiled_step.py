@@ -28,6 +28,12 @@ from typing import Any
 import torch
 from torch._inductor.compile_fx import compile_fx
 
+CPU_STEP_OPTIONS = {"cpp.threads": 1, "size_asserts": False}
+"""Inductor options for steps of one or a few rows on the CPU. The fused elementwise kernels are tiny:
+spreading them over OpenMP threads costs more in barriers than it saves (matrix products still use every
+thread). The graph's own checks of its inputs' sizes and strides repeat what the replay's layout match or
+dynamo's guards already checked, hundreds of calls a step."""
+
 
 def _layout(value: Any) -> Hashable:
     """What a compiled graph is specialized on in one argument: equal layouts run the same graph."""
@@ -90,7 +96,7 @@ class CompiledStep:
     and which returns a tuple of tensors or None, compiled by torch.compile with inductor `options`; each
     layout of its arguments is replayed without dynamo once its graph is recorded."""
 
-    def __init__(self, forward: Callable[..., tuple[Any, ...]], options: dict[str, Any]) -> None:
+    def __init__(self, forward: Callable[..., tuple[Any, ...]], options: dict[str, Any] = CPU_STEP_OPTIONS) -> None:
         self._forward = forward
         self._arguments = tuple(inspect.signature(forward).parameters)
         self._options = options

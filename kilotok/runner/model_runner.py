@@ -65,15 +65,10 @@ class ModelRunner:
         self._eager_forwards = {False: self._forward_logits, True: self._forward_logits_and_features}
         self._decode_forwards = self._eager_forwards
         if compile_decode:
-            # At batch 1 the fused elementwise kernels are tiny: spreading them over OpenMP threads costs
-            # more in barriers than it saves. Matrix products still use every thread through ATen.
             # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
             # bucket per engine would pass its default limit of 8 and silently fall back to eager.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-            # The graph's own checks of its inputs' sizes and strides repeat what the replay's layout match
-            # (runner/compiled_step.py) or dynamo's guards already checked, hundreds of calls a step.
-            options = {"cpp.threads": 1, "size_asserts": False}
-            self._decode_forwards = {features: CompiledStep(forward, options)
+            self._decode_forwards = {features: CompiledStep(forward)
                                      for features, forward in self._eager_forwards.items()}
         self._compile_failed = not compile_decode
         self._warm_buckets: set[tuple[int, bool]] = set()

@@ -54,9 +54,7 @@ class HeadSteps:
         self._calls: dict[str, Callable] = dict(self._eager)
         if compile_steps:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-            # As the target's decode graphs (runner/model_runner.py): the head's elementwise kernels are tiny.
-            options = {"cpp.threads": 1, "size_asserts": False}
-            self._calls = {name: CompiledStep(call, options) for name, call in self._eager.items()}
+            self._calls = {name: CompiledStep(call) for name, call in self._eager.items()}
         self._compile_failed = not compile_steps
 
     def catch_up(self, tokens: list[int], features: torch.Tensor, positions: torch.Tensor,
