@@ -22,6 +22,7 @@ DRAFTS_PER_REQUEST = 2
 ACCEPTED_PER_REQUEST = 3
 # Longer requests are refused up front with a 400, as a server refuses one that could never fit its KV cache.
 MAX_TOKENS_LIMIT = 1000
+HOLD_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -32,6 +33,9 @@ class FakeServerState:
     completed: int = 0
     # Off: /metrics exports no speculative counters, as a server without speculation may not.
     speculative: bool = True
+    # Streams wait (up to HOLD_TIMEOUT_S) until this many requests have arrived, so that a slow machine
+    # cannot finish the first request before a concurrent client has sent the others.
+    hold_until_arrivals: int = 0
 
 
 def _chunk(delta: dict, finish_reason: str | None = None, usage: dict | None = None) -> str:
@@ -73,6 +77,9 @@ def build_app(state: FakeServerState) -> FastAPI:
         state.in_flight += 1
 
         async def events():
+            deadline = time.monotonic() + HOLD_TIMEOUT_S
+            while len(state.in_flight_at_arrival) < state.hold_until_arrivals and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
             yield _chunk({"role": "assistant", "content": ""})
             # Two tokens in the first text chunk, as speculative decoding sends them.
             sent = min(2, body["max_tokens"])

@@ -58,6 +58,7 @@ async def closed_loop(url: str, conversations: list, concurrency: int, max_token
 def test_closed_loop_keeps_exactly_concurrency_requests_in_flight():
     conversations = [[{"role": "user", "content": prompt}] for prompt in PROMPTS * 2]
     with FakeServer() as server:
+        server.state.hold_until_arrivals = 3
         model_id, timings, wall_s = asyncio.run(closed_loop(server.url, conversations, 3, 9))
     state = server.state
     assert model_id == MODEL_ID
