@@ -6,7 +6,7 @@
 // block's exact float sum). A tile of 16 output columns holds one int32 lane per column; vpdpbusd adds,
 // per lane, four u8 x s8 products, so a block of 32 inputs is 8 instructions per row. Each weight tile
 // is loaded and unpacked once per block and applied to up to kRows rows, which is what makes extra rows
-// cheap: at one row a step reads the weights, at sixteen rows it reads them once and multiplies 16 times.
+// cheap: at one row a step reads the weights, at eight rows it reads them once and multiplies 8 times.
 //
 // Q4 (w = d * q + m, q in 0..15): the codes are the unsigned operand and the activations the signed one;
 // per block, out += d * da * dot(q, a) + m * sum(x). Q4_0 (w = d * (q - 8)) is m = -8 d.
@@ -33,7 +33,10 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 constexpr int64_t kTile = 16;
-constexpr int kRows = 16;  // 16 accumulators + 8 weight steps + scales fit the 32 zmm registers
+// Rows of a tile. Their dot products advance together, each weight step applied to every row before the
+// next, so kRows independent vpdpbusd chains are in flight instead of one row's chain of eight; kRows
+// accumulators, kRows dot products and 8 weight steps fill the 32 zmm registers without spilling.
+constexpr int kRows = 8;
 // Rows whose quantized activations a thread keeps in its L2 cache while it walks its column tiles; a
 // prompt's thousands of rows would otherwise be streamed from memory once per tile. A multiple of kRows,
 // so rows fall into the same groups of kRows however many there are.
@@ -110,6 +113,20 @@ Activations quantize_activations(const torch::Tensor& x, int64_t blocks, bool un
   return a;
 }
 
+// dot[r] = one block's 16 column dot products for each of R rows starting at `a` (32 inputs a row). The
+// unsigned operand is the weights (Q4's codes) or the activations (Q8's, offset by 128).
+template <int R, bool kUnsignedWeights>
+KILOTOK_AVX512 inline __attribute__((always_inline)) void block_dots(const __m512i* w, const int8_t* a,
+                                                                     int64_t a_stride, __m512i* dot) {
+  for (int r = 0; r < R; ++r) dot[r] = _mm512_setzero_si512();
+  for (int step = 0; step < 8; ++step) {
+    for (int r = 0; r < R; ++r) {
+      const __m512i x = _mm512_set1_epi32(reinterpret_cast<const int32_t*>(a + r * a_stride)[step]);
+      dot[r] = kUnsignedWeights ? _mm512_dpbusd_epi32(dot[r], w[step], x) : _mm512_dpbusd_epi32(dot[r], x, w[step]);
+    }
+  }
+}
+
 // One tile of 16 output columns for R rows. codes: [blocks][4][64] bytes, two 4-bit steps per byte
 // (low nibble step 2j, high nibble step 2j + 1; each step 16 columns x 4 inputs); d, m: [blocks][16].
 template <int R, typename S>
@@ -127,14 +144,13 @@ KILOTOK_AVX512 void q4_tile(const uint8_t* codes, const S* d, const S* m, const 
       w[2 * j] = _mm512_and_si512(packed, nibble);
       w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
     }
+    __m512i dot[R];
+    block_dots<R, true>(w, a + b * kBlock, a_stride, dot);
     const __m512 dw = load_scales(d + b * kTile);
     const __m512 mw = load_scales(m + b * kTile);
     for (int r = 0; r < R; ++r) {
-      const int32_t* x4 = reinterpret_cast<const int32_t*>(a + r * a_stride + b * kBlock);
-      __m512i dot = _mm512_setzero_si512();
-      for (int step = 0; step < 8; ++step) dot = _mm512_dpbusd_epi32(dot, w[step], _mm512_set1_epi32(x4[step]));
       const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r * blocks + b]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), scale, acc[r]);
       acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sums[r * blocks + b]), acc[r]);
     }
   }
@@ -155,13 +171,12 @@ KILOTOK_AVX512 void q8_tile(const int8_t* codes, const int16_t* code_sums, const
     for (int step = 0; step < 8; ++step) w[step] = _mm512_loadu_si512(codes + (b * 8 + step) * 64);
     const __m512i correction =
         _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(code_sums + b * kTile))), 7);
+    __m512i dot[R];
+    block_dots<R, false>(w, a + b * kBlock, a_stride, dot);
     const __m512 dw = load_scales(d + b * kTile);
     for (int r = 0; r < R; ++r) {
-      const int32_t* x4 = reinterpret_cast<const int32_t*>(a + r * a_stride + b * kBlock);
-      __m512i dot = _mm512_setzero_si512();
-      for (int step = 0; step < 8; ++step) dot = _mm512_dpbusd_epi32(dot, _mm512_set1_epi32(x4[step]), w[step]);
       const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r * blocks + b]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, correction)), scale, acc[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r], correction)), scale, acc[r]);
     }
   }
   for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * out_stride, columns, acc[r]);
