@@ -83,8 +83,8 @@ class SequenceLogits:
         config = model.config
         shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
         for layer in model.layers:
-            layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype, device=self.device)
-            layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype, device=self.device)
+            layer.self_attn.k_cache = torch.zeros(shape, dtype=model.kv_cache_dtype, device=self.device)
+            layer.self_attn.v_cache = torch.zeros(shape, dtype=model.kv_cache_dtype, device=self.device)
 
     @torch.inference_mode()
     def __call__(self, token_ids: list[int]) -> torch.Tensor:

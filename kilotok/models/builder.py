@@ -55,7 +55,7 @@ def build_model(checkpoint: Checkpoint, fmt: WeightFormat | str, progress: bool 
             raise ModelFormatError("checkpoint has no lm_head.weight and does not tie word embeddings")
         head_weight = weights["model.embed_tokens.weight"]
     model = CausalLM(config, embed, layers, make_linear(head_weight, None, fmt.head), fmt.activation_dtype, backend,
-                     pdl)
+                     pdl, fmt.kv_cache_dtype)
     model.norm.weight.copy_(as_float(_require(weights, "model.norm.weight")))
     return model.to(device).eval()
 

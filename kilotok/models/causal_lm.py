@@ -70,10 +70,12 @@ class CausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig, embed_tokens: torch.Tensor, layers: list[DecoderLayer],
                  lm_head: nn.Module, activation_dtype: torch.dtype, backend: KernelBackend = KernelBackend.TORCH,
-                 pdl: bool = False):
+                 pdl: bool = False, kv_cache_dtype: torch.dtype | None = None):
         super().__init__()
         self.config = config
         self.activation_dtype = activation_dtype
+        self.kv_cache_dtype = kv_cache_dtype or activation_dtype
+        """The dtype whoever gives the attention layers their caches allocates them in."""
         self.embed_tokens = nn.Embedding.from_pretrained(embed_tokens.to(activation_dtype), freeze=True)
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, pdl)

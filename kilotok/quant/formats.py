@@ -7,10 +7,12 @@ except under FP8 formats that name a scheme, which quantize them in it).
 
 - float formats `fp32`, `bf16`, `fp16`: every weight in that dtype; `fp32` is the exact reference path.
 - `int8`: weight-only, per output channel, bf16 activations.
-- `int4`: weight-only in groups of 32, keeping a GGUF's Q4_0/Q4_1 codes as stored; activations and the KV
-  cache in fp32, so compiled graphs have no bf16 intermediates whose rounding would depend on the graph's
-  batch size, and batched or speculative greedy output equals plain greedy output bit for bit.
-  Its head is int8: the head is the largest single matrix, and 4 bits would requantize it lossily.
+- `int4`: weight-only in groups of 32, keeping a GGUF's Q4_0/Q4_1 codes as stored; activations in fp32,
+  so compiled graphs have no bf16 intermediates whose rounding would depend on the graph's batch size, and
+  batched or speculative greedy output equals plain greedy output bit for bit. The KV cache is bf16: a
+  value is rounded once, where it is stored, the same way whatever the batch, and attention reads half the
+  bytes (at long contexts and many rows its reads rival the weights'). Its head is int8: the head is the
+  largest single matrix, and 4 bits would requantize it lossily.
 - `fp8-tensor`, `fp8-channel`, `fp8-block`: every linear weight in that FP8 scheme (a stored FP8 weight of
   another scheme is dequantized and requantized); `fp8`: stored FP8 weights as they are, the rest in
   128x128 blocks; `fp8-stored` (what `auto` picks for a checkpoint holding FP8 weights): stored FP8 weights
@@ -44,7 +46,7 @@ class WeightFormat:
     linear: str
     """How linear layers hold their weights: "float", "int8", "int4" or "fp8"."""
     activation_dtype: torch.dtype
-    """Activations and the KV cache."""
+    """Activations, and the KV cache unless kv_dtype says otherwise."""
     head: str
     """The format the LM head is built in."""
     float_dtype: torch.dtype = torch.bfloat16
@@ -53,6 +55,12 @@ class WeightFormat:
     """FP8 formats: the scheme every linear weight is quantized to; None keeps stored FP8 weights."""
     fp8_unstored: str | None = None
     """FP8 formats without a scheme: the scheme weights not stored in FP8 get (None: they stay bf16)."""
+    kv_dtype: torch.dtype | None = None
+    """The KV cache's dtype where it differs from the activations'."""
+
+    @property
+    def kv_cache_dtype(self) -> torch.dtype:
+        return self.kv_dtype or self.activation_dtype
 
     def runs_on(self, device: torch.device | str) -> bool:
         return torch.device(device).type != "cuda" or self.linear in CUDA_LINEAR_KINDS
@@ -72,7 +80,7 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
     WeightFormat("bf16", "float", torch.bfloat16, "bf16"),
     WeightFormat("fp16", "float", torch.float16, "fp16", float_dtype=torch.float16),
     WeightFormat("int8", "int8", torch.bfloat16, "int8"),
-    WeightFormat("int4", "int4", torch.float32, "int8"),
+    WeightFormat("int4", "int4", torch.float32, "int8", kv_dtype=torch.bfloat16),
     _fp8("fp8", None, unstored="block"),
     _fp8("fp8-tensor", "tensor"),
     _fp8("fp8-channel", "channel"),

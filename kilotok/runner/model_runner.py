@@ -79,7 +79,7 @@ class ModelRunner:
     @staticmethod
     def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
         config = model.config
-        element_size = torch.empty(0, dtype=model.activation_dtype).element_size()
+        element_size = torch.empty(0, dtype=model.kv_cache_dtype).element_size()
         return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element_size
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
@@ -89,8 +89,8 @@ class ModelRunner:
         shape = (num_blocks, self.block_size, config.num_kv_heads, config.head_dim)
         for layer in self.model.layers:
             attention = layer.self_attn
-            attention.k_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
-            attention.v_cache = torch.zeros(shape, dtype=self.model.activation_dtype, device=self.device)
+            attention.k_cache = torch.zeros(shape, dtype=self.model.kv_cache_dtype, device=self.device)
+            attention.v_cache = torch.zeros(shape, dtype=self.model.kv_cache_dtype, device=self.device)
 
     def collect_features(self, layer_ids: tuple[int, ...]) -> None:
         """Have prefills, and decode forwards that ask for them, also return the hidden states entering

@@ -15,8 +15,8 @@ def attach_cache(model, num_blocks: int) -> None:
     config = model.config
     for layer in model.layers:
         shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.activation_dtype)
-        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.activation_dtype)
+        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.kv_cache_dtype)
+        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.kv_cache_dtype)
 
 
 def prompt_logits(model, ids: list[int]) -> torch.Tensor:

@@ -31,3 +31,16 @@ def test_precompiled_buckets_serve_the_real_steps_without_recompiling():
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
     llm.generate(PROMPTS[:2], params)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_the_kv_cache_is_allocated_in_the_formats_kv_dtype_and_sized_by_it():
+    import torch
+
+    blocks = {}
+    for dtype, kv_dtype in (("int4", torch.bfloat16), ("fp32", torch.float32)):
+        runner = LLM("smollm2-135m", dtype=dtype, compile=False, progress=False, kv_cache_gb=0.05).engine.runner
+        caches = [c for layer in runner.model.layers for c in (layer.self_attn.k_cache, layer.self_attn.v_cache)]
+        assert {cache.dtype for cache in caches} == {kv_dtype}
+        blocks[dtype] = caches[0].shape[0]
+    # The same memory holds twice the blocks in bf16.
+    assert abs(blocks["int4"] - 2 * blocks["fp32"]) <= 1
