@@ -81,10 +81,7 @@ class SequenceLogits:
         self.device = next(model.parameters()).device
         num_blocks = -(-max_len // BLOCK_SIZE)
         config = model.config
-        shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-        for layer in model.layers:
-            layer.self_attn.k_cache = torch.zeros(shape, dtype=model.kv_cache_dtype, device=self.device)
-            layer.self_attn.v_cache = torch.zeros(shape, dtype=model.kv_cache_dtype, device=self.device)
+        model.allocate_kv_cache((num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim), self.device)
 
     @torch.inference_mode()
     def __call__(self, token_ids: list[int]) -> torch.Tensor:

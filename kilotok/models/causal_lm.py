@@ -94,5 +94,13 @@ class CausalLM(nn.Module):
             hidden, residual = layer(positions, hidden, residual, meta)
         return self.norm.add_and_norm(hidden, residual)[0], aux_hidden
 
+    def allocate_kv_cache(self, shape: tuple[int, ...], device: torch.device | str) -> None:
+        """Gives every attention layer zeroed key and value caches of `shape` in the KV-cache dtype. One
+        tensor per layer and per K/V, not views of one big buffer: a compiled step that writes into views of
+        a shared base would have the whole base copied around every step."""
+        for layer in self.layers:
+            layer.self_attn.k_cache = torch.zeros(shape, dtype=self.kv_cache_dtype, device=device)
+            layer.self_attn.v_cache = torch.zeros(shape, dtype=self.kv_cache_dtype, device=device)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

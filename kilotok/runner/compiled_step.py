@@ -97,6 +97,9 @@ class CompiledStep:
     layout of its arguments is replayed without dynamo once its graph is recorded."""
 
     def __init__(self, forward: Callable[..., tuple[Any, ...]], options: dict[str, Any] = CPU_STEP_OPTIONS) -> None:
+        # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
+        # bucket per engine would pass its default limit of 8 and silently fall back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
         self._forward = forward
         self._arguments = tuple(inspect.signature(forward).parameters)
         self._options = options

@@ -65,9 +65,6 @@ class ModelRunner:
         self._eager_forwards = {False: self._forward_logits, True: self._forward_logits_and_features}
         self._decode_forwards = self._eager_forwards
         if compile_decode:
-            # Dynamo counts graphs per code object, across every engine in the process: one graph per batch
-            # bucket per engine would pass its default limit of 8 and silently fall back to eager.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
             self._decode_forwards = {features: CompiledStep(forward)
                                      for features, forward in self._eager_forwards.items()}
         self._compile_failed = not compile_decode
@@ -79,18 +76,12 @@ class ModelRunner:
     @staticmethod
     def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
         config = model.config
-        element_size = torch.empty(0, dtype=model.kv_cache_dtype).element_size()
-        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element_size
+        per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * model.kv_cache_dtype.itemsize
+        return block_size * per_token
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
-        # One tensor per layer and per K/V, not views of one big buffer: a compiled step that writes into
-        # views of a shared base would have the whole base copied around every step.
         config = self.model.config
-        shape = (num_blocks, self.block_size, config.num_kv_heads, config.head_dim)
-        for layer in self.model.layers:
-            attention = layer.self_attn
-            attention.k_cache = torch.zeros(shape, dtype=self.model.kv_cache_dtype, device=self.device)
-            attention.v_cache = torch.zeros(shape, dtype=self.model.kv_cache_dtype, device=self.device)
+        self.model.allocate_kv_cache((num_blocks, self.block_size, config.num_kv_heads, config.head_dim), self.device)
 
     def collect_features(self, layer_ids: tuple[int, ...]) -> None:
         """Have prefills, and decode forwards that ask for them, also return the hidden states entering

@@ -59,10 +59,7 @@ def target_features(model: CausalLM, token_ids: list[int],
     length = len(token_ids)
     config = model.config
     device = model.embed_tokens.weight.device
-    for layer in model.layers:
-        shape = (1, length, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.kv_cache_dtype, device=device)
-        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.kv_cache_dtype, device=device)
+    model.allocate_kv_cache((1, length, config.num_kv_heads, config.head_dim), device)
     meta = AttentionMetadata(
         slot_mapping=torch.arange(length, device=device),
         block_tables=torch.zeros(1, 1, dtype=torch.int32, device=device),

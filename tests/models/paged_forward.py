@@ -13,10 +13,7 @@ BLOCK_SIZE = 4
 def attach_cache(model, num_blocks: int) -> None:
     """A zeroed cache of `num_blocks` blocks per layer, in the model's activation dtype."""
     config = model.config
-    for layer in model.layers:
-        shape = (num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-        layer.self_attn.k_cache = torch.zeros(shape, dtype=model.kv_cache_dtype)
-        layer.self_attn.v_cache = torch.zeros(shape, dtype=model.kv_cache_dtype)
+    model.allocate_kv_cache((num_blocks, BLOCK_SIZE, config.num_kv_heads, config.head_dim), "cpu")
 
 
 def prompt_logits(model, ids: list[int]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from kilotok import LLM, SamplingParams
 
 PROMPTS = [
@@ -34,8 +36,6 @@ def test_precompiled_buckets_serve_the_real_steps_without_recompiling():
 
 
 def test_the_kv_cache_is_allocated_in_the_formats_kv_dtype_and_sized_by_it():
-    import torch
-
     blocks = {}
     for dtype, kv_dtype in (("int4", torch.bfloat16), ("fp32", torch.float32)):
         runner = LLM("smollm2-135m", dtype=dtype, compile=False, progress=False, kv_cache_gb=0.05).engine.runner

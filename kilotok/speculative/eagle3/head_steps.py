@@ -53,7 +53,6 @@ class HeadSteps:
         self._eager = {"catch_up": self._catch_up_tensors, "expand": self._expand}
         self._calls: dict[str, Callable] = dict(self._eager)
         if compile_steps:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
             self._calls = {name: CompiledStep(call) for name, call in self._eager.items()}
         self._compile_failed = not compile_steps
 
