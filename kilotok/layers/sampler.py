@@ -156,12 +156,22 @@ def exponential_noise(
     Kept apart from `race` because torch.compile cannot trace explicit generators: compile `race` and
     `processed_probs`, and call this eagerly.
     """
-    if len(generators) != shape[0]:
-        raise ValueError(f"got {len(generators)} generators for {shape[0]} rows; pass one per row (or None)")
-    noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_()
+    return _row_noise(torch.empty(shape, dtype=torch.float32, device=device), generators, torch.Tensor.exponential_)
+
+
+def uniform_noise(shape: torch.Size | tuple[int, int], generators: Sequence[torch.Generator | None],
+                  device: torch.device) -> torch.Tensor:
+    """U[0, 1) noise [B, N] in float64, each row drawn as `exponential_noise` draws its rows."""
+    return _row_noise(torch.empty(shape, dtype=torch.float64, device=device), generators, torch.Tensor.uniform_)
+
+
+def _row_noise(noise: torch.Tensor, generators: Sequence[torch.Generator | None], draw) -> torch.Tensor:
+    if len(generators) != noise.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for {noise.shape[0]} rows; pass one per row (or None)")
+    draw(noise)
     for row, generator in enumerate(generators):
         if generator is not None:
-            noise[row].exponential_(generator=generator)
+            draw(noise[row], generator=generator)
     return noise
 
 

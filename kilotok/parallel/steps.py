@@ -67,10 +67,9 @@ class LeaderRunner(ModelRunner):
         # At exit or when the runner is dropped; holds no reference to the runner, so it can be dropped.
         self._close = weakref.finalize(self, group.close, partial(send, group.comm, STOP, []))
 
-    def copy_kv(self, src_slots: list[int], dst_slots: list[int]) -> None:
-        if src_slots:
-            src, dst = (torch.tensor(slots, dtype=torch.int64, device=self.device) for slots in (src_slots, dst_slots))
-            send(self.group.comm, COPY_KV, [src, dst])
+    def copy_kv(self, src_slots: torch.Tensor, dst_slots: torch.Tensor) -> None:
+        if src_slots.numel():
+            send(self.group.comm, COPY_KV, [src_slots, dst_slots])
         super().copy_kv(src_slots, dst_slots)
 
     def close(self) -> None:
@@ -90,4 +89,4 @@ def follow(runner: ModelRunner, comm: Communicator) -> None:
         elif command == LOGITS:
             model.compute_logits(tensors[0])
         elif command == COPY_KV:
-            runner.copy_kv(tensors[0].tolist(), tensors[1].tolist())
+            runner.copy_kv(tensors[0], tensors[1])

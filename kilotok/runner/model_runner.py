@@ -32,7 +32,6 @@ from kilotok.runner.step_inputs import (
     PADDING_BLOCK,
     chunked_key_window,
     decode_key_window,
-    slot_of,
     token_rows,
     warm_up_rows,
 )
@@ -93,9 +92,6 @@ class ModelRunner:
 
     def _concat_features(self, aux: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([aux[index] for index in self._feature_order], dim=-1)
-
-    def slot_of(self, seq: Sequence, position: int) -> int:
-        return slot_of(seq, position, self.block_size)
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], num_new_tokens: list[int]
@@ -213,16 +209,15 @@ class ModelRunner:
             return []
         return sizes
 
-    def copy_kv(self, src_slots: list[int], dst_slots: list[int]) -> None:
-        """Copy every layer's keys and values from cache slots `src_slots` to `dst_slots`."""
-        if not src_slots:
+    def copy_kv(self, src_slots: torch.Tensor, dst_slots: torch.Tensor) -> None:
+        """Copy every layer's keys and values from cache slots `src_slots` to `dst_slots` (int64, on the
+        runner's device; a destination may repeat only with what it already holds)."""
+        if not src_slots.numel():
             return
-        src = torch.tensor(src_slots, dtype=torch.int64, device=self.device)
-        dst = torch.tensor(dst_slots, dtype=torch.int64, device=self.device)
         for layer in self.model.layers:
             for cache in (layer.self_attn.k_cache, layer.self_attn.v_cache):
                 flat = cache.view(-1, *cache.shape[2:])
-                flat.index_copy_(0, dst, flat.index_select(0, src))
+                flat.index_copy_(0, dst_slots, flat.index_select(0, src_slots))
 
     def close(self) -> None:
         """Release what the runner holds beyond memory (a parallel runner's other ranks)."""

@@ -28,8 +28,8 @@ from kilotok.speculative.drafter import Drafter
 from kilotok.speculative.ngram import NgramDrafter
 from kilotok.speculative.policy import SpecPolicy, TreeShape
 from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import Verdict, verify_greedy, verify_sampled
-from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
+from kilotok.speculative.verify import Acceptance, Verdict, accept_greedy, accept_sampled
+from kilotok.speculative.verify_inputs import accepted_kv_moves, build_verify_inputs, verify_width
 
 
 class SpeculativeDecoder:
@@ -80,11 +80,9 @@ class SpeculativeDecoder:
         trees = self._fitted_trees(seqs, self._draft(seqs, shape))
         if not any(trees):
             return self._plain_step(seqs, features=True)
-        logits, features = self._verify(seqs, trees)
+        features, verdicts = self._verify(seqs, trees)
         results = []
-        for row, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
-            verdict = self._verdict(seq, tree, logits[row, : len(tree) + 1])
-            self._keep_accepted_kv(seq, verdict)
+        for row, (seq, tree, verdict) in enumerate(zip(seqs, trees, verdicts, strict=True)):
             tokens = verdict.tokens(tree)
             kept_rows = [0] + [node + 1 for node in verdict.accepted]
             self.drafter.verified(seq, tokens, None if features is None else features[row, kept_rows])
@@ -121,32 +119,38 @@ class SpeculativeDecoder:
             fitted.append(tree.truncated(max(room, 0), max(remaining - 1, 0)))
         return fitted
 
-    def _verify(self, seqs: list[Sequence], trees: list[DraftTree]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One forward over each sequence's root and tree: logits [B, width, V] (row 0 the root's, row
-        i + 1 node i's, then padding) and, when collected, features [B, width, k * d]. Every row is a
-        decode query over its own key window, so this runs the compiled decode graph of its row count."""
+    def _verify(self, seqs: list[Sequence], trees: list[DraftTree]) -> tuple[torch.Tensor | None, list[Verdict]]:
+        """One forward over each sequence's root and tree, then acceptance and the accepted K/V moved into
+        place, on the device; returns the features [B, width, k * d] when collected (row 0 the root's, row
+        i + 1 node i's, then padding) and each tree's verdict, read back in one copy. Every row is a decode
+        query over its own key window, so the forward runs the compiled decode graph of its row count."""
         runner = self.runner
         width = verify_width(trees)
         rows = len(seqs) * width
         input_ids, positions, meta = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows, features=True),
                                                          runner.block_size, runner.max_blocks_per_seq,
-                                                         runner.device)
+                                                         runner.device, runner.gathers_key_window)
         logits, features = runner.decode_rows(input_ids, positions, meta, features=True)
         features = None if features is None else features[:rows].view(len(seqs), width, -1)
-        return logits[:rows].view(len(seqs), width, -1), features
+        logits = logits[:rows].view(len(seqs), width, -1)
+        acceptance = self._accept(seqs, logits, input_ids[:rows].view(len(seqs), width),
+                                  meta.tree_mask[:rows, :width].reshape(len(seqs), width, width))
+        verdicts = acceptance.verdicts()
+        # A chain of first children is already in place: most steps skip the copy over every layer.
+        if any(verdict.moves_kv for verdict in verdicts):
+            runner.copy_kv(*accepted_kv_moves(positions, meta.block_tables, width, acceptance, runner.block_size))
+        return features, verdicts
 
-    def _verdict(self, seq: Sequence, tree: DraftTree, logits: torch.Tensor) -> Verdict:
-        if seq.params.greedy:
-            return verify_greedy(tree, logits)
-        sampling = SamplingTensors.from_params([seq.params] * logits.shape[0], logits.device)
-        return verify_sampled(tree, processed_probs(logits, sampling), seq.generator)
-
-    def _keep_accepted_kv(self, seq: Sequence, verdict: Verdict) -> None:
-        root = len(seq) - 1
-        moves = [(root + 1 + node, root + depth)
-                 for depth, node in enumerate(verdict.accepted, start=1) if node + 1 != depth]
-        self.runner.copy_kv([self.runner.slot_of(seq, src) for src, _ in moves],
-                            [self.runner.slot_of(seq, dst) for _, dst in moves])
+    def _accept(self, seqs: list[Sequence], logits: torch.Tensor, row_tokens: torch.Tensor,
+                ancestors: torch.Tensor) -> Acceptance:
+        """The verdicts on the device: the greedy walk when every request is greedy, else sequential
+        rejection against each row's processed distribution (one-hot for greedy requests)."""
+        if all(seq.params.greedy for seq in seqs):
+            return accept_greedy(row_tokens, ancestors, logits)
+        batch, width, _ = logits.shape
+        sampling = SamplingTensors.from_params([seq.params for seq in seqs for _ in range(width)], logits.device)
+        probs = processed_probs(logits.flatten(0, 1), sampling).view(batch, width, -1)
+        return accept_sampled(row_tokens, ancestors, probs, [seq.generator for seq in seqs])
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,

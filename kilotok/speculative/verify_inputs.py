@@ -1,4 +1,5 @@
-"""The inputs of a verify forward: each sequence's root (its last, uncached token) and draft tree.
+"""The inputs of a verify forward: each sequence's root (its last, uncached token) and draft tree; and,
+after acceptance, the K/V moves that leave the cache as plain decoding would have.
 
 Attention goes through the gathered key window that decode steps use, with one window per row: a
 node's window lists the cached prefix, then the root and the node's ancestors down to itself, in
@@ -10,12 +11,14 @@ keeps speculative greedy output identical to plain greedy output in reduced prec
 from __future__ import annotations
 
 import torch
+from torch.nn.functional import pad
 
 from kilotok.kernels.attention import aligned_window
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.runner.step_inputs import PADDING_BLOCK
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.verify import Acceptance
 
 TREE_ALIGN = 16
 """Tree-mask widths are padded to a multiple of this, so compiled decode graphs see few distinct shapes."""
@@ -27,7 +30,7 @@ def verify_width(trees: list[DraftTree]) -> int:
 
 
 def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int, padded_rows: int,
-                        block_size: int, max_blocks: int, device: torch.device):
+                        block_size: int, max_blocks: int, device: torch.device, key_windows: bool = True):
     """(input_ids [padded_rows], positions [padded_rows], AttentionMetadata) shaped exactly like a decode
     batch of `padded_rows` one-token sequences, so the compiled decode graph of that size runs it.
 
@@ -35,55 +38,117 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
     plus its depth. Rows past a tree's end, and rows past `len(seqs) * width`, are padding: they write
     into the padding block and attend only to that slot.
 
-    Besides the gathered windows (the PyTorch reference reads those), the metadata carries the tree in
-    the form the Triton decode kernel reads with the block table: each row's tree mask and the tree keys'
-    positions (kernels/attention_metadata.py).
+    The metadata carries the tree in the form the Triton decode kernel reads with the block table: each
+    row's tree mask and the tree keys' positions (kernels/attention_metadata.py); with `key_windows`, also
+    each row's gathered key window, which the PyTorch reference reads.
 
-    Built on the host, where the trees and block tables are (Python lists), and copied to `device` once
-    per tensor, as the decode step's inputs are (runner/step_inputs.py)."""
-    padding_slot = PADDING_BLOCK * block_size
-    offsets = torch.arange(block_size, dtype=torch.int64)
-    window = aligned_window(max(len(seq) for seq in seqs) + width - 1)
-    gather = torch.full((padded_rows, window), padding_slot, dtype=torch.int64)
-    valid = torch.zeros((padded_rows, window), dtype=torch.bool)
-    valid[:, 0] = True
-    input_ids = [0] * padded_rows
-    positions = [0] * padded_rows
-    slots = [padding_slot] * padded_rows
-    context_lens = [1] * padded_rows
-    block_tables = torch.full((padded_rows, max_blocks), PADDING_BLOCK, dtype=torch.int32)
-    tree_width = -(-width // TREE_ALIGN) * TREE_ALIGN
-    tree_mask = torch.zeros((padded_rows, tree_width), dtype=torch.bool)
-    tree_positions = torch.zeros((padded_rows, tree_width), dtype=torch.int32)
-    for b, (seq, tree) in enumerate(zip(seqs, trees, strict=True)):
-        root = len(seq) - 1
-        table = torch.tensor(seq.block_table, dtype=torch.int64)
-        all_slots = (table[:, None] * block_size + offsets).flatten()
-        node_slots = all_slots[root : root + len(tree) + 1]
-        first = b * width
-        rows = slice(first, first + len(tree) + 1)
-        input_ids[rows] = [seq.token_ids[-1], *tree.tokens]
-        positions[rows] = [root] + [root + depth for depth in tree.depths]
-        slots[rows] = node_slots.tolist()
-        block_tables[rows, : len(table)] = table.to(torch.int32)
-        mask = tree.ancestor_mask(len(tree) + 1)
-        tree_mask[rows, : len(tree) + 1] = mask
-        tree_positions[rows, : len(tree) + 1] = torch.tensor(positions[rows], dtype=torch.int32)
-        for r in range(len(tree) + 1):
-            seen = node_slots[mask[r]]
-            gather[first + r, :root] = all_slots[:root]
-            gather[first + r, root : root + len(seen)] = seen
-            valid[first + r, : root + len(seen)] = True
-            context_lens[first + r] = root + len(seen)
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-        block_tables=block_tables.to(device),
-        context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
-        query_start_loc=torch.arange(padded_rows + 1, dtype=torch.int32, device=device),
-        kv_gather_index=gather.to(device),
-        kv_valid=valid.to(device),
-        tree_mask=tree_mask.to(device),
-        tree_positions=tree_positions.to(device),
+    The sequences and trees (Python lists) are copied to `device` as five small tensors; the rest is
+    built there, for every row at once (`_tree_rows`)."""
+    tables = [seq.block_table + [PADDING_BLOCK] * (max_blocks - len(seq.block_table)) for seq in seqs]
+    padding = [[0] * (width - 1 - len(tree)) for tree in trees]
+    host = (
+        [len(seq) - 1 for seq in seqs],
+        tables,
+        [[seq.token_ids[-1], *tree.tokens, *pad] for seq, tree, pad in zip(seqs, trees, padding, strict=True)],
+        [[0] + [parent + 1 for parent in tree.parents] + pad for tree, pad in zip(trees, padding, strict=True)],
+        [len(tree) + 1 for tree in trees],
     )
-    ids = torch.tensor(input_ids, dtype=torch.int64, device=device)
-    return ids, torch.tensor(positions, dtype=torch.int64, device=device), meta
+    roots, tables, row_tokens, parent_rows, sizes = (torch.tensor(values, dtype=torch.int64, device=device)
+                                                     for values in host)
+    window = aligned_window(max(len(seq) for seq in seqs) + width - 1)
+    max_depth = max(tree.max_depth for tree in trees)
+    return _tree_rows(roots, tables, row_tokens, parent_rows, sizes, max_depth, window, padded_rows, block_size,
+                      key_windows)
+
+
+def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tensor, parent_rows: torch.Tensor,
+               sizes: torch.Tensor, max_depth: int, window: int, padded_rows: int, block_size: int,
+               key_windows: bool):
+    """build_verify_inputs' rows from B sequences' roots (positions) [B], block tables [B, max_blocks], row
+    tokens [B, W] (the root's, then the nodes'), parent rows [B, W] (0 for the root and its children) and
+    used rows [B]: tensor ops of shapes known on the host, with no read of the values."""
+    batch, width = row_tokens.shape
+    device = row_tokens.device
+    columns = torch.arange(width, device=device)
+    in_tree = columns < sizes[:, None]
+    # A row sees itself and what its parent row sees: `max_depth` rounds reach every ancestor.
+    eye = torch.eye(width, dtype=torch.bool, device=device).expand(batch, width, width)
+    seen = eye
+    for _ in range(max_depth):
+        seen = eye | seen.gather(1, parent_rows[:, :, None].expand(batch, width, width))
+    seen = seen & in_tree[:, :, None]
+    visible = seen.sum(dim=-1)
+    positions = torch.where(in_tree, roots[:, None] + visible - 1, 0)
+    keys = torch.arange(window, device=device)
+    # Every position a row may read or write lies in its sequence's first `window` positions.
+    blocks = (keys // block_size).clamp(max=tables.shape[1] - 1)
+    seq_slots = tables.gather(1, blocks.expand(batch, window)) * block_size + keys % block_size
+    padding_slot = PADDING_BLOCK * block_size
+    context_lens = torch.where(in_tree, roots[:, None] + visible, 1)
+    tree_width = -(-width // TREE_ALIGN) * TREE_ALIGN
+    rows = {
+        "input_ids": torch.where(in_tree, row_tokens, 0),
+        "positions": positions,
+        "slot_mapping": torch.where(in_tree, seq_slots.gather(1, roots[:, None] + columns), padding_slot),
+        "block_tables": torch.where(in_tree[:, :, None], tables[:, None, :], PADDING_BLOCK).int(),
+        "context_lens": context_lens.int(),
+        "tree_mask": pad(seen, (0, tree_width - width)),
+        "tree_positions": pad(torch.where(in_tree[:, :, None], positions[:, None, :], 0).int(),
+                              (0, tree_width - width)),
+    }
+    # Rows past the batch's trees pad the step to `padded_rows`, as padding rows within a tree do.
+    extra = padded_rows - batch * width
+    fill = {"slot_mapping": padding_slot, "block_tables": PADDING_BLOCK, "context_lens": 1}
+    flat = {name: torch.cat([value.flatten(0, 1), torch.full((extra, *value.shape[2:]), fill.get(name, 0),
+                                                             dtype=value.dtype, device=device)])
+            for name, value in rows.items()}
+    if key_windows:
+        flat["kv_gather_index"], flat["kv_valid"] = _key_windows(seq_slots, roots, in_tree, seen, context_lens,
+                                                                 padded_rows, padding_slot)
+    input_ids, positions = flat.pop("input_ids"), flat.pop("positions")
+    query_start_loc = torch.arange(padded_rows + 1, dtype=torch.int32, device=device)
+    return input_ids, positions, AttentionMetadata(query_start_loc=query_start_loc, **flat)
+
+
+def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Tensor, seen: torch.Tensor,
+                 context_lens: torch.Tensor, padded_rows: int, padding_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's gathered key window [padded_rows, window]: its sequence's prefix slots (`seq_slots` [B,
+    window] holds every position's), then the slots of the tree keys it sees in node order; and which
+    entries are real keys. Padding rows read the padding slot, their first entry valid."""
+    batch, width = in_tree.shape
+    window = seq_slots.shape[1]
+    keys = torch.arange(window, device=seq_slots.device)
+    valid = keys < torch.cat([context_lens.flatten(), context_lens.new_ones(padded_rows - batch * width)])[:, None]
+    prefix = keys < torch.where(in_tree, roots[:, None], 0)[:, :, None]
+    rows = torch.where(prefix, seq_slots[:, None, :], padding_slot)
+    # The k-th key past the prefix is the row's k-th visible tree key: columns sort the seen ones first.
+    columns = torch.arange(width, device=seq_slots.device)
+    tree_keys = torch.sort(torch.where(seen, columns, width), dim=-1).values.clamp(max=width - 1)
+    at = roots[:, None, None] + tree_keys
+    tree_slots = seq_slots.gather(1, at.flatten(1)).view(batch, width, width)
+    visible_key = columns < (context_lens - roots[:, None])[:, :, None]
+    rows.scatter_(2, (roots[:, None, None] + columns).expand(batch, width, width),
+                  torch.where(visible_key & in_tree[:, :, None], tree_slots, padding_slot))
+    extra = torch.full((padded_rows - batch * width, window), padding_slot, dtype=rows.dtype, device=rows.device)
+    return torch.cat([rows.flatten(0, 1), extra]), valid
+
+
+def accepted_kv_moves(positions: torch.Tensor, block_tables: torch.Tensor, width: int, acceptance: Acceptance,
+                      block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and destination cache slots [B * (width - 1)] that move each accepted node from the slot it
+    was written to (root + its row) to the slot of its depth (root + depth), where a plain decode would
+    have written it, read from the verify inputs on the device (`positions`, `block_tables`: row b * width
+    holds sequence b's root). Columns past a tree's accepted nodes copy the root's slot onto itself, so the
+    shape is fixed and no other destination repeats."""
+    batch = acceptance.counts.shape[0]
+    roots = positions[: batch * width : width, None]
+    tables = block_tables[: batch * width : width].long()
+    depths = torch.arange(1, width, device=positions.device)
+    accepted = depths <= acceptance.counts[:, None]
+    sources = torch.where(accepted, roots + acceptance.path_rows, roots)
+    destinations = torch.where(accepted, roots + depths, roots)
+
+    def slots(at: torch.Tensor) -> torch.Tensor:
+        return (tables.gather(1, at // block_size) * block_size + at % block_size).flatten()
+
+    return slots(sources), slots(destinations)

@@ -83,11 +83,13 @@ def test_the_drafter_catches_up_on_the_features_device():
     assert {t.device for t in (cache.past_k, cache.past_v, cache.logits, cache.hidden)} == {DEVICE}
 
 
-def test_verify_inputs_arrive_on_the_device():
-    """Built on the host from the sequences' block tables (Python lists, as the decode step's inputs are),
-    then copied: every one of them."""
+def test_verify_inputs_are_built_on_the_device():
+    """The sequences' block tables and the trees (Python lists) are copied to the device, and every row
+    is built there: nothing else touches the host."""
     seqs = [Sequence(list(range(n)), SamplingParams(), block_table=[1, 2]) for n in (5, 9)]
     trees = [DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4])]
-    ids, positions, meta = build_verify_inputs(seqs, trees, 4, 8, block_size=16, max_blocks=4, device=DEVICE)
+    with HostTensors() as audit:
+        ids, positions, meta = build_verify_inputs(seqs, trees, 4, 8, block_size=16, max_blocks=4, device=DEVICE)
+    assert audit.ops == []
     tensors = [ids, positions, *(value for value in vars(meta).values() if isinstance(value, torch.Tensor))]
     assert len(tensors) >= 10 and {t.device for t in tensors} == {DEVICE}

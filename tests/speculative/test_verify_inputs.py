@@ -1,0 +1,84 @@
+"""Acceptance's K/V moves against the cache a plain decode would leave: nodes written where the verify
+inputs put them, moved, then read back position by position through each sequence's block table."""
+
+from __future__ import annotations
+
+import torch
+
+from kilotok.sampling_params import SamplingParams
+from kilotok.sequence import Sequence
+from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.verify import Acceptance, Verdict, accept_greedy
+from kilotok.speculative.verify_inputs import accepted_kv_moves, build_verify_inputs
+from tests.host_tensors import DEVICE, HostTensors
+
+BLOCK = 4
+
+
+def test_each_row_reads_its_prefix_then_the_tree_keys_it_sees():
+    """By hand. Sequence 0: 6 tokens in blocks [2, 3, 5] of 4 slots, root at position 5 (slot 13), nodes
+    0 (under the root, position 6, slot 14), 1 (under node 0, position 7, slot 15) and 2 (under the root,
+    written at position 8: slot 20, at depth 1: RoPE position 6). Sequence 1: 2 tokens in block [1], no
+    tree: its root, then padding rows (slot 0, one key), as are the rows past the batch."""
+    seqs = [Sequence(list(range(6)), SamplingParams(), block_table=[2, 3, 5]),
+            Sequence([7, 9], SamplingParams(), block_table=[1])]
+    trees = [DraftTree([30, 31, 32], [-1, 0, -1]), DraftTree()]
+    ids, positions, meta = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"))
+    assert ids.tolist() == [5, 30, 31, 32, 9, 0, 0, 0, 0, 0]
+    assert positions.tolist() == [5, 6, 7, 6, 1, 0, 0, 0, 0, 0]
+    assert meta.slot_mapping.tolist() == [13, 14, 15, 20, 5, 0, 0, 0, 0, 0]
+    assert meta.context_lens.tolist() == [6, 7, 8, 7, 2, 1, 1, 1, 1, 1]
+    prefix = [8, 9, 10, 11, 12]
+    windows = [prefix + [13], prefix + [13, 14], prefix + [13, 14, 15], prefix + [13, 20], [4, 5]] + [[0]] * 5
+    assert [index[valid].tolist() for index, valid in zip(meta.kv_gather_index, meta.kv_valid, strict=True)] == windows
+    assert (meta.kv_gather_index[~meta.kv_valid] == 0).all()
+    assert meta.tree_mask[:, :4].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1],
+                                                    [1, 0, 0, 0]] + [[0] * 4] * 5
+    assert not meta.tree_mask[:, 4:].any()
+    assert meta.tree_positions[:5, :4].tolist() == [[5, 6, 7, 6]] * 4 + [[1, 0, 0, 0]]
+    assert meta.block_tables.tolist() == [[2, 3, 5]] * 4 + [[1, 0, 0]] + [[0, 0, 0]] * 5
+    # For kernels that read the block table: the same rows, without the windows.
+    *_, bare = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"),
+                                   key_windows=False)
+    assert bare.kv_gather_index is None and bare.kv_valid is None
+    assert torch.equal(bare.tree_mask, meta.tree_mask) and torch.equal(bare.context_lens, meta.context_lens)
+
+
+def test_accepted_nodes_end_up_at_the_positions_of_their_depths():
+    # Roots at positions 5 and 6: sequence 0's tree crosses from block 3 into block 5.
+    seqs = [Sequence(list(range(6)), SamplingParams(), block_table=[2, 3, 5]),
+            Sequence(list(range(7)), SamplingParams(), block_table=[1, 4, 6])]
+    trees = [DraftTree([10, 11, 12, 13, 14], [-1, -1, 1, 2, 0]), DraftTree.chain([20, 21])]
+    verdicts = [Verdict([1, 2, 3], bonus=15), Verdict([0], bonus=22)]
+    width = 6
+    ids, positions, meta = build_verify_inputs(seqs, trees, width, 16, BLOCK, max_blocks=4, device=torch.device("cpu"))
+    cache = torch.full((7 * BLOCK,), -1, dtype=torch.int64)
+    cache[meta.slot_mapping] = ids
+    path_rows = torch.tensor([[node + 1 for node in verdict.accepted] + [0] * (width - 1 - len(verdict.accepted))
+                              for verdict in verdicts])
+    acceptance = Acceptance(torch.tensor([len(verdict.accepted) for verdict in verdicts]), path_rows,
+                            torch.tensor([verdict.bonus for verdict in verdicts]))
+    moves = accepted_kv_moves(positions, meta.block_tables, width, acceptance, BLOCK)
+    cache[moves[1]] = cache[moves[0]].clone()
+    for seq, tree, verdict in zip(seqs, trees, verdicts, strict=True):
+        root = len(seq) - 1
+        kept = [cache[seq.block_table[p // BLOCK] * BLOCK + p % BLOCK].item()
+                for p in range(root, root + len(verdict.accepted) + 1)]
+        assert kept == [seq.token_ids[-1]] + [tree.tokens[node] for node in verdict.accepted]
+
+
+@torch.no_grad()
+def test_acceptance_and_its_moves_build_nothing_on_the_host():
+    """What a captured speculative step would run after the target's forward, on a device."""
+    batch, width, vocab = 3, 5, 11
+    row_tokens = torch.empty(batch, width, dtype=torch.int64, device=DEVICE)
+    ancestors = torch.empty(batch, width, width, dtype=torch.bool, device=DEVICE)
+    logits = torch.empty(batch, width, vocab, device=DEVICE)
+    positions = torch.empty(batch * width, dtype=torch.int64, device=DEVICE)
+    block_tables = torch.empty(batch * width, 4, dtype=torch.int32, device=DEVICE)
+    with HostTensors() as audit:
+        acceptance = accept_greedy(row_tokens, ancestors, logits)
+        moves = accepted_kv_moves(positions, block_tables, width, acceptance, BLOCK)
+    assert audit.ops == []
+    assert {t.device for t in (*vars(acceptance).values(), *moves)} == {DEVICE}
+    assert moves[0].shape == moves[1].shape == (batch * (width - 1),)
