@@ -163,6 +163,8 @@ def _merge_kernel(out, part_acc, part_max, part_sum, context_lens, tree_mask, tr
     order, so the result does not depend on how the splits' programs were scheduled."""
     row = tl.program_id(0)
     heads, dims, head_ok, mask = _group_tile(tl.program_id(1), GROUP, GROUP_PAD, DIM_PAD, HEAD_DIM)
+    # Every program waits, those with nothing to merge too: the next kernel's wait for this one then covers
+    # the single-split rows the split kernel wrote.
     wait_for_producer(USE_PDL)
     prefix_len, first_key = _row_keys(row, context_lens, tree_mask, tree_positions, tree_stride, CHUNK,
                                       TREE_WIDTH, TREE_PAD)
@@ -210,17 +212,17 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if tree_mask is None:
         tree_mask = tree_positions = context_lens  # never read: TREE_WIDTH 0 compiles the tree part away
     use_pdl = pdl_enabled(pdl, q.device)
-    shapes = dict(CHUNK=chunk_size, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, GROUP=group,
-                  GROUP_PAD=max(MIN_DOT, triton.next_power_of_2(group)),
-                  DIM_PAD=max(MIN_DOT, triton.next_power_of_2(head_dim)), KEYS=KEYS_PER_TILE, SPLIT_KEYS=SPLIT_KEYS,
-                  SPLITS=splits, TREE_WIDTH=tree_width, TREE_PAD=max(MIN_DOT, triton.next_power_of_2(tree_width)),
-                  USE_PDL=use_pdl)
+    constants = dict(CHUNK=chunk_size, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, GROUP=group,
+                     GROUP_PAD=max(MIN_DOT, triton.next_power_of_2(group)),
+                     DIM_PAD=max(MIN_DOT, triton.next_power_of_2(head_dim)), KEYS=KEYS_PER_TILE,
+                     SPLIT_KEYS=SPLIT_KEYS, SPLITS=splits, TREE_WIDTH=tree_width,
+                     TREE_PAD=max(MIN_DOT, triton.next_power_of_2(tree_width)), USE_PDL=use_pdl)
     _split_kernel[(rows, num_kv_heads, splits)](
         q, k_cache, v_cache, out, part_acc, part_max, part_sum, block_tables, context_lens, tree_mask, tree_positions,
         scale, q.stride(0), q.stride(1), block_tables.stride(0), tree_mask.stride(0), BLOCK_SIZE=block_size,
-        DOT_FP32=dot_in_fp32(k_cache), **shapes, **launch_options(use_pdl))
+        DOT_FP32=dot_in_fp32(k_cache), **constants, **launch_options(use_pdl))
     if splits > 1:
         _merge_kernel[(rows, num_kv_heads)](out, part_acc, part_max, part_sum, context_lens, tree_mask,
-                                            tree_positions, tree_stride=tree_mask.stride(0), **shapes,
+                                            tree_positions, tree_stride=tree_mask.stride(0), **constants,
                                             **launch_options(use_pdl))
     return out
