@@ -43,6 +43,19 @@ def attend_tile(q, k, v, visible, acc, row_max, row_sum, scale, DOT_FP32: tl.con
 
 
 @triton.jit
+def merge_partial(acc, row_max, row_sum, part_acc, part_max, part_sum):
+    """Fold a partial triple over other keys (another program's tiles, as `attend_tile` left it) into the
+    running one: the same rescaling, so merging split-KV partials in order gives the softmax over all of
+    them."""
+    new_max = tl.maximum(row_max, part_max)
+    safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+    rescale = tl.exp(row_max - safe_max)
+    part_rescale = tl.exp(part_max - safe_max)
+    acc = acc * rescale[:, None] + part_acc * part_rescale[:, None]
+    return acc, new_max, row_sum * rescale + part_sum * part_rescale
+
+
+@triton.jit
 def finish(acc, row_sum):
     """The attention output of the folded tiles; rows that saw no key come out as zeros."""
     return acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]

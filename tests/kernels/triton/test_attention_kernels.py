@@ -50,6 +50,12 @@ def both_backends(q, caches, meta, scale, chunk=0):
     ([1, 17, 70, 5], 16, 9, 3, 64, 0),  # the default model's heads; 70 keys span two 64-key tiles
     ([130, 3], 5, 4, 4, 24, 0),  # a block size and head dimension that match no tile, no grouping
     ([40, 9, 77], 8, 6, 2, 32, 16),  # chunked-local: the query sees only its own chunk of 16
+    # Split KV, 256 keys a split: one key, one split, 2 splits (256 + 44 keys), 4 (3 x 256 + 9).
+    ([1, 64, 300, 777], 16, 8, 2, 32, 0),
+    # Past 16 splits of 256 the splits grow: 4500 keys in 14 x 320 + 20.
+    ([4500, 3], 64, 2, 1, 16, 0),
+    # Chunks of 600: 1100 keys split 3 ways from the tile before its chunk start; 650 keys one split.
+    ([1100, 37, 650], 16, 4, 2, 32, 600),
 ])
 def test_paged_decode_matches_the_reference(lengths, block_size, heads, kv_heads, head_dim, chunk):
     num_blocks = sum(-(-n // block_size) for n in lengths) + 3
@@ -64,11 +70,35 @@ def test_paged_decode_matches_the_reference(lengths, block_size, heads, kv_heads
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [0, 1024])
+def test_paged_decode_rows_do_not_depend_on_their_batch(chunk):
+    """A row decoded alone and inside a batch of other rows, whose longer tables widen the grid's split axis,
+    comes out bit for bit the same (speculative decoding compares the two); a row with no key reads zeros."""
+    from kilotok.kernels.triton.attention_decode import paged_decode_attention
+
+    block_size, kv_heads, heads, head_dim, lengths = 16, 2, 4, 32, [777, 40, 0, 1100]
+    caches = random_cache(sum(-(-n // block_size) for n in lengths) + 1, block_size, kv_heads, head_dim)
+    seqs = sequences(lengths, block_size, caches[0].shape[0])
+    q = torch.randn(len(lengths), heads, head_dim, generator=torch.Generator().manual_seed(8))
+
+    def decode(rows: list[int]) -> torch.Tensor:
+        tables = torch.zeros(len(rows), max(len(seqs[r].block_table) for r in rows), dtype=torch.int32)
+        for index, row in enumerate(rows):
+            tables[index, : len(seqs[row].block_table)] = torch.tensor(seqs[row].block_table, dtype=torch.int32)
+        context_lens = torch.tensor([lengths[r] for r in rows], dtype=torch.int32)
+        return paged_decode_attention(q[rows], *caches, tables, context_lens, None, None, head_dim**-0.5, chunk,
+                                      pdl=True)
+
+    batch = decode([0, 1, 2, 3])
+    assert torch.equal(decode([0]), batch[0:1]) and torch.equal(decode([1]), batch[1:2])
+    assert not batch[2].any() and batch[[0, 1, 3]].abs().sum(dim=-1).gt(0).all()
+
+
 def test_paged_decode_in_bf16_caches():
-    lengths, block_size, head_dim = [33, 90], 16, 64
-    caches = random_cache(10, block_size, 2, head_dim, torch.bfloat16)
-    seqs = sequences(lengths, block_size, 10)
-    inputs = token_rows(seqs, lengths, 2, block_size, 6, torch.device("cpu"))
+    lengths, block_size, head_dim = [33, 600], 16, 64  # one split, three
+    caches = random_cache(45, block_size, 2, head_dim, torch.bfloat16)
+    seqs = sequences(lengths, block_size, 45)
+    inputs = token_rows(seqs, lengths, 2, block_size, 38, torch.device("cpu"))
     inputs.meta.kv_gather_index, inputs.meta.kv_valid = decode_key_window(seqs, 2, block_size, torch.device("cpu"))
     q = torch.randn(2, 8, head_dim, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     got, expected = both_backends(q, caches, inputs.meta, head_dim**-0.5)
@@ -79,19 +109,26 @@ def test_paged_decode_in_bf16_caches():
 TREES = [DraftTree([5, 6, 7, 8, 9], [-1, 0, 0, 1, 3]), DraftTree.chain([4, 4, 4]), DraftTree([], [])]
 
 
-@pytest.mark.parametrize("chunk", [0, 8])
-def test_tree_verification_rows_match_their_gathered_windows(chunk):
+@pytest.mark.parametrize(("lengths", "chunk"), [
+    ([23, 7, 14], 0), ([23, 7, 14], 8),
+    ([300, 7, 14], 0),  # a prefix in 2 splits, the tree keys folded in by the last
+    # Chunks of 300 after a prefix of 598: shallow nodes see 2 splits of the prefix (from key 256, masked
+    # up to 300), nodes from depth 2 sit in the next chunk and see only tree keys.
+    ([598, 7, 14], 300),
+])
+def test_tree_verification_rows_match_their_gathered_windows(lengths, chunk):
     """The rows speculative verification builds (speculative/verify_inputs.py): the reference reads each
     row's gathered window, the kernel the block table, the tree mask and the nodes' positions."""
     block_size, kv_heads, heads, head_dim = 4, 2, 6, 40
     width = 1 + max(len(tree) for tree in TREES)
-    lengths = [23, 7, 14]
-    seqs = sequences([n + width - 1 for n in lengths], block_size, 40)
+    num_blocks = sum(-(-(n + width) // block_size) for n in lengths) + 3
+    seqs = sequences([n + width - 1 for n in lengths], block_size, num_blocks)
     for seq, length in zip(seqs, lengths, strict=True):
         seq.token_ids = seq.token_ids[:length]  # blocks reserved for the tree's lookahead slots
-    caches = random_cache(40, block_size, kv_heads, head_dim)
+    caches = random_cache(num_blocks, block_size, kv_heads, head_dim)
     padded = len(seqs) * width + 3
-    _, _, meta = build_verify_inputs(seqs, TREES, width, padded, block_size, 12, torch.device("cpu"))
+    _, _, meta = build_verify_inputs(seqs, TREES, width, padded, block_size,
+                                     max(len(seq.block_table) for seq in seqs), torch.device("cpu"))
     q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(5))
     got, expected = both_backends(q, caches, meta, head_dim**-0.5, chunk)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
