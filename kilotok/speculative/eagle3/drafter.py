@@ -30,7 +30,7 @@ from kilotok.quant.lowbit import LowBitLinear, lowbit_available, pack_float
 from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.eagle3.checkpoint import default_draft_path, load_eagle3
-from kilotok.speculative.eagle3.head_steps import Candidates, HeadSteps, candidate_depths
+from kilotok.speculative.eagle3.head_steps import HeadSteps
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import ROOT, DraftTree
@@ -129,14 +129,16 @@ class Eagle3Drafter:
 
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
-        trees = []
-        for seq in seqs:
+        """Each ready sequence's tree, chosen on the device; the batch's trees come back in one copy."""
+        grown = {}
+        for row, seq in enumerate(seqs):
             if self.ready(seq):
                 self.catch_up(seq)
-                trees.append(self._grow(seq.draft_state.cache, shape))
-            else:
-                trees.append(DraftTree())  # this step's features make it ready for the next
-        return trees
+                grown[row] = torch.stack(self._grow(seq.draft_state.cache, shape))
+        # The others get empty trees: this step's features make them ready for the next.
+        trees = dict(zip(grown, (DraftTree(*tree) for tree in torch.stack(list(grown.values())).tolist()),
+                         strict=True)) if grown else {}
+        return [trees.get(row, DraftTree()) for row in range(len(seqs))]
 
     def catch_up(self, seq: Sequence) -> None:
         """Run the head over the pending inputs (token t + 1, target feature t), whose tokens the sequence
@@ -156,17 +158,19 @@ class Eagle3Drafter:
         past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
         state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], positions[-1])
 
-    def _grow(self, cache: _HeadCache, shape: TreeShape) -> DraftTree:
+    def _grow(self, cache: _HeadCache, shape: TreeShape) -> tuple[torch.Tensor, torch.Tensor]:
         candidates = self.steps.expand(cache.past_k, cache.past_v, cache.logits, cache.hidden, cache.last_position,
                                        shape.depth, self.topk)
-        return _best_tree(candidates, candidate_depths(shape.depth, self.topk), shape.tree_size)
+        return best_tree(*candidates, shape.tree_size)
 
 
-def _best_tree(candidates: Candidates, depths: list[int], tree_size: int) -> DraftTree:
-    """The tree_size best candidates; ties go to the shallower node, so ancestors always make it."""
-    scores = candidates.scores
-    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], depths[i], i))
-    chosen = sorted(ranked[:tree_size], key=lambda i: (depths[i], i))
-    index_of = {old: new for new, old in enumerate(chosen)}
-    index_of[ROOT] = ROOT
-    return DraftTree([candidates.tokens[i] for i in chosen], [index_of[candidates.parents[i]] for i in chosen])
+def best_tree(tokens: torch.Tensor, scores: torch.Tensor, parents: torch.Tensor,
+              tree_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `tree_size` best of an expansion's candidates (in level order, as `HeadSteps.expand` gives them)
+    as (tokens, parents renumbered to the chosen), on their device. Ties go to the earlier candidate, the
+    shallower: as a child never scores above its parent, the best nodes always include their ancestors."""
+    best = torch.sort(scores, descending=True, stable=True).indices[:tree_size]
+    chosen = best.sort().values
+    renumbered = torch.full_like(parents, ROOT).scatter_(0, chosen, torch.arange(len(chosen), device=chosen.device))
+    chosen_parents = parents[chosen]
+    return tokens[chosen], torch.where(chosen_parents == ROOT, ROOT, renumbered[chosen_parents.clamp(min=0)])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -30,21 +29,6 @@ from kilotok.speculative.tree import ROOT
 
 COMPILED_ROWS = (1, 2, 4, 8, 16)
 """Row buckets of compiled catch-up; longer catch-ups (a prompt) run eagerly, once per request."""
-
-
-@dataclass
-class Candidates:
-    """Every node an expansion scored, in level order: target token ids, cumulative log-probabilities under
-    the head, and parents (indices into these lists, or ROOT)."""
-
-    tokens: list[int]
-    scores: list[float]
-    parents: list[int]
-
-
-def candidate_depths(depth: int, topk: int) -> list[int]:
-    """Depth of each candidate `expand` returns: top-k at level 1, top-k x top-k at every later level."""
-    return [1] * topk + [level for level in range(2, depth + 1) for _ in range(topk * topk)]
 
 
 class HeadSteps:
@@ -74,16 +58,11 @@ class HeadSteps:
         return Eagle3Output(*(tensor[:, :count] for tensor in out))
 
     def expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
-               root_hidden: torch.Tensor, last_position: int, depth: int, topk: int) -> Candidates:
-        tokens, scores, parents = self.expand_tensors(past_k, past_v, root_logits, root_hidden, last_position,
-                                                      depth, topk)
-        return Candidates(tokens.tolist(), scores.tolist(), parents.tolist())
-
-    def expand_tensors(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
-                       root_hidden: torch.Tensor, last_position: int, depth: int,
-                       topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The candidates as tensors on the head's device (tokens, scores, parents), before `expand` copies
-        them to the host."""
+               root_hidden: torch.Tensor, last_position: int, depth: int,
+               topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every node the expansion scores, in level order (top-k at level 1, top-k x top-k at each later
+        level), as tensors on the head's device: target token ids, cumulative log-probabilities under the
+        head, and parents (indices into these, or ROOT)."""
         args = (past_k, past_v, root_logits, root_hidden, torch.tensor(last_position, device=past_k.device), depth,
                 topk)
         return self._call("expand", *args) if _compilable(past_k) else self._expand(*args)

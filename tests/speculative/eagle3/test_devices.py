@@ -14,6 +14,7 @@ from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
 from kilotok.speculative.eagle3.drafter import DraftState, Eagle3Drafter
 from kilotok.speculative.eagle3.head_steps import HeadSteps
+from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import DraftTree
 from kilotok.speculative.verify_inputs import build_verify_inputs
 from tests.host_tensors import DEVICE, HostTensors
@@ -59,7 +60,7 @@ def test_tree_expansion_builds_nothing_on_the_host(depth, topk):
     past_k, past_v = torch.empty(1, 7, 2, 8, device=DEVICE), torch.empty(1, 7, 2, 8, device=DEVICE)
     logits, hidden = torch.empty(40, device=DEVICE), torch.empty(D, device=DEVICE)
     with HostTensors() as audit:
-        candidates = steps.expand_tensors(past_k, past_v, logits, hidden, 9, depth, topk)
+        candidates = steps.expand(past_k, past_v, logits, hidden, 9, depth, topk)
     assert audit.ops == []
     assert {t.device for t in candidates} == {DEVICE}
 
@@ -67,7 +68,8 @@ def test_tree_expansion_builds_nothing_on_the_host(depth, topk):
 @torch.no_grad()
 def test_the_drafter_catches_up_on_the_features_device():
     """The drafter's own part of a draft: pending features from a prefill and a verify step, caught up
-    eagerly (the first inputs) and then padded; the positions it makes go to the features' device."""
+    eagerly (the first inputs) and then padded, and the tree grown and chosen; the positions it makes go
+    to the features' device."""
     drafter = Eagle3Drafter(make_draft().to(DEVICE), topk=2)
     seq = SimpleNamespace(token_ids=list(range(12)), draft_state=DraftState())
     with HostTensors() as audit:
@@ -76,9 +78,9 @@ def test_the_drafter_catches_up_on_the_features_device():
         seq.draft_state.receive(6, torch.empty(3, 3 * D, device=DEVICE))
         drafter.catch_up(seq)
         cache = seq.draft_state.cache
-        drafter.steps.expand_tensors(cache.past_k, cache.past_v, cache.logits, cache.hidden, cache.last_position,
-                                     3, 2)
+        tree = drafter._grow(cache, TreeShape(depth=3, tree_size=4))
     assert audit.ops == []
+    assert {t.device for t in tree} == {DEVICE}
     assert (cache.committed, cache.last_position) == (9, 8)
     assert {t.device for t in (cache.past_k, cache.past_v, cache.logits, cache.hidden)} == {DEVICE}
 
