@@ -111,9 +111,9 @@ TREES = [DraftTree([5, 6, 7, 8, 9], [-1, 0, 0, 1, 3]), DraftTree.chain([4, 4, 4]
 
 @pytest.mark.parametrize(("lengths", "chunk"), [
     ([23, 7, 14], 0), ([23, 7, 14], 8),
-    ([300, 7, 14], 0),  # a prefix in 2 splits, the tree keys folded in by the last
-    # Chunks of 300 after a prefix of 598: shallow nodes see 2 splits of the prefix (from key 256, masked
-    # up to 300), nodes from depth 2 sit in the next chunk and see only tree keys.
+    ([300, 7, 14], 0),  # 2 splits, the tree keys (positions 299 on) in the second
+    # Chunks of 300 after a prefix of 597: shallow nodes read from key 256 (masked up to 300) in 2 splits,
+    # the second holding their tree keys; nodes from depth 3 sit in the next chunk and see only tree keys.
     ([598, 7, 14], 300),
 ])
 def test_tree_verification_rows_match_their_gathered_windows(lengths, chunk):
@@ -132,6 +132,51 @@ def test_tree_verification_rows_match_their_gathered_windows(lengths, chunk):
     q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(5))
     got, expected = both_backends(q, caches, meta, head_dim**-0.5, chunk)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def plain_copies(caches, meta, block_size: int):
+    """(k and v caches, block tables, context lengths) of one plain sequence per verification row: the row's prefix,
+    then the tree keys it sees, copied to contiguous positions of blocks of its own."""
+    rows, width = meta.tree_mask.shape
+    blocks = -(-int(meta.context_lens.max()) // block_size)
+    tables = 1 + torch.arange(rows * blocks, dtype=torch.int32).view(rows, blocks)
+    plain = [torch.zeros((rows * blocks + 1, *cache.shape[1:]), dtype=cache.dtype) for cache in caches]
+    for row, (length, seen) in enumerate(zip(meta.context_lens.tolist(), meta.tree_mask, strict=True)):
+        prefix = length - int(seen.sum())
+        positions = torch.cat([torch.arange(prefix), prefix + seen.nonzero().flatten()])
+        slots = meta.block_tables[row, positions // block_size].long() * block_size + positions % block_size
+        plain_slots = tables[row, : -(-length // block_size)].long()[:, None] * block_size + torch.arange(block_size)
+        for source, copy in zip(caches, plain, strict=True):
+            copy.flatten(0, 1)[plain_slots.flatten()[:length]] = source.flatten(0, 1)[slots]
+    return (*plain, tables, meta.context_lens)
+
+
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_tree_rows_fold_as_plain_decode_rows(chunk):
+    """A verification row computes bit for bit what a plain decode row at its node's position computes over
+    the same keys (speculative decoding is lossless only so), where the node's path crosses a 64-key tile
+    (prefix 62), a 256-key split (prefix 254) and, with chunks of 64, a chunk; on a branching tree whose
+    rows' paths skip columns, ragged prefixes and trees, padding rows and columns."""
+    from kilotok.kernels.triton.attention_decode import paged_decode_attention
+
+    block_size, kv_heads, heads, head_dim = 8, 2, 4, 16
+    trees = [TREES[0], DraftTree([3, 1, 4, 1, 5], [-1, -1, 1, 0, 2]), TREES[1]]
+    width = 1 + max(len(tree) for tree in trees)
+    lengths = [63, 255, 6]  # each sequence's prefix is one less: its last token is the tree's root
+    num_blocks = sum(-(-(n + width) // block_size) for n in lengths) + 3
+    seqs = sequences([n + width - 1 for n in lengths], block_size, num_blocks)
+    for seq, length in zip(seqs, lengths, strict=True):
+        seq.token_ids = seq.token_ids[:length]
+    caches = random_cache(num_blocks, block_size, kv_heads, head_dim)
+    padded = len(seqs) * width + 2
+    _, _, meta = build_verify_inputs(seqs, trees, width, padded, block_size, max(len(s.block_table) for s in seqs),
+                                     torch.device("cpu"), key_windows=False)
+    q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(9))
+    scale = head_dim**-0.5
+    got = paged_decode_attention(q, *caches, meta.block_tables, meta.context_lens, meta.tree_mask,
+                                 meta.tree_positions, scale, chunk, pdl=True)
+    expected = paged_decode_attention(q, *plain_copies(caches, meta, block_size), None, None, scale, chunk, pdl=True)
+    assert torch.equal(got, expected) and got.abs().sum(dim=-1).gt(0).all()
 
 
 @pytest.mark.parametrize(("cached", "new", "block_size", "chunk"), [
