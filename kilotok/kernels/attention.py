@@ -71,7 +71,7 @@ def _triton_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     ops = _triton_ops()
     if meta.decode_rows or meta.kv_gather_index is not None:  # decode rows: one query each
         return ops.paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.tree_mask,
-                                          meta.tree_positions, scale, attention_chunk_size, pdl)
+                                          scale, attention_chunk_size, pdl)
     return ops.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens,
                                        meta.query_start_loc, scale, attention_chunk_size, pdl)
 

@@ -35,5 +35,3 @@ class AttentionMetadata:
     """[R, W] bool, speculative verification only (for kernels that read the block table rather than the
     gathered window): which of the sequence's W draft-tree keys (the root, then the nodes, at cache
     positions prefix + j) row r sees; the prefix is context_lens[r] less the row's visible tree keys."""
-    tree_positions: torch.Tensor | None = None
-    """[R, W] int32 with tree_mask: each tree key's position in the sequence (the root's plus its depth)."""

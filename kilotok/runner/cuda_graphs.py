@@ -8,8 +8,8 @@ Every shape is static: block tables are padded to the runner's `max_blocks_per_s
 decode attention kernel reads each row's context length on the device, so one graph per batch size serves
 every context length. Batch sizes outside the captured set run eagerly (`DecodeGraphs.run` returns None).
 
-Draft-tree verification rows are decode rows plus a tree mask and node positions (kernels/attention_metadata.py):
-a second set of graphs captures them with those two buffers at a fixed tree width, a step's narrower tree
+Draft-tree verification rows are decode rows plus a tree mask (kernels/attention_metadata.py):
+a second set of graphs captures them with that buffer at a fixed tree width, a step's narrower tree
 padded with invisible columns (which the decode kernel ignores: a row's prefix is its context length less
 the tree keys it sees).
 
@@ -86,14 +86,13 @@ class StaticDecodeInputs:
     context_lens: torch.Tensor
     query_start_loc: torch.Tensor
     tree_mask: torch.Tensor | None = None
-    tree_positions: torch.Tensor | None = None
 
     @classmethod
     def allocate(cls, rows: int, max_blocks: int, padding_block: int, block_size: int, device: torch.device,
                  tree_width: int = 0) -> StaticDecodeInputs:
         """Padding rows throughout (token 0 at position 0, writing the first slot of `padding_block`, one
         key, no tree key), so capturing reads and writes only that block. `tree_width` > 0: verification
-        rows, with a tree mask and node positions of that many columns."""
+        rows, with a tree mask of that many columns."""
         def full(shape, value: int, dtype: torch.dtype) -> torch.Tensor:
             return torch.full(shape, value, dtype=dtype, device=device)
 
@@ -105,7 +104,6 @@ class StaticDecodeInputs:
             context_lens=full((rows,), 1, torch.int32),
             query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device=device),
             tree_mask=full((rows, tree_width), 0, torch.bool) if tree_width else None,
-            tree_positions=full((rows, tree_width), 0, torch.int32) if tree_width else None,
         )
 
     @property
@@ -134,9 +132,8 @@ class StaticDecodeInputs:
         self.context_lens[:rows].copy_(meta.context_lens, non_blocking=True)
         if self.tree_mask is not None:
             width = meta.tree_mask.shape[1]
-            for static, given in ((self.tree_mask, meta.tree_mask), (self.tree_positions, meta.tree_positions)):
-                static[:rows, :width].copy_(given, non_blocking=True)
-                static[:rows, width:].zero_()
+            self.tree_mask[:rows, :width].copy_(meta.tree_mask, non_blocking=True)
+            self.tree_mask[:rows, width:].zero_()
 
     def view(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """The first `rows` rows as a decode step's inputs (what a graph of that size captures)."""
@@ -147,7 +144,6 @@ class StaticDecodeInputs:
             query_start_loc=self.query_start_loc[: rows + 1],
             decode_rows=True,
             tree_mask=None if self.tree_mask is None else self.tree_mask[:rows],
-            tree_positions=None if self.tree_positions is None else self.tree_positions[:rows],
         )
         return self.input_ids[:rows], self.positions[:rows], meta
 

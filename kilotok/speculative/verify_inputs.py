@@ -38,9 +38,9 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
     plus its depth. Rows past a tree's end, and rows past `len(seqs) * width`, are padding: they write
     into the padding block and attend only to that slot.
 
-    The metadata carries the tree in the form the Triton decode kernel reads with the block table: each
-    row's tree mask and the tree keys' positions (kernels/attention_metadata.py); with `key_windows`, also
-    each row's gathered key window, which the PyTorch reference reads.
+    The metadata carries the tree in the form the Triton decode kernel reads with the block table, each
+    row's tree mask (kernels/attention_metadata.py); with `key_windows`, also each row's gathered key
+    window, which the PyTorch reference reads.
 
     The sequences and trees (Python lists) are copied to `device` as five small tensors; the rest is
     built there, for every row at once (`_tree_rows`)."""
@@ -93,8 +93,6 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
         "block_tables": torch.where(in_tree[:, :, None], tables[:, None, :], PADDING_BLOCK).int(),
         "context_lens": context_lens.int(),
         "tree_mask": pad(seen, (0, tree_width - width)),
-        "tree_positions": pad(torch.where(in_tree[:, :, None], positions[:, None, :], 0).int(),
-                              (0, tree_width - width)),
     }
     # Rows past the batch's trees pad the step to `padded_rows`, as padding rows within a tree do.
     extra = padded_rows - batch * width

@@ -87,7 +87,7 @@ def test_sizes_pad_to_the_next_captured_one_and_others_run_eagerly():
 
 def reads_the_tree_too(input_ids, positions, meta: AttentionMetadata):
     logits, features = reads_every_input(input_ids, positions, meta)
-    tree = (meta.tree_mask.long() * 5 + meta.tree_positions) * torch.arange(1, meta.tree_mask.shape[1] + 1)
+    tree = meta.tree_mask.long() * torch.arange(1, meta.tree_mask.shape[1] + 1)
     return logits + tree.sum(dim=1, keepdim=True), features
 
 
@@ -95,7 +95,6 @@ def with_tree(rows: int, width: int, seed: int):
     ids, positions, meta = step(rows, seed)
     generator = torch.Generator().manual_seed(seed)
     meta.tree_mask = torch.rand(rows, width, generator=generator) < 0.5
-    meta.tree_positions = torch.randint(0, 30, (rows, width), generator=generator, dtype=torch.int32)
     return ids, positions, meta
 
 
@@ -105,10 +104,8 @@ def test_verification_graphs_pad_narrower_trees_with_invisible_columns():
     captured.run(*with_tree(4, 6, seed=1))  # fills every column, so a narrower tree must clear the rest
     for rows, width, seed in ((4, 3, 2), (2, 6, 3), (4, 1, 4)):
         ids, positions, meta = with_tree(rows, width, seed)
-        padded = AttentionMetadata(**{**vars(meta), "tree_mask": torch.zeros(rows, 6, dtype=torch.bool),
-                                      "tree_positions": torch.zeros(rows, 6, dtype=torch.int32)})
+        padded = AttentionMetadata(**{**vars(meta), "tree_mask": torch.zeros(rows, 6, dtype=torch.bool)})
         padded.tree_mask[:, :width] = meta.tree_mask
-        padded.tree_positions[:, :width] = meta.tree_positions
         assert torch.equal(captured.run(ids, positions, meta)[0], reads_the_tree_too(ids, positions, padded)[0])
     assert captured.run(*with_tree(4, 7, seed=5)) is None  # wider than captured: eager
     assert captured.run(*step(4, seed=6)) is None  # no tree: the plain decode graphs' rows

@@ -1,5 +1,5 @@
 """Registry entries for attention over the paged KV cache: decode rows (grouped-query heads over the block
-table), the rows of speculative draft trees being verified (a tree mask and per-node positions), and
+table), the rows of speculative draft trees being verified (a tree mask), and
 prefill (causal; chunked-local on Llama 4's layers).
 
 Each sequence holds `model.context` keys in blocks of BLOCK_SIZE drawn in random order over the cache (block
@@ -61,7 +61,7 @@ def _decode_reference(q, k_cache, v_cache, block_tables, context_lens, window, v
 def _decode_kernel(q, k_cache, v_cache, block_tables, context_lens, window, valid, scale, chunk, pdl=False):
     from kilotok.kernels.triton import ops  # Triton is an optional extra: imported on first use
 
-    return ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, None, None, scale, chunk, pdl)
+    return ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, None, scale, chunk, pdl)
 
 
 def tree_rows(tokens: int) -> tuple[int, int]:
@@ -70,16 +70,13 @@ def tree_rows(tokens: int) -> tuple[int, int]:
     return math.ceil(tokens / nodes), nodes
 
 
-def _random_tree(nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ancestor-or-self mask [nodes, nodes] bool, depth [nodes]) of a tree whose node j > 0 hangs below a
-    random earlier node."""
+def _random_tree(nodes: int) -> torch.Tensor:
+    """The ancestor-or-self mask [nodes, nodes] bool of a tree whose node j > 0 hangs below a random earlier
+    node."""
     seen = torch.eye(nodes, dtype=torch.bool)
-    depth = torch.zeros(nodes, dtype=torch.int32)
     for node in range(1, nodes):
-        parent = int(torch.randint(node, ()))
-        seen[node] |= seen[parent]
-        depth[node] = depth[parent] + 1
-    return seen, depth
+        seen[node] |= seen[int(torch.randint(node, ()))]
+    return seen
 
 
 def _tree_inputs(model: ModelShape, tokens: int, device: torch.device) -> KernelCall:
@@ -89,29 +86,25 @@ def _tree_inputs(model: ModelShape, tokens: int, device: torch.device) -> Kernel
     prefix = model.context - nodes
     k_cache, v_cache, tables, slots = _paged_cache(model, sequences, device)
     trees = [_random_tree(nodes) for _ in range(sequences)]
-    tree_mask = torch.cat([seen for seen, _ in trees]).to(device)
-    tree_positions = torch.stack([prefix + depth for _, depth in trees]).repeat_interleave(nodes, 0).to(device)
+    tree_mask = torch.cat(trees).to(device)
     window = _window(slots).repeat_interleave(nodes, 0)
     valid = torch.zeros(window.shape, dtype=torch.bool, device=device)
     valid[:, :prefix] = True
     valid[:, prefix:model.context] = tree_mask
     context_lens = (prefix + tree_mask.sum(dim=1)).to(torch.int32)
     q = random(sequences * nodes, model.heads, model.head_dim, device=device)
-    return KernelCall((q, k_cache, v_cache, tables.repeat_interleave(nodes, 0), context_lens, tree_mask,
-                       tree_positions.to(torch.int32), window, valid), {"scale": model.head_dim**-0.5})
+    return KernelCall((q, k_cache, v_cache, tables.repeat_interleave(nodes, 0), context_lens, tree_mask, window,
+                       valid), {"scale": model.head_dim**-0.5})
 
 
-def _tree_reference(q, k_cache, v_cache, block_tables, context_lens, tree_mask, tree_positions, window, valid,
-                    scale):
+def _tree_reference(q, k_cache, v_cache, block_tables, context_lens, tree_mask, window, valid, scale):
     return decode_attention(q, k_cache, v_cache, window, valid, scale)
 
 
-def _tree_kernel(q, k_cache, v_cache, block_tables, context_lens, tree_mask, tree_positions, window, valid, scale,
-                 pdl=False):
+def _tree_kernel(q, k_cache, v_cache, block_tables, context_lens, tree_mask, window, valid, scale, pdl=False):
     from kilotok.kernels.triton import ops
 
-    return ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, tree_mask, tree_positions,
-                                      scale, 0, pdl)
+    return ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, tree_mask, scale, 0, pdl)
 
 
 def _prefill_inputs(model: ModelShape, tokens: int, device: torch.device) -> KernelCall:

@@ -200,12 +200,10 @@ def split_slots(table_keys: int, chunk_size: int) -> int:
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, tree_mask: torch.Tensor | None,
-                           tree_positions: torch.Tensor | None, scale: float, chunk_size: int,
-                           pdl: bool) -> torch.Tensor:
+                           scale: float, chunk_size: int, pdl: bool) -> torch.Tensor:
     """q [R, Hq, D] -> [R, Hq, D]; caches [blocks, block_size, Hkv, D] (contiguous); one sequence per row
     (`block_tables` [R, max_blocks], `context_lens` [R]: keys row r sees). With a tree, `tree_mask` (bool)
-    [R, W] as in the module's docstring; `tree_positions` goes unread, since a tree row's keys sit at
-    consecutive positions (its virtual sequence's)."""
+    [R, W] as in the module's docstring."""
     rows, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads

@@ -86,7 +86,7 @@ def test_paged_decode_rows_do_not_depend_on_their_batch(chunk):
         for index, row in enumerate(rows):
             tables[index, : len(seqs[row].block_table)] = torch.tensor(seqs[row].block_table, dtype=torch.int32)
         context_lens = torch.tensor([lengths[r] for r in rows], dtype=torch.int32)
-        return paged_decode_attention(q[rows], *caches, tables, context_lens, None, None, head_dim**-0.5, chunk,
+        return paged_decode_attention(q[rows], *caches, tables, context_lens, None, head_dim**-0.5, chunk,
                                       pdl=True)
 
     batch = decode([0, 1, 2, 3])
@@ -173,9 +173,9 @@ def test_tree_rows_fold_as_plain_decode_rows(chunk):
                                      torch.device("cpu"), key_windows=False)
     q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(9))
     scale = head_dim**-0.5
-    got = paged_decode_attention(q, *caches, meta.block_tables, meta.context_lens, meta.tree_mask,
-                                 meta.tree_positions, scale, chunk, pdl=True)
-    expected = paged_decode_attention(q, *plain_copies(caches, meta, block_size), None, None, scale, chunk, pdl=True)
+    got = paged_decode_attention(q, *caches, meta.block_tables, meta.context_lens, meta.tree_mask, scale, chunk,
+                                 pdl=True)
+    expected = paged_decode_attention(q, *plain_copies(caches, meta, block_size), None, scale, chunk, pdl=True)
     assert torch.equal(got, expected) and got.abs().sum(dim=-1).gt(0).all()
 
 
