@@ -28,8 +28,8 @@ from kilotok.speculative.drafter import Drafter
 from kilotok.speculative.ngram import NgramDrafter
 from kilotok.speculative.policy import SpecPolicy, TreeShape
 from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import Acceptance, Verdict, accept_greedy, accept_sampled
-from kilotok.speculative.verify_inputs import accepted_kv_moves, build_verify_inputs, verify_width
+from kilotok.speculative.verify import Acceptance, TreeRows, Verdict, accept_greedy, accept_sampled
+from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
 
 
 class SpeculativeDecoder:
@@ -127,30 +127,26 @@ class SpeculativeDecoder:
         runner = self.runner
         width = verify_width(trees)
         rows = len(seqs) * width
-        input_ids, positions, meta = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows, features=True),
-                                                         runner.block_size, runner.max_blocks_per_seq,
-                                                         runner.device, runner.gathers_key_window)
-        logits, features = runner.decode_rows(input_ids, positions, meta, features=True)
+        batch = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows, features=True), runner.block_size,
+                                    runner.max_blocks_per_seq, runner.device, runner.gathers_key_window)
+        logits, features = runner.decode_rows(batch.input_ids, batch.positions, batch.meta, features=True)
         features = None if features is None else features[:rows].view(len(seqs), width, -1)
-        logits = logits[:rows].view(len(seqs), width, -1)
-        acceptance = self._accept(seqs, logits, input_ids[:rows].view(len(seqs), width),
-                                  meta.tree_mask[:rows, :width].reshape(len(seqs), width, width))
+        acceptance = self._accept(seqs, batch.trees, logits[:rows].view(len(seqs), width, -1))
         verdicts = acceptance.verdicts()
         # A chain of first children is already in place: most steps skip the copy over every layer.
         if any(verdict.moves_kv for verdict in verdicts):
-            runner.copy_kv(*accepted_kv_moves(positions, meta.block_tables, width, acceptance, runner.block_size))
+            runner.copy_kv(*batch.kv_moves(acceptance, runner.block_size))
         return features, verdicts
 
-    def _accept(self, seqs: list[Sequence], logits: torch.Tensor, row_tokens: torch.Tensor,
-                ancestors: torch.Tensor) -> Acceptance:
+    def _accept(self, seqs: list[Sequence], trees: TreeRows, logits: torch.Tensor) -> Acceptance:
         """The verdicts on the device: the greedy walk when every request is greedy, else sequential
         rejection against each row's processed distribution (one-hot for greedy requests)."""
         if all(seq.params.greedy for seq in seqs):
-            return accept_greedy(row_tokens, ancestors, logits)
+            return accept_greedy(trees, logits)
         batch, width, _ = logits.shape
         sampling = SamplingTensors.from_params([seq.params for seq in seqs for _ in range(width)], logits.device)
         probs = processed_probs(logits.flatten(0, 1), sampling).view(batch, width, -1)
-        return accept_sampled(row_tokens, ancestors, probs, [seq.generator for seq in seqs])
+        return accept_sampled(trees, probs, [seq.generator for seq in seqs])
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,

@@ -47,8 +47,8 @@ class Verdict:
 @dataclass(frozen=True)
 class Acceptance:
     """The verdicts of a batch of trees as device tensors of fixed shape: the accepted path of each tree
-    moves its K/V on the device (`verify_inputs.accepted_kv_moves`), and the step copies the verdicts to
-    the host at once."""
+    moves its K/V on the device (`VerifyBatch.kv_moves`), and the step copies the verdicts to the host at
+    once."""
 
     counts: torch.Tensor
     """[B] accepted nodes per tree."""
@@ -62,74 +62,77 @@ class Acceptance:
         return [Verdict([row - 1 for row in path[:count]], bonus) for count, bonus, *path in summary]
 
 
-class _Trees:
-    """The structure of B trees laid out as verify rows. row_tokens [B, W]: row 0 a tree's root, row i + 1
-    its node i, then padding; ancestors [B, W, W] bool: row r sees column c when c is r itself or one of
-    its ancestors, the root included (padding rows do not see the root)."""
+@dataclass(frozen=True)
+class TreeRows:
+    """B draft trees laid out as verify rows (speculative/verify_inputs.py builds them with the rows): row 0
+    a tree's root, row i + 1 its node i, then padding."""
 
-    def __init__(self, row_tokens: torch.Tensor, ancestors: torch.Tensor) -> None:
-        self.tokens = row_tokens
-        self.ancestors = ancestors
-        self.rows = torch.arange(row_tokens.shape[1], device=row_tokens.device)
-        self.is_node = ancestors[:, :, 0] & (self.rows > 0)
-        strict = ancestors & (self.rows[:, None] != self.rows[None, :])
-        # Parents come before their children, so a node's parent is its last strict ancestor.
-        self.parent = torch.where(strict, self.rows, -1).amax(dim=-1).clamp(min=0)
-        self.earlier_sibling = ((self.parent[:, :, None] == self.parent[:, None, :])
-                                & (self.rows[None, :] < self.rows[:, None]) & self.is_node[:, None, :])
+    tokens: torch.Tensor
+    """[B, W] each row's token."""
+    ancestors: torch.Tensor
+    """[B, W, W] bool: row r sees column c when c is r itself or one of its ancestors, the root included."""
+    parents: torch.Tensor
+    """[B, W] each node's parent row (0 for the root's children; 0 for the root and padding too)."""
+    depths: torch.Tensor
+    """[B, W] each node's depth (1 for the root's children); 0 for the root and padding."""
 
     def walk(self, passes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Given which nodes pass their test ([B, W] bool), the walk's accepted nodes: those that pass, whose
         earlier siblings do not, and whose every ancestor below the root is accepted. Returns the accepted
         count [B], the accepted rows by depth [B, W - 1] and the deepest accepted row (0: the root) [B]."""
         batch, width = self.tokens.shape
-        followed = passes & self.is_node & ~(self.earlier_sibling & passes[:, None, :]).any(dim=-1)
-        accepted = self.is_node & ~(self.ancestors[:, :, 1:] & ~followed[:, None, 1:]).any(dim=-1)
-        depth = self.ancestors.sum(dim=-1) - 1
-        deepest = torch.where(accepted, depth, 0).argmax(dim=-1)
+        is_node = self.depths > 0
+        passes = passes & is_node
+        followed = passes & ~(self.earlier_siblings() & passes[:, None, :]).any(dim=-1)
+        accepted = is_node & ~(self.ancestors[:, :, 1:] & ~followed[:, None, 1:]).any(dim=-1)
+        accepted_depths = torch.where(accepted, self.depths, 0)
         # Each accepted node goes to the column of its depth; the rest to a spare last column, then dropped.
-        column = torch.where(accepted, depth - 1, width - 1)
-        path_rows = torch.zeros_like(self.tokens).scatter_(1, column, self.rows.expand(batch, width))
-        return accepted.sum(dim=-1), path_rows[:, : width - 1], deepest
+        rows = torch.arange(width, device=self.tokens.device).expand(batch, width)
+        path_rows = torch.zeros_like(self.tokens).scatter_(1, (accepted_depths - 1) % width, rows)
+        return accepted.sum(dim=-1), path_rows[:, : width - 1], accepted_depths.argmax(dim=-1)
+
+    def earlier_siblings(self) -> torch.Tensor:
+        """[B, W, W] bool: column c is a node under row r's parent that comes before r."""
+        rows = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        return ((self.parents[:, :, None] == self.parents[:, None, :]) & (rows[None, :] < rows[:, None])
+                & (self.depths[:, None, :] > 0))
 
     def at_parent(self, values: torch.Tensor) -> torch.Tensor:
         """values [B, W, V] -> [B, W]: each node's parent row's value at the node's token."""
         vocab = values.shape[-1]
-        return values.flatten(1).gather(1, self.parent * vocab + self.tokens)
+        return values.flatten(1).gather(1, self.parents * vocab + self.tokens)
 
 
-def accept_greedy(row_tokens: torch.Tensor, ancestors: torch.Tensor, logits: torch.Tensor) -> Acceptance:
-    """The greedy walk over B trees (laid out as `_Trees` says), logits [B, W, V] the target's at each row:
-    a node passes when its token is its parent's argmax; the deepest accepted node's argmax is the bonus."""
-    trees = _Trees(row_tokens, ancestors)
+def accept_greedy(trees: TreeRows, logits: torch.Tensor) -> Acceptance:
+    """The greedy walk, logits [B, W, V] the target's at each row: a node passes when its token is its
+    parent's argmax; the deepest accepted node's argmax is the bonus."""
     argmax = logits.argmax(dim=-1)
-    counts, path_rows, deepest = trees.walk(row_tokens == argmax.gather(1, trees.parent))
+    counts, path_rows, deepest = trees.walk(trees.tokens == argmax.gather(1, trees.parents))
     return Acceptance(counts, path_rows, argmax.gather(1, deepest[:, None]).squeeze(1))
 
 
-def accept_sampled(row_tokens: torch.Tensor, ancestors: torch.Tensor, probs: torch.Tensor,
-                   generators: Sequence[torch.Generator | None]) -> Acceptance:
-    """Sequential rejection over B trees (laid out as `_Trees` says), probs [B, W, V] the target's processed
-    distributions at each row (sampler.processed_probs), one generator per tree (or None: the global RNG)
-    for its uniforms and its residual draw. Greedy rows' one-hot distributions give the greedy walk.
+def accept_sampled(trees: TreeRows, probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> Acceptance:
+    """Sequential rejection, probs [B, W, V] the target's processed distributions at each row
+    (sampler.processed_probs), one generator per tree (or None: the global RNG) for its uniforms and its
+    residual draw. Greedy rows' one-hot distributions give the greedy walk.
 
     A node x under parent p is reached only after its earlier siblings were all rejected, so it passes
     with probability p(x) / (1 - the mass of those siblings' distinct tokens), or 0 if one of them has
     its token. The bonus is drawn from the deepest accepted node's distribution with its children's
     tokens removed (every child was rejected there)."""
-    trees = _Trees(row_tokens, ancestors)
     batch, width, vocab = probs.shape
+    earlier = trees.earlier_siblings()
     # float64, so renormalising after many rejections loses nothing that matters.
     token_mass = trees.at_parent(probs).double()
-    repeated = (trees.earlier_sibling & (row_tokens[:, :, None] == row_tokens[:, None, :])).any(dim=-1)
+    repeated = (earlier & (trees.tokens[:, :, None] == trees.tokens[:, None, :])).any(dim=-1)
     token_mass = torch.where(repeated, 0.0, token_mass)
-    rejected_mass = (trees.earlier_sibling.double() @ token_mass[:, :, None]).squeeze(-1)
-    left = probs.sum(dim=-1, dtype=torch.float64).gather(1, trees.parent) - rejected_mass
+    rejected_mass = (earlier.double() @ token_mass[:, :, None]).squeeze(-1)
+    left = probs.sum(dim=-1, dtype=torch.float64).gather(1, trees.parents) - rejected_mass
     uniforms = uniform_noise((batch, width), generators, probs.device)
     counts, path_rows, deepest = trees.walk(uniforms * left < token_mass)
-    children = trees.is_node & (trees.parent == deepest[:, None])
+    children = (trees.depths > 0) & (trees.parents == deepest[:, None])
     removed = torch.zeros((batch, vocab), dtype=torch.int64, device=probs.device)
-    removed.scatter_add_(1, row_tokens, children.long())
+    removed.scatter_add_(1, trees.tokens, children.long())
     residual = probs.gather(1, deepest[:, None, None].expand(batch, 1, vocab)).squeeze(1).double()
     residual = torch.where(removed > 0, 0.0, residual)
     bonus = sample((residual / residual.sum(dim=-1, keepdim=True)).float(), generators)

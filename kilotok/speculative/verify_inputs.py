@@ -5,10 +5,14 @@ Attention goes through the gathered key window that decode steps use, with one w
 node's window lists the cached prefix, then the root and the node's ancestors down to itself, in
 position order. Every row therefore attends to exactly the keys, in exactly the order, that a plain
 decode step at that node's position would, and computes them with the same kernel, which is what
-keeps speculative greedy output identical to plain greedy output in reduced precision too.
+keeps speculative greedy output identical to plain greedy output in reduced precision too. Kernels that
+read the block table get each row's tree mask instead and read the same keys in the same order
+(kernels/triton/attention_decode.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch.nn.functional import pad
@@ -18,10 +22,45 @@ from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.runner.step_inputs import PADDING_BLOCK
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import Acceptance
+from kilotok.speculative.verify import Acceptance, TreeRows
 
 TREE_ALIGN = 16
 """Tree-mask widths are padded to a multiple of this, so compiled decode graphs see few distinct shapes."""
+
+
+@dataclass(frozen=True)
+class VerifyBatch:
+    """One verify step's rows, shaped exactly like a decode batch of `padded_rows` one-token sequences so
+    the compiled decode graph of that size runs it, and what acceptance and the K/V moves read after it:
+    the trees' structure, each sequence's root position and block table."""
+
+    input_ids: torch.Tensor
+    """[padded_rows] int64."""
+    positions: torch.Tensor
+    """[padded_rows] int64."""
+    meta: AttentionMetadata
+    trees: TreeRows
+    """The B trees as rows [B, width]: the first B * width of the step's rows."""
+    roots: torch.Tensor
+    """[B] each sequence's root position (its last token's, len(seq) - 1)."""
+    tables: torch.Tensor
+    """[B, max_blocks] int64 each sequence's block table."""
+
+    def kv_moves(self, acceptance: Acceptance, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source and destination cache slots [B * (width - 1)] that move each accepted node from the slot it
+        was written to (root + its row) to the slot of its depth (root + depth), where a plain decode would
+        have written it. Columns past a tree's accepted nodes copy the root's slot onto itself, so the
+        shape is fixed and no other destination repeats."""
+        roots = self.roots[:, None]
+        depths = torch.arange(1, self.trees.tokens.shape[1], device=roots.device)
+        accepted = depths <= acceptance.counts[:, None]
+        sources = torch.where(accepted, roots + acceptance.path_rows, roots)
+        destinations = torch.where(accepted, roots + depths, roots)
+
+        def slots(at: torch.Tensor) -> torch.Tensor:
+            return (self.tables.gather(1, at // block_size) * block_size + at % block_size).flatten()
+
+        return slots(sources), slots(destinations)
 
 
 def verify_width(trees: list[DraftTree]) -> int:
@@ -30,9 +69,10 @@ def verify_width(trees: list[DraftTree]) -> int:
 
 
 def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int, padded_rows: int,
-                        block_size: int, max_blocks: int, device: torch.device, key_windows: bool = True):
-    """(input_ids [padded_rows], positions [padded_rows], AttentionMetadata) shaped exactly like a decode
-    batch of `padded_rows` one-token sequences, so the compiled decode graph of that size runs it.
+                        block_size: int, max_blocks: int, device: torch.device, key_windows: bool = True
+                        ) -> VerifyBatch:
+    """The verify step of `seqs` with their `trees`, each laid out as `width` rows (the root, the nodes,
+    padding), padded to `padded_rows` rows.
 
     Node i of a tree writes its K/V at the slot of position len(seq) + i; its RoPE position is the root's
     plus its depth. Rows past a tree's end, and rows past `len(seqs) * width`, are padding: they write
@@ -63,7 +103,7 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
 
 def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tensor, parent_rows: torch.Tensor,
                sizes: torch.Tensor, max_depth: int, window: int, padded_rows: int, block_size: int,
-               key_windows: bool):
+               key_windows: bool) -> VerifyBatch:
     """build_verify_inputs' rows from B sequences' roots (positions) [B], block tables [B, max_blocks], row
     tokens [B, W] (the root's, then the nodes'), parent rows [B, W] (0 for the root and its children) and
     used rows [B]: tensor ops of shapes known on the host, with no read of the values."""
@@ -105,7 +145,9 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
                                                                  padded_rows, padding_slot)
     input_ids, positions = flat.pop("input_ids"), flat.pop("positions")
     query_start_loc = torch.arange(padded_rows + 1, dtype=torch.int32, device=device)
-    return input_ids, positions, AttentionMetadata(query_start_loc=query_start_loc, **flat)
+    trees = TreeRows(rows["input_ids"], seen, parent_rows, torch.where(in_tree, visible - 1, 0))
+    return VerifyBatch(input_ids, positions, AttentionMetadata(query_start_loc=query_start_loc, **flat), trees,
+                       roots, tables)
 
 
 def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Tensor, seen: torch.Tensor,
@@ -129,24 +171,3 @@ def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Te
                   torch.where(visible_key & in_tree[:, :, None], tree_slots, padding_slot))
     extra = torch.full((padded_rows - batch * width, window), padding_slot, dtype=rows.dtype, device=rows.device)
     return torch.cat([rows.flatten(0, 1), extra]), valid
-
-
-def accepted_kv_moves(positions: torch.Tensor, block_tables: torch.Tensor, width: int, acceptance: Acceptance,
-                      block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source and destination cache slots [B * (width - 1)] that move each accepted node from the slot it
-    was written to (root + its row) to the slot of its depth (root + depth), where a plain decode would
-    have written it, read from the verify inputs on the device (`positions`, `block_tables`: row b * width
-    holds sequence b's root). Columns past a tree's accepted nodes copy the root's slot onto itself, so the
-    shape is fixed and no other destination repeats."""
-    batch = acceptance.counts.shape[0]
-    roots = positions[: batch * width : width, None]
-    tables = block_tables[: batch * width : width].long()
-    depths = torch.arange(1, width, device=positions.device)
-    accepted = depths <= acceptance.counts[:, None]
-    sources = torch.where(accepted, roots + acceptance.path_rows, roots)
-    destinations = torch.where(accepted, roots + depths, roots)
-
-    def slots(at: torch.Tensor) -> torch.Tensor:
-        return (tables.gather(1, at // block_size) * block_size + at % block_size).flatten()
-
-    return slots(sources), slots(destinations)

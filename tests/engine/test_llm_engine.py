@@ -11,6 +11,7 @@ from kilotok.errors import InvalidRequestError, ModelFormatError
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.speculative.tree import DraftTree
 from kilotok.speculative.verify import accept_sampled
+from tests.speculative.tree_rows import tree_rows
 from tests.tiny_engine import random_reference, tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,10 +51,9 @@ def test_seeded_sampling_and_acceptance_run_on_a_cuda_generator():
     draws = [Sampler()(logits, sampling, [make_generator(7, "cuda"), None]) for _ in range(2)]
     assert draws[0][0] == draws[1][0]
     probs = logits.softmax(dim=-1)
-    tree = DraftTree.chain([3, 4])
-    row_tokens, ancestors = torch.tensor([[0, 3, 4]], device="cuda"), tree.ancestor_mask(3)[None].cuda()
-    verdicts = [accept_sampled(row_tokens, ancestors, probs[None, :1].expand(1, 3, -1), [make_generator(11, "cuda")])
-                .verdicts() for _ in range(2)]
+    trees = tree_rows([DraftTree.chain([3, 4])], 3, "cuda")
+    verdicts = [accept_sampled(trees, probs[None, :1].expand(1, 3, -1), [make_generator(11, "cuda")]).verdicts()
+                for _ in range(2)]
     assert verdicts[0] == verdicts[1]
 
 

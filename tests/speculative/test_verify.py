@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kilotok.speculative.tree import ROOT, DraftTree
-from kilotok.speculative.verify import Acceptance, accept_greedy, accept_sampled
+from kilotok.speculative.verify import Acceptance, TreeRows, accept_greedy, accept_sampled
+from tests.speculative.tree_rows import tree_rows
 
 VOCAB = 5
 
@@ -28,18 +29,12 @@ def _walk(tree: DraftTree, argmax: list[int]) -> list[int]:
         node = follow
 
 
-def _layout(trees: list[DraftTree], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row tokens and ancestor masks of a batch of trees padded to one width, as the verify step lays them out."""
-    row_tokens = torch.tensor([[0, *tree.tokens] + [0] * (width - 1 - len(tree)) for tree in trees])
-    return row_tokens, torch.stack([tree.ancestor_mask(width) for tree in trees])
-
-
 def _tokens(acceptance: Acceptance, trees: list[DraftTree]) -> list[list[int]]:
     return [verdict.tokens(tree) for verdict, tree in zip(acceptance.verdicts(), trees, strict=True)]
 
 
 def _greedy_tokens(trees: list[DraftTree], logits: torch.Tensor) -> list[list[int]]:
-    return _tokens(accept_greedy(*_layout(trees, logits.shape[1]), logits), trees)
+    return _tokens(accept_greedy(tree_rows(trees, logits.shape[1]), logits), trees)
 
 
 def test_greedy_follows_the_matching_child_and_adds_the_bonus():
@@ -68,7 +63,7 @@ def test_greedy_over_a_batch_is_the_walk_of_each_tree():
     assert {len(tokens) for tokens in expected} >= {1, 2, 3, 4}
     # Sampled acceptance of a greedy request's one-hot distributions is the same walk.
     one_hot = torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    assert _tokens(accept_sampled(*_layout(trees, 9), one_hot, [None] * len(trees)), trees) == expected
+    assert _tokens(accept_sampled(tree_rows(trees, 9), one_hot, [None] * len(trees)), trees) == expected
 
 
 @pytest.mark.parametrize("tree", [
@@ -86,9 +81,8 @@ def test_sampled_first_two_tokens_follow_the_target(tree):
     probs = torch.tensor([root, after_0, after_1] + [[0.0, 0.0, 0.0, 0.0, 1.0]] * (len(tree) - 4)
                          + [[0.2] * VOCAB] * 2)
     draws = 30000
-    row_tokens, ancestors = _layout([tree], len(tree) + 1)
-    acceptance = accept_sampled(row_tokens.expand(draws, -1), ancestors.expand(draws, -1, -1),
-                                probs.expand(draws, -1, -1), [torch.Generator().manual_seed(0)] * draws)
+    trees = TreeRows(*(rows.expand(draws, *rows.shape[1:]) for rows in vars(tree_rows([tree], len(tree) + 1)).values()))
+    acceptance = accept_sampled(trees, probs.expand(draws, -1, -1), [torch.Generator().manual_seed(0)] * draws)
     counts = torch.zeros(VOCAB, VOCAB + 1)  # column VOCAB: nothing emitted after t1
     for tokens in _tokens(acceptance, [tree] * draws):
         counts[tokens[0], tokens[1] if len(tokens) > 1 else VOCAB] += 1

@@ -8,8 +8,8 @@ import torch
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import Acceptance, Verdict, accept_greedy
-from kilotok.speculative.verify_inputs import accepted_kv_moves, build_verify_inputs
+from kilotok.speculative.verify import Acceptance, Verdict, accept_greedy, accept_sampled
+from kilotok.speculative.verify_inputs import build_verify_inputs
 from tests.host_tensors import DEVICE, HostTensors
 
 BLOCK = 4
@@ -23,7 +23,8 @@ def test_each_row_reads_its_prefix_then_the_tree_keys_it_sees():
     seqs = [Sequence(list(range(6)), SamplingParams(), block_table=[2, 3, 5]),
             Sequence([7, 9], SamplingParams(), block_table=[1])]
     trees = [DraftTree([30, 31, 32], [-1, 0, -1]), DraftTree()]
-    ids, positions, meta = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"))
+    batch = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"))
+    ids, positions, meta = batch.input_ids, batch.positions, batch.meta
     assert ids.tolist() == [5, 30, 31, 32, 9, 0, 0, 0, 0, 0]
     assert positions.tolist() == [5, 6, 7, 6, 1, 0, 0, 0, 0, 0]
     assert meta.slot_mapping.tolist() == [13, 14, 15, 20, 5, 0, 0, 0, 0, 0]
@@ -36,9 +37,13 @@ def test_each_row_reads_its_prefix_then_the_tree_keys_it_sees():
                                                     [1, 0, 0, 0]] + [[0] * 4] * 5
     assert not meta.tree_mask[:, 4:].any()
     assert meta.block_tables.tolist() == [[2, 3, 5]] * 4 + [[1, 0, 0]] + [[0, 0, 0]] * 5
+    # What acceptance reads: each row's parent row and depth.
+    assert batch.trees.parents.tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
+    assert batch.trees.depths.tolist() == [[0, 1, 2, 1], [0, 0, 0, 0]]
+    assert batch.roots.tolist() == [5, 1]
     # For kernels that read the block table: the same rows, without the windows.
-    *_, bare = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"),
-                                   key_windows=False)
+    bare = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"),
+                               key_windows=False).meta
     assert bare.kv_gather_index is None and bare.kv_valid is None
     assert torch.equal(bare.tree_mask, meta.tree_mask) and torch.equal(bare.context_lens, meta.context_lens)
 
@@ -50,14 +55,14 @@ def test_accepted_nodes_end_up_at_the_positions_of_their_depths():
     trees = [DraftTree([10, 11, 12, 13, 14], [-1, -1, 1, 2, 0]), DraftTree.chain([20, 21])]
     verdicts = [Verdict([1, 2, 3], bonus=15), Verdict([0], bonus=22)]
     width = 6
-    ids, positions, meta = build_verify_inputs(seqs, trees, width, 16, BLOCK, max_blocks=4, device=torch.device("cpu"))
+    batch = build_verify_inputs(seqs, trees, width, 16, BLOCK, max_blocks=4, device=torch.device("cpu"))
     cache = torch.full((7 * BLOCK,), -1, dtype=torch.int64)
-    cache[meta.slot_mapping] = ids
+    cache[batch.meta.slot_mapping] = batch.input_ids
     path_rows = torch.tensor([[node + 1 for node in verdict.accepted] + [0] * (width - 1 - len(verdict.accepted))
                               for verdict in verdicts])
     acceptance = Acceptance(torch.tensor([len(verdict.accepted) for verdict in verdicts]), path_rows,
                             torch.tensor([verdict.bonus for verdict in verdicts]))
-    moves = accepted_kv_moves(positions, meta.block_tables, width, acceptance, BLOCK)
+    moves = batch.kv_moves(acceptance, BLOCK)
     cache[moves[1]] = cache[moves[0]].clone()
     for seq, tree, verdict in zip(seqs, trees, verdicts, strict=True):
         root = len(seq) - 1
@@ -69,15 +74,14 @@ def test_accepted_nodes_end_up_at_the_positions_of_their_depths():
 @torch.no_grad()
 def test_acceptance_and_its_moves_build_nothing_on_the_host():
     """What a captured speculative step would run after the target's forward, on a device."""
-    batch, width, vocab = 3, 5, 11
-    row_tokens = torch.empty(batch, width, dtype=torch.int64, device=DEVICE)
-    ancestors = torch.empty(batch, width, width, dtype=torch.bool, device=DEVICE)
-    logits = torch.empty(batch, width, vocab, device=DEVICE)
-    positions = torch.empty(batch * width, dtype=torch.int64, device=DEVICE)
-    block_tables = torch.empty(batch * width, 4, dtype=torch.int32, device=DEVICE)
+    seqs = [Sequence(list(range(n)), SamplingParams(), block_table=[1, 2]) for n in (5, 9, 3)]
+    trees = [DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4]), DraftTree()]
+    batch = build_verify_inputs(seqs, trees, 4, 16, BLOCK, max_blocks=4, device=DEVICE)
+    logits = torch.empty(3, 4, 11, device=DEVICE)
     with HostTensors() as audit:
-        acceptance = accept_greedy(row_tokens, ancestors, logits)
-        moves = accepted_kv_moves(positions, block_tables, width, acceptance, BLOCK)
+        acceptance = accept_greedy(batch.trees, logits)
+        moves = batch.kv_moves(acceptance, BLOCK)
+        sampled = accept_sampled(batch.trees, logits.softmax(dim=-1), [None] * 3)
     assert audit.ops == []
-    assert {t.device for t in (*vars(acceptance).values(), *moves)} == {DEVICE}
-    assert moves[0].shape == moves[1].shape == (batch * (width - 1),)
+    assert {t.device for t in (*vars(acceptance).values(), *vars(sampled).values(), *moves)} == {DEVICE}
+    assert moves[0].shape == moves[1].shape == (3 * 3,)

@@ -91,7 +91,8 @@ def test_verify_inputs_are_built_on_the_device():
     seqs = [Sequence(list(range(n)), SamplingParams(), block_table=[1, 2]) for n in (5, 9)]
     trees = [DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4])]
     with HostTensors() as audit:
-        ids, positions, meta = build_verify_inputs(seqs, trees, 4, 8, block_size=16, max_blocks=4, device=DEVICE)
+        batch = build_verify_inputs(seqs, trees, 4, 8, block_size=16, max_blocks=4, device=DEVICE)
     assert audit.ops == []
-    tensors = [ids, positions, *(value for value in vars(meta).values() if isinstance(value, torch.Tensor))]
-    assert len(tensors) >= 10 and {t.device for t in tensors} == {DEVICE}
+    tensors = [batch.input_ids, batch.positions, batch.roots, batch.tables, *vars(batch.trees).values(),
+               *(value for value in vars(batch.meta).values() if isinstance(value, torch.Tensor))]
+    assert len(tensors) >= 15 and {t.device for t in tensors} == {DEVICE}
