@@ -37,9 +37,12 @@ def build_cpu_ops(sources: list[Path], prefix: str, what: str) -> bool:
     False, with one line on stderr naming `what` and the fallback, where that fails."""
     from torch.utils import cpp_extension
 
-    # Headers beside the sources are part of the build too.
+    # Headers beside the sources are part of the build too. The sources' paths name it as well as their
+    # contents: ninja rebuilds a build whose sources moved, so two checkouts sharing one name would rebuild
+    # each other's library in turn.
     inputs = sorted({*sources, *(header for source in sources for header in source.parent.glob("*.h"))})
-    name = f"{prefix}_{hashlib.sha256(b''.join(path.read_bytes() for path in inputs)).hexdigest()[:12]}"
+    digest = hashlib.sha256(b"".join(str(path.resolve()).encode() + path.read_bytes() for path in inputs))
+    name = f"{prefix}_{digest.hexdigest()[:12]}"
     try:
         _find_ninja()
         if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/{name}.so")):
