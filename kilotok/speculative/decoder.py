@@ -133,7 +133,7 @@ class SpeculativeDecoder:
         features = None if features is None else features[:rows].view(len(seqs), width, -1)
         acceptance = self._accept(seqs, batch.trees, logits[:rows].view(len(seqs), width, -1))
         verdicts = acceptance.verdicts()
-        # A chain of first children is already in place: most steps skip the copy over every layer.
+        # A path of first children (a chain's always) is already in place: then no copy over every layer.
         if any(verdict.moves_kv for verdict in verdicts):
             runner.copy_kv(*batch.kv_moves(acceptance, runner.block_size))
         return features, verdicts
