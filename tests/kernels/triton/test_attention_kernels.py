@@ -19,6 +19,9 @@ from kilotok.speculative.verify_inputs import build_verify_inputs
 
 TRITON = KernelBackend.TRITON
 TORCH = KernelBackend.TORCH
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+"""Where the bit-identity tests run: here under the interpreter; on a lent GPU compiled, where contraction
+into fused multiply-adds could differ between kernels built for different grids."""
 
 
 def random_cache(num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype=torch.float32):
@@ -70,8 +73,9 @@ def test_paged_decode_matches_the_reference(lengths, block_size, heads, kv_heads
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [0, 1024])
-def test_paged_decode_rows_do_not_depend_on_their_batch(chunk):
+def test_paged_decode_rows_do_not_depend_on_their_batch(chunk, device):
     """A row decoded alone and inside a batch of other rows, whose longer tables widen the grid's split axis,
     comes out bit for bit the same (speculative decoding compares the two); a row with no key reads zeros."""
     from kilotok.kernels.triton.attention_decode import paged_decode_attention
@@ -79,15 +83,16 @@ def test_paged_decode_rows_do_not_depend_on_their_batch(chunk):
     block_size, kv_heads, heads, head_dim, lengths = 16, 2, 4, 32, [777, 40, 0, 1100]
     caches = random_cache(sum(-(-n // block_size) for n in lengths) + 1, block_size, kv_heads, head_dim)
     seqs = sequences(lengths, block_size, caches[0].shape[0])
-    q = torch.randn(len(lengths), heads, head_dim, generator=torch.Generator().manual_seed(8))
+    q = torch.randn(len(lengths), heads, head_dim, generator=torch.Generator().manual_seed(8)).to(device)
+    caches = [cache.to(device) for cache in caches]
 
     def decode(rows: list[int]) -> torch.Tensor:
         tables = torch.zeros(len(rows), max(len(seqs[r].block_table) for r in rows), dtype=torch.int32)
         for index, row in enumerate(rows):
             tables[index, : len(seqs[row].block_table)] = torch.tensor(seqs[row].block_table, dtype=torch.int32)
         context_lens = torch.tensor([lengths[r] for r in rows], dtype=torch.int32)
-        return paged_decode_attention(q[rows], *caches, tables, context_lens, None, head_dim**-0.5, chunk,
-                                      pdl=True)
+        return paged_decode_attention(q[rows], *caches, tables.to(device), context_lens.to(device), None,
+                                      head_dim**-0.5, chunk, pdl=True)
 
     batch = decode([0, 1, 2, 3])
     assert torch.equal(decode([0]), batch[0:1]) and torch.equal(decode([1]), batch[1:2])
@@ -151,8 +156,9 @@ def plain_copies(caches, meta, block_size: int):
     return (*plain, tables, meta.context_lens)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [0, 64])
-def test_tree_rows_fold_as_plain_decode_rows(chunk):
+def test_tree_rows_fold_as_plain_decode_rows(chunk, device):
     """A verification row computes bit for bit what a plain decode row at its node's position computes over
     the same keys (speculative decoding is lossless only so), where the node's path crosses a 64-key tile
     (prefix 62), a 256-key split (prefix 254) and, with chunks of 64, a chunk; on a branching tree whose
@@ -173,9 +179,10 @@ def test_tree_rows_fold_as_plain_decode_rows(chunk):
                                torch.device("cpu"), key_windows=False).meta
     q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(9))
     scale = head_dim**-0.5
-    got = paged_decode_attention(q, *caches, meta.block_tables, meta.context_lens, meta.tree_mask, scale, chunk,
-                                 pdl=True)
-    expected = paged_decode_attention(q, *plain_copies(caches, meta, block_size), None, scale, chunk, pdl=True)
+    tree_inputs = (q, *caches, meta.block_tables, meta.context_lens, meta.tree_mask)
+    got = paged_decode_attention(*(t.to(device) for t in tree_inputs), scale, chunk, pdl=True)
+    plain_inputs = (q, *plain_copies(caches, meta, block_size))
+    expected = paged_decode_attention(*(t.to(device) for t in plain_inputs), None, scale, chunk, pdl=True)
     assert torch.equal(got, expected) and got.abs().sum(dim=-1).gt(0).all()
 
 
