@@ -82,23 +82,22 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
     row's tree mask (kernels/attention_metadata.py); with `key_windows`, also each row's gathered key
     window, which the PyTorch reference reads.
 
-    The sequences and trees (Python lists) are copied to `device` as five small tensors; the rest is
-    built there, for every row at once (`_tree_rows`)."""
-    tables = [seq.block_table + [PADDING_BLOCK] * (max_blocks - len(seq.block_table)) for seq in seqs]
-    padding = [[0] * (width - 1 - len(tree)) for tree in trees]
-    host = (
-        [len(seq) - 1 for seq in seqs],
-        tables,
-        [[seq.token_ids[-1], *tree.tokens, *pad] for seq, tree, pad in zip(seqs, trees, padding, strict=True)],
-        [[0] + [parent + 1 for parent in tree.parents] + pad for tree, pad in zip(trees, padding, strict=True)],
-        [len(tree) + 1 for tree in trees],
-    )
-    roots, tables, row_tokens, parent_rows, sizes = (torch.tensor(values, dtype=torch.int64, device=device)
-                                                     for values in host)
+    The sequences and trees (Python lists) go to `device` in one copy, a row per sequence (its root
+    position, block table, row tokens, parent rows and rows in use); the rest is built there, for every
+    row at once (`_tree_rows`)."""
+    host = []
+    for seq, tree in zip(seqs, trees, strict=True):
+        padding = [0] * (width - 1 - len(tree))
+        host.append([len(seq) - 1, *seq.block_table, *[PADDING_BLOCK] * (max_blocks - len(seq.block_table)),
+                     seq.token_ids[-1], *tree.tokens, *padding, 0, *(parent + 1 for parent in tree.parents), *padding,
+                     len(tree) + 1])
+    # From pinned memory a copy to a GPU is asynchronous; from pageable memory it would block the host.
+    packed = torch.tensor(host, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+    roots, tables, row_tokens, parent_rows, sizes = packed.split([1, max_blocks, width, width, 1], dim=1)
     window = aligned_window(max(len(seq) for seq in seqs) + width - 1)
     max_depth = max(tree.max_depth for tree in trees)
-    return _tree_rows(roots, tables, row_tokens, parent_rows, sizes, max_depth, window, padded_rows, block_size,
-                      key_windows)
+    return _tree_rows(roots.squeeze(1), tables, row_tokens, parent_rows, sizes.squeeze(1), max_depth, window,
+                      padded_rows, block_size, key_windows)
 
 
 def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tensor, parent_rows: torch.Tensor,
@@ -135,11 +134,8 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
         "tree_mask": pad(seen, (0, tree_width - width)),
     }
     # Rows past the batch's trees pad the step to `padded_rows`, as padding rows within a tree do.
-    extra = padded_rows - batch * width
     fill = {"slot_mapping": padding_slot, "block_tables": PADDING_BLOCK, "context_lens": 1}
-    flat = {name: torch.cat([value.flatten(0, 1), torch.full((extra, *value.shape[2:]), fill.get(name, 0),
-                                                             dtype=value.dtype, device=device)])
-            for name, value in rows.items()}
+    flat = {name: _padded(value.flatten(0, 1), padded_rows, fill.get(name, 0)) for name, value in rows.items()}
     if key_windows:
         flat["kv_gather_index"], flat["kv_valid"] = _key_windows(seq_slots, roots, in_tree, seen, context_lens,
                                                                  padded_rows, padding_slot)
@@ -158,7 +154,7 @@ def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Te
     batch, width = in_tree.shape
     window = seq_slots.shape[1]
     keys = torch.arange(window, device=seq_slots.device)
-    valid = keys < torch.cat([context_lens.flatten(), context_lens.new_ones(padded_rows - batch * width)])[:, None]
+    valid = keys < _padded(context_lens.flatten(), padded_rows, 1)[:, None]
     prefix = keys < torch.where(in_tree, roots[:, None], 0)[:, :, None]
     rows = torch.where(prefix, seq_slots[:, None, :], padding_slot)
     # The k-th key past the prefix is the row's k-th visible tree key: columns sort the seen ones first.
@@ -169,5 +165,12 @@ def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Te
     visible_key = columns < (context_lens - roots[:, None])[:, :, None]
     rows.scatter_(2, (roots[:, None, None] + columns).expand(batch, width, width),
                   torch.where(visible_key & in_tree[:, :, None], tree_slots, padding_slot))
-    extra = torch.full((padded_rows - batch * width, window), padding_slot, dtype=rows.dtype, device=rows.device)
-    return torch.cat([rows.flatten(0, 1), extra]), valid
+    return _padded(rows.flatten(0, 1), padded_rows, padding_slot), valid
+
+
+def _padded(rows: torch.Tensor, padded_rows: int, fill: int) -> torch.Tensor:
+    """`rows` [R, ...] followed by padding rows of `fill` up to `padded_rows`."""
+    extra = padded_rows - rows.shape[0]
+    if not extra:
+        return rows
+    return torch.cat([rows, torch.full((extra, *rows.shape[1:]), fill, dtype=rows.dtype, device=rows.device)])
