@@ -18,7 +18,7 @@ among equal maxima (`torch.argmax`'s documented rule).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,7 +165,8 @@ def uniform_noise(shape: torch.Size | tuple[int, int], generators: Sequence[torc
     return _row_noise(torch.empty(shape, dtype=torch.float64, device=device), generators, torch.Tensor.uniform_)
 
 
-def _row_noise(noise: torch.Tensor, generators: Sequence[torch.Generator | None], draw) -> torch.Tensor:
+def _row_noise(noise: torch.Tensor, generators: Sequence[torch.Generator | None],
+               draw: Callable[..., torch.Tensor]) -> torch.Tensor:
     if len(generators) != noise.shape[0]:
         raise ValueError(f"got {len(generators)} generators for {noise.shape[0]} rows; pass one per row (or None)")
     draw(noise)

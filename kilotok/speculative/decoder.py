@@ -134,8 +134,8 @@ class SpeculativeDecoder:
         acceptance = self._accept(seqs, batch.trees, logits[:rows].view(len(seqs), width, -1))
         verdicts = acceptance.verdicts()
         # A path of first children (a chain's always) is already in place: then no copy over every layer.
-        if any(verdict.moves_kv for verdict in verdicts):
-            runner.copy_kv(*batch.kv_moves(acceptance, runner.block_size))
+        if any(verdict.out_of_place for verdict in verdicts):
+            runner.copy_kv(*batch.kv_moves(acceptance))
         return features, verdicts
 
     def _accept(self, seqs: list[Sequence], trees: TreeRows, logits: torch.Tensor) -> Acceptance:

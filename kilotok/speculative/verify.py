@@ -39,8 +39,9 @@ class Verdict:
         return [tree.tokens[node] for node in self.accepted] + [self.bonus]
 
     @property
-    def moves_kv(self) -> bool:
-        """Whether an accepted node was written past the slot of its depth (an earlier sibling's)."""
+    def out_of_place(self) -> bool:
+        """Whether an accepted node was written past the slot of its depth (an earlier sibling's), so its
+        K/V must move there."""
         return any(node + 1 != depth for depth, node in enumerate(self.accepted, start=1))
 
 

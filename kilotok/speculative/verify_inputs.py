@@ -43,10 +43,11 @@ class VerifyBatch:
     """The B trees as rows [B, width]: the first B * width of the step's rows."""
     roots: torch.Tensor
     """[B] each sequence's root position (its last token's, len(seq) - 1)."""
-    tables: torch.Tensor
-    """[B, max_blocks] int64 each sequence's block table."""
+    slots: torch.Tensor
+    """[B, window] int64 the cache slot of each of a sequence's positions up to the rows' key window, which
+    holds every position the rows read or write."""
 
-    def kv_moves(self, acceptance: Acceptance, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def kv_moves(self, acceptance: Acceptance) -> tuple[torch.Tensor, torch.Tensor]:
         """Source and destination cache slots [B * (width - 1)] that move each accepted node from the slot it
         was written to (root + its row) to the slot of its depth (root + depth), where a plain decode would
         have written it. Columns past a tree's accepted nodes copy the root's slot onto itself, so the
@@ -56,11 +57,7 @@ class VerifyBatch:
         accepted = depths <= acceptance.counts[:, None]
         sources = torch.where(accepted, roots + acceptance.path_rows, roots)
         destinations = torch.where(accepted, roots + depths, roots)
-
-        def slots(at: torch.Tensor) -> torch.Tensor:
-            return (self.tables.gather(1, at // block_size) * block_size + at % block_size).flatten()
-
-        return slots(sources), slots(destinations)
+        return self.slots.gather(1, sources).flatten(), self.slots.gather(1, destinations).flatten()
 
 
 def verify_width(trees: list[DraftTree]) -> int:
@@ -117,7 +114,8 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
         seen = eye | seen.gather(1, parent_rows[:, :, None].expand(batch, width, width))
     seen = seen & in_tree[:, :, None]
     visible = seen.sum(dim=-1)
-    positions = torch.where(in_tree, roots[:, None] + visible - 1, 0)
+    depths = torch.where(in_tree, visible - 1, 0)
+    positions = torch.where(in_tree, roots[:, None] + depths, 0)
     keys = torch.arange(window, device=device)
     # Every position a row may read or write lies in its sequence's first `window` positions.
     blocks = (keys // block_size).clamp(max=tables.shape[1] - 1)
@@ -137,20 +135,21 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
     fill = {"slot_mapping": padding_slot, "block_tables": PADDING_BLOCK, "context_lens": 1}
     flat = {name: _padded(value.flatten(0, 1), padded_rows, fill.get(name, 0)) for name, value in rows.items()}
     if key_windows:
-        flat["kv_gather_index"], flat["kv_valid"] = _key_windows(seq_slots, roots, in_tree, seen, context_lens,
-                                                                 padded_rows, padding_slot)
+        flat["kv_gather_index"], flat["kv_valid"] = _key_windows(seq_slots, roots, in_tree, seen, visible,
+                                                                 context_lens, padded_rows, padding_slot)
     input_ids, positions = flat.pop("input_ids"), flat.pop("positions")
     query_start_loc = torch.arange(padded_rows + 1, dtype=torch.int32, device=device)
-    trees = TreeRows(rows["input_ids"], seen, parent_rows, torch.where(in_tree, visible - 1, 0))
+    trees = TreeRows(rows["input_ids"], seen, parent_rows, depths)
     return VerifyBatch(input_ids, positions, AttentionMetadata(query_start_loc=query_start_loc, **flat), trees,
-                       roots, tables)
+                       roots, seq_slots)
 
 
 def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Tensor, seen: torch.Tensor,
-                 context_lens: torch.Tensor, padded_rows: int, padding_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 visible: torch.Tensor, context_lens: torch.Tensor, padded_rows: int,
+                 padding_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's gathered key window [padded_rows, window]: its sequence's prefix slots (`seq_slots` [B,
-    window] holds every position's), then the slots of the tree keys it sees in node order; and which
-    entries are real keys. Padding rows read the padding slot, their first entry valid."""
+    window] holds every position's), then the slots of the `visible` tree keys it sees (`seen`) in node
+    order; and which entries are real keys. Padding rows read the padding slot, their first entry valid."""
     batch, width = in_tree.shape
     window = seq_slots.shape[1]
     keys = torch.arange(window, device=seq_slots.device)
@@ -162,9 +161,9 @@ def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Te
     tree_keys = torch.sort(torch.where(seen, columns, width), dim=-1).values.clamp(max=width - 1)
     at = roots[:, None, None] + tree_keys
     tree_slots = seq_slots.gather(1, at.flatten(1)).view(batch, width, width)
-    visible_key = columns < (context_lens - roots[:, None])[:, :, None]
+    # Padding rows see no tree key (`visible` 0), so they write the padding slot throughout.
     rows.scatter_(2, (roots[:, None, None] + columns).expand(batch, width, width),
-                  torch.where(visible_key & in_tree[:, :, None], tree_slots, padding_slot))
+                  torch.where(columns < visible[:, :, None], tree_slots, padding_slot))
     return _padded(rows.flatten(0, 1), padded_rows, padding_slot), valid
 
 

@@ -62,7 +62,7 @@ def test_accepted_nodes_end_up_at_the_positions_of_their_depths():
                               for verdict in verdicts])
     acceptance = Acceptance(torch.tensor([len(verdict.accepted) for verdict in verdicts]), path_rows,
                             torch.tensor([verdict.bonus for verdict in verdicts]))
-    moves = batch.kv_moves(acceptance, BLOCK)
+    moves = batch.kv_moves(acceptance)
     cache[moves[1]] = cache[moves[0]].clone()
     for seq, tree, verdict in zip(seqs, trees, verdicts, strict=True):
         root = len(seq) - 1
@@ -80,7 +80,7 @@ def test_acceptance_and_its_moves_build_nothing_on_the_host():
     logits = torch.empty(3, 4, 11, device=DEVICE)
     with HostTensors() as audit:
         acceptance = accept_greedy(batch.trees, logits)
-        moves = batch.kv_moves(acceptance, BLOCK)
+        moves = batch.kv_moves(acceptance)
         sampled = accept_sampled(batch.trees, logits.softmax(dim=-1), [None] * 3)
     assert audit.ops == []
     assert {t.device for t in (*vars(acceptance).values(), *vars(sampled).values(), *moves)} == {DEVICE}

@@ -135,9 +135,9 @@ class Eagle3Drafter:
             if self.ready(seq):
                 self.catch_up(seq)
                 grown[row] = torch.stack(self._grow(seq.draft_state.cache, shape))
+        chosen = torch.stack(list(grown.values())).tolist() if grown else []
+        trees = {row: DraftTree(*tree) for row, tree in zip(grown, chosen, strict=True)}
         # The others get empty trees: this step's features make them ready for the next.
-        trees = dict(zip(grown, (DraftTree(*tree) for tree in torch.stack(list(grown.values())).tolist()),
-                         strict=True)) if grown else {}
         return [trees.get(row, DraftTree()) for row in range(len(seqs))]
 
     def catch_up(self, seq: Sequence) -> None:

@@ -93,6 +93,6 @@ def test_verify_inputs_are_built_on_the_device():
     with HostTensors() as audit:
         batch = build_verify_inputs(seqs, trees, 4, 8, block_size=16, max_blocks=4, device=DEVICE)
     assert audit.ops == []
-    tensors = [batch.input_ids, batch.positions, batch.roots, batch.tables, *vars(batch.trees).values(),
+    tensors = [batch.input_ids, batch.positions, batch.roots, batch.slots, *vars(batch.trees).values(),
                *(value for value in vars(batch.meta).values() if isinstance(value, torch.Tensor))]
     assert len(tensors) >= 15 and {t.device for t in tensors} == {DEVICE}
