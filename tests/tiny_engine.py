@@ -99,6 +99,9 @@ class RandomTreeDrafter:
     def verified(self, seq, tokens, features) -> None:
         """As `prefilled`."""
 
+    def release(self, seq) -> None:
+        """As `prefilled`."""
+
 
 def use_drafter(llm: LLM, drafter) -> None:
     llm.engine.decoder.drafter = drafter

@@ -31,7 +31,7 @@ class LLMEngine:
         self.decoder = parts.decoder
         self.block_manager = BlockManager(parts.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   self.decoder.lookahead_slots, self.max_model_len)
+                                   self.decoder.lookahead_slots, self.max_model_len, self.decoder.release)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.spec_stats = SpecStats()
         """Speculative decoding counters summed over every finished or aborted request."""

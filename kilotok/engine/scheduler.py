@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from kilotok.engine.block_manager import BlockManager
 from kilotok.engine.output import OutputProcessor
@@ -28,8 +29,12 @@ from kilotok.sequence import Sequence, SequenceStatus
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 lookahead_slots: int = 0, max_model_len: int | None = None) -> None:
+                 lookahead_slots: int = 0, max_model_len: int | None = None,
+                 release: Callable[[Sequence], None] | None = None) -> None:
+        """`release`: told of every sequence whose blocks are freed (finished or preempted), so that the
+        decoder drops what it keeps for it (`Decoder.release`)."""
         self.block_manager = block_manager
+        self.release = release or (lambda seq: None)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.lookahead_slots = lookahead_slots
@@ -118,6 +123,7 @@ class Scheduler:
     def preempt(self, seq: Sequence) -> None:
         self.num_preemptions += 1
         self.block_manager.free(seq)
+        self.release(seq)
         self.running.remove(seq)
         seq.status = SequenceStatus.WAITING
         seq.prefilled = False
@@ -127,6 +133,7 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         self.block_manager.free(seq)
+        self.release(seq)
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:

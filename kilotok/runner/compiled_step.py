@@ -12,10 +12,10 @@ step's tensors put in its input order: the CPU counterpart of replaying a captur
 What a replay assumes, and how it is kept true: the model's tensors are resolved once, when the graph is
 recorded, so they must not be replaced afterwards (the runner allocates its caches once, and weights are
 never swapped). The step's arguments are matched by their layout (each tensor's dtype, device, static
-shape and contiguity, a dataclass's fields the same way, any other argument's value), which is what
-dynamo's guards on them check. A graph that dynamo split in several, or whose inputs cannot be named, or
-whose replay does not reproduce the traced call's outputs exactly, is never replayed: those layouts keep
-going through dynamo.
+shape and contiguity, or strides where not contiguous, a dataclass's fields the same way, any other
+argument's value), which is what dynamo's guards on them check. A graph that dynamo split in several, or
+whose inputs cannot be named, or whose replay does not reproduce the traced call's outputs exactly, is
+never replayed: those layouts keep going through dynamo.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def _layout(value: Any) -> Hashable:
     if isinstance(value, torch.Tensor):
         dynamic = getattr(value, "_dynamo_dynamic_indices", ())
         shape = tuple(-1 if dim in dynamic else size for dim, size in enumerate(value.shape))
-        return value.dtype, value.device, shape, value.is_contiguous()
+        # A graph reads its inputs through the strides it was traced with: two views of one shape whose
+        # strides differ (slices of different tensors) must not share it.
+        return value.dtype, value.device, shape, value.is_contiguous() or value.stride()
     if is_dataclass(value):
         return type(value), tuple(_layout(getattr(value, field.name)) for field in fields(value))
     return value

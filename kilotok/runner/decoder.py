@@ -75,6 +75,9 @@ class Decoder(Protocol):
     def step(self, batch: ScheduledBatch) -> list[StepResult]:
         """Run the batch; one result per sequence of `batch.seqs`, in order. Sequences are only read."""
 
+    def release(self, seq: Sequence) -> None:
+        """The sequence finished, or was preempted and lost its KV blocks: drop what the decoder keeps for it."""
+
 
 class PlainDecoder:
     lookahead_slots = 0
@@ -89,6 +92,9 @@ class PlainDecoder:
         if batch.has_prefill:
             results += self.prefill(batch.prefill_part())[0]
         return results
+
+    def release(self, seq: Sequence) -> None:
+        """A plain decoder keeps nothing per sequence."""
 
     def decode(self, seqs: list[Sequence]) -> list[StepResult]:
         return [StepResult([token], 1) for token in self.runner.decode(seqs)[0].tolist()]

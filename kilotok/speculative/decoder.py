@@ -63,6 +63,9 @@ class SpeculativeDecoder:
             results += self.prefill(batch.prefill_part())
         return results
 
+    def release(self, seq: Sequence) -> None:
+        self.drafter.release(seq)
+
     def prefill(self, batch: ScheduledBatch) -> list[StepResult]:
         starts = [seq.num_cached_tokens for seq in batch.seqs]
         results, features = self.target.prefill(batch)

@@ -27,5 +27,9 @@ class Drafter(Protocol):
         """A verify step kept `tokens` (accepted drafts, then the bonus token) after the sequence's last
         token; `features` [len(tokens), k * d] are those of that last token and the accepted drafts."""
 
+    def release(self, seq: Sequence) -> None:
+        """The sequence finished or was preempted: drop what the drafter keeps for it (a preempted sequence
+        starts over from its prompt)."""
+
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
         """One tree per sequence, rooted at its last token, no deeper or larger than `shape`."""

@@ -40,3 +40,6 @@ class NgramDrafter:
 
     def verified(self, seq: Sequence, tokens: list[int], features: torch.Tensor | None) -> None:
         """As `prefilled`: nothing to keep."""
+
+    def release(self, seq: Sequence) -> None:
+        """Nothing kept, nothing to drop."""

@@ -64,7 +64,8 @@ def test_the_head_of_the_queue_is_never_overtaken():
 
 
 def test_the_newest_sequence_is_preempted_and_requeued_first():
-    scheduler = _scheduler(num_blocks=6, budget=64)  # five usable blocks
+    released = []
+    scheduler = _scheduler(num_blocks=6, budget=64, release=released.append)  # five usable blocks
     old, new = _add(scheduler, 8), _add(scheduler, 8, first_token=50)
     batch = scheduler.schedule()
     assert batch.seqs == [old, new]
@@ -76,6 +77,10 @@ def test_the_newest_sequence_is_preempted_and_requeued_first():
     assert new.status is SequenceStatus.WAITING and not new.block_table and new.num_cached_tokens == 0
     assert scheduler.num_preemptions == 1
     assert list(scheduler.waiting) == [new, waiting]
+    # The decoder is told, so it drops what it kept for the preempted sequence; then for a finished one.
+    assert released == [new]
+    scheduler.finish(old, "abort")
+    assert released == [new, old]
 
 
 def test_decoding_sequences_get_lookahead_slots_beside_prompt_chunks():

@@ -1,9 +1,10 @@
 """EAGLE-3 drafting with dynamic trees (EAGLE-2): grow the most promising branches level by level.
 
 Draft positions follow the head's training: the draft input at position t is (token t + 1, feature of
-position t), and its output predicts token t + 2. For each sequence the drafter keeps the head's keys
-and values of every committed input (one per position, built from the target's own features) and the
-head's output at the last one, which already scores the children of the root (the newest token).
+position t), and its output predicts token t + 2. For each sequence the drafter keeps, in its row of a
+`HeadCache`, the head's keys and values of every committed input (one per position, built from the
+target's own features) and the head's output at the last one, which already scores the children of the
+root (the newest token). One head call catches up, and one expansion drafts, for the whole batch.
 
 The head's inputs keep their positions in the sequence, and may have gaps: positions whose features it
 never got (steps at batch sizes where the policy drafts nothing, cached prompt blocks) are simply absent
@@ -30,29 +31,11 @@ from kilotok.quant.lowbit import LowBitLinear, lowbit_available, pack_float
 from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.eagle3.checkpoint import default_draft_path, load_eagle3
-from kilotok.speculative.eagle3.head_steps import HeadSteps
+from kilotok.speculative.eagle3.head_cache import HeadCache
+from kilotok.speculative.eagle3.head_steps import HeadSteps, catch_up_rows
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import ROOT, DraftTree
-
-
-@dataclass
-class _HeadCache:
-    """What the head computed for one sequence's committed inputs."""
-
-    past_k: torch.Tensor
-    """[1, C, Hkv, D] the head's keys of the C committed inputs, in position order."""
-    past_v: torch.Tensor
-    logits: torch.Tensor
-    """[draft_vocab] the head's output at the newest committed input: scores of the root's children."""
-    hidden: torch.Tensor
-    """[d] the head's output feature at the newest committed input, read by the root's children."""
-    last_position: int
-    """The newest committed input's position."""
-
-    @property
-    def committed(self) -> int:
-        return self.past_k.shape[1]
 
 
 @dataclass
@@ -65,7 +48,8 @@ class DraftState:
     at once, so a chunked prefill drafts as a whole one does."""
     next_position: int = 0
     """The position after the newest feature received."""
-    cache: _HeadCache | None = None
+    row: int | None = None
+    """The sequence's row of the drafter's `HeadCache`, from its first catch-up until it is released."""
 
     def receive(self, start: int, features: torch.Tensor) -> None:
         self.pending.append((start, features))
@@ -88,6 +72,7 @@ class Eagle3Drafter:
         self.topk = min(topk, head.config.draft_vocab_size)
         self.aux_layer_ids: tuple[int, ...] = tuple(head.config.aux_layer_ids)
         self.steps = HeadSteps(head, compile_steps)
+        self.cache = HeadCache()
 
     @classmethod
     def load(cls, spec: SpecConfig, model: CausalLM, model_name: str, compile_steps: bool) -> Eagle3Drafter:
@@ -110,6 +95,7 @@ class Eagle3Drafter:
         state: DraftState | None = seq.draft_state
         if state is None or start < state.next_position:
             # A new request, or one preempted and now recomputed: its head inputs start over.
+            self.release(seq)
             state = seq.draft_state = DraftState()
         state.receive(start, features)
 
@@ -120,6 +106,13 @@ class Eagle3Drafter:
                 seq.draft_state = DraftState()
             seq.draft_state.receive(len(seq) - 1, features)
 
+    def release(self, seq: Sequence) -> None:
+        """The sequence finished or lost its KV blocks: its row of the head's cache is free again."""
+        state: DraftState | None = seq.draft_state
+        if state is not None and state.row is not None:
+            self.cache.release(state.row)
+        seq.draft_state = None
+
     @staticmethod
     def ready(seq: Sequence) -> bool:
         """Whether the head has (or has pending) the input at the position before the newest token, which
@@ -129,48 +122,82 @@ class Eagle3Drafter:
 
     @torch.inference_mode()
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
-        """Each ready sequence's tree, chosen on the device; the batch's trees come back in one copy."""
-        grown = {}
-        for row, seq in enumerate(seqs):
-            if self.ready(seq):
-                self.catch_up(seq)
-                grown[row] = torch.stack(self._grow(seq.draft_state.cache, shape))
-        chosen = torch.stack(list(grown.values())).tolist() if grown else []
-        trees = {row: DraftTree(*tree) for row, tree in zip(grown, chosen, strict=True)}
-        # The others get empty trees: this step's features make them ready for the next.
+        """The ready sequences' trees, grown and chosen on the device in one batch; they come back in one
+        copy. The others get empty trees: this step's features make them ready for the next."""
+        ready = [row for row, seq in enumerate(seqs) if self.ready(seq)]
+        if not ready:
+            return [DraftTree() for _ in seqs]
+        tokens, parents = torch.stack(self.grow([seqs[row] for row in ready], shape)).tolist()
+        trees = dict(zip(ready, map(DraftTree, tokens, parents), strict=True))
         return [trees.get(row, DraftTree()) for row in range(len(seqs))]
 
-    def catch_up(self, seq: Sequence) -> None:
-        """Run the head over the pending inputs (token t + 1, target feature t), whose tokens the sequence
-        holds by now, and keep their keys."""
-        state: DraftState = seq.draft_state
-        if not state.pending:
-            return
-        # Positions are known on the host: built there once, then copied to the features' device in one go.
-        positions = [position for start, part in state.pending for position in range(start, start + len(part))]
-        features = torch.cat([part for _, part in state.pending])
-        state.pending = []
-        tokens = [seq.token_ids[position + 1] for position in positions]
-        cache = state.cache
-        out = self.steps.catch_up(tokens, features, torch.tensor(positions, device=features.device),
-                                  None if cache is None else cache.past_k, None if cache is None else cache.past_v)
-        past_k = out.k if cache is None else torch.cat((cache.past_k, out.k), dim=1)
-        past_v = out.v if cache is None else torch.cat((cache.past_v, out.v), dim=1)
-        state.cache = _HeadCache(past_k, past_v, out.logits[0, -1], out.hidden[0, -1], positions[-1])
-
-    def _grow(self, cache: _HeadCache, shape: TreeShape) -> tuple[torch.Tensor, torch.Tensor]:
-        candidates = self.steps.expand(cache.past_k, cache.past_v, cache.logits, cache.hidden, cache.last_position,
-                                       shape.depth, self.topk)
+    def grow(self, seqs: list[Sequence], shape: TreeShape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ready sequences' trees as (tokens, parents) [B, tree_size] on the head's device: the head catches
+        up on their pending inputs, then expands every tree at once."""
+        self.catch_up(seqs)
+        cache = self.cache
+        row_ids = [seq.draft_state.row for seq in seqs]
+        rows, committed = torch.tensor([row_ids, [cache.committed[row] for row in row_ids]], device=cache.k.device)
+        window = cache.window(rows, max(cache.committed[row] for row in row_ids))
+        candidates = self.steps.expand(window, committed, cache.logits[rows], cache.hidden[rows],
+                                       cache.last_position[rows], shape.depth, self.topk)
         return best_tree(*candidates, shape.tree_size)
+
+    def catch_up(self, seqs: list[Sequence]) -> None:
+        """Run the head over the pending inputs of `seqs` (token t + 1, target feature t, whose tokens the
+        sequences hold by now) and commit their keys: one head call for all whose inputs pad to the same
+        row count."""
+        groups: dict[int, list[tuple[Sequence, list[int]]]] = {}
+        for seq in seqs:
+            state: DraftState = seq.draft_state
+            if state.pending:
+                positions = [position for start, part in state.pending for position in range(start, start + len(part))]
+                groups.setdefault(catch_up_rows(len(positions)), []).append((seq, positions))
+        for width, group in groups.items():
+            self._catch_up(group, width)
+
+    def _catch_up(self, group: list[tuple[Sequence, list[int]]], width: int) -> None:
+        cache = self.cache
+        host = []  # per sequence: tokens and positions padded to `width`, row, committed, last real input
+        for seq, positions in group:
+            state: DraftState = seq.draft_state
+            if state.row is None:
+                state.row = cache.acquire()
+            tokens = [seq.token_ids[position + 1] for position in positions]
+            host.append([*_padded(tokens, width), *_padded(positions, width), state.row, cache.committed[state.row],
+                         len(positions) - 1])
+        # Padding repeats each sequence's last input after its real ones; the host data goes over in one copy.
+        features = torch.stack([_padded_rows(torch.cat([part for _, part in seq.draft_state.pending]), width)
+                                for seq, _ in group])
+        packed = torch.tensor(host, device=features.device)
+        tokens, positions = packed[:, :width], packed[:, width : 2 * width]
+        rows, committed, ends = packed[:, 2 * width :].unbind(1)
+        row_ids = [seq.draft_state.row for seq, _ in group]
+        out = self.steps.catch_up(tokens, features, positions, committed,
+                                  cache.window(rows, max(cache.committed[row] for row in row_ids)))
+        cache.commit(rows, committed, row_ids, [len(positions) for _, positions in group], out, ends, positions)
+        for seq, _ in group:
+            seq.draft_state.pending = []
+
+
+def _padded(values: list[int], width: int) -> list[int]:
+    return values + values[-1:] * (width - len(values))
+
+
+def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat((rows, rows[-1:].expand(width - len(rows), -1)))
 
 
 def best_tree(tokens: torch.Tensor, scores: torch.Tensor, parents: torch.Tensor,
               tree_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `tree_size` best of an expansion's candidates (in level order, as `HeadSteps.expand` gives them)
-    as (tokens, parents renumbered to the chosen), on their device. Ties go to the earlier candidate, the
-    shallower: as a child never scores above its parent, the best nodes always include their ancestors."""
-    best = torch.sort(scores, descending=True, stable=True).indices[:tree_size]
-    chosen = best.sort().values
-    renumbered = torch.full_like(parents, ROOT).scatter_(0, chosen, torch.arange(len(chosen), device=chosen.device))
-    chosen_parents = parents[chosen]
-    return tokens[chosen], torch.where(chosen_parents == ROOT, ROOT, renumbered[chosen_parents.clamp(min=0)])
+    """The `tree_size` best of each sequence's candidates ([B, N] each, in level order, as
+    `HeadSteps.expand` gives them) as (tokens, parents renumbered to the chosen) [B, tree_size], on their
+    device. Ties go to the earlier candidate, the shallower: as a child never scores above its parent, the
+    best nodes always include their ancestors."""
+    best = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :tree_size]
+    chosen = best.sort(dim=-1).values
+    order = torch.arange(chosen.shape[1], device=chosen.device).expand_as(chosen)
+    renumbered = torch.full_like(parents, ROOT).scatter_(1, chosen, order)
+    chosen_parents = parents.gather(1, chosen)
+    return tokens.gather(1, chosen), torch.where(chosen_parents == ROOT, ROOT,
+                                                 renumbered.gather(1, chosen_parents.clamp(min=0)))

@@ -4,8 +4,8 @@ levels (EAGLE-2 dynamic expansion) without returning to Python between levels.
 
 On a small CPU the head's eager forward costs far more in per-op dispatch than in arithmetic (its int8
 weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
-are built per shape: catch-up per row-count bucket, expansion per (depth, top-k); the number of
-committed keys is a dynamic dimension, so a sequence's growing context needs no new graph. As the
+are built per shape: catch-up per (batch size, row-count bucket), expansion per (batch size, depth,
+top-k); the key window's width is a dynamic dimension, so a growing context needs no new graph. As the
 target's decode graphs are, each graph is called without dynamo's guards once built
 (runner/compiled_step.py).
 
@@ -13,7 +13,8 @@ The expansion: the root's top-k children form level 1. Each further level runs t
 frontier (the k best nodes of the level before, by cumulative log-probability), each node reading its
 parent's output feature at position last + level and attending to the committed keys, its expanded
 ancestors' keys and its own; each frontier node's top-k children form the level. The candidates come out
-in level order, each level's frontier-major, for the caller to pick the best tree from.
+in level order, each level's frontier-major, for the caller to pick the best tree from. Both steps run over
+a batch of sequences at once, each reading its own committed keys out of a shared window.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ from kilotok.speculative.tree import ROOT
 COMPILED_ROWS = (1, 2, 4, 8, 16)
 """Row buckets of compiled catch-up; longer catch-ups (a prompt) run eagerly, once per request."""
 
+KeyWindow = tuple[torch.Tensor, torch.Tensor]
+"""The committed keys and values of a batch's sequences, [B, W, Hkv, D] each: row b's first committed[b]
+columns are its own, the rest padding (`HeadCache.window`)."""
+
+
+def catch_up_rows(count: int) -> int:
+    """The rows a catch-up of `count` inputs runs: the next compiled bucket, or `count` past the largest."""
+    return next((bucket for bucket in COMPILED_ROWS if bucket >= count), count)
+
 
 class HeadSteps:
     def __init__(self, head: Eagle3DraftModel, compile_steps: bool) -> None:
@@ -40,32 +50,27 @@ class HeadSteps:
             self._calls = {name: CompiledStep(call) for name, call in self._eager.items()}
         self._compile_failed = not compile_steps
 
-    def catch_up(self, tokens: list[int], features: torch.Tensor, positions: torch.Tensor,
-                 past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
-        """The head over new inputs (tokens [n], target features [n, k * d] at `positions` [n]) after
-        the committed keys, causal among themselves: the head's output for the n inputs."""
-        count, device = len(tokens), features.device
-        rows = next((bucket for bucket in COMPILED_ROWS if bucket >= count), None)
-        if not _compilable(past_k) or rows is None:
-            return self._catch_up(torch.tensor([tokens], device=device), features.unsqueeze(0),
-                                  positions.unsqueeze(0), past_k, past_v)
-        # Padding rows repeat the last input after the real ones: causal order keeps them out of real rows' view.
-        padding = rows - count
-        padded_tokens = torch.tensor([tokens + tokens[-1:] * padding], device=device)
-        padded_features = torch.cat((features, features[-1:].expand(padding, -1))).unsqueeze(0)
-        padded_positions = torch.cat((positions, positions[-1:].expand(padding))).unsqueeze(0)
-        out = self._call("catch_up", padded_tokens, padded_features, padded_positions, past_k, past_v)
-        return Eagle3Output(*(tensor[:, :count] for tensor in out))
+    def catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                 committed: torch.Tensor, window: KeyWindow | None) -> Eagle3Output:
+        """The head over new inputs (tokens and positions [B, R], target features [B, R, k * d]) after each
+        sequence's committed keys (`committed` [B] of `window`; None when no sequence has any), causal
+        among themselves. Padding inputs go after a sequence's real ones, which causal order keeps from
+        seeing them."""
+        args = (tokens, features, positions, committed, *(window or (None, None)))
+        if not _compilable(window) or tokens.shape[1] not in COMPILED_ROWS:
+            return self._catch_up(*args)
+        return Eagle3Output(*self._call("catch_up", *args))
 
-    def expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
-               root_hidden: torch.Tensor, last_position: int, depth: int,
+    def expand(self, window: KeyWindow, committed: torch.Tensor, root_logits: torch.Tensor,
+               root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
                topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every node the expansion scores, in level order (top-k at level 1, top-k x top-k at each later
-        level), as tensors on the head's device: target token ids, cumulative log-probabilities under the
-        head, and parents (indices into these, or ROOT)."""
-        args = (past_k, past_v, root_logits, root_hidden, torch.tensor(last_position, device=past_k.device), depth,
-                topk)
-        return self._call("expand", *args) if _compilable(past_k) else self._expand(*args)
+        """Every node the expansion of each sequence scores (its committed keys `committed` [B] of `window`,
+        its root's children's scores [B, V] and feature [B, d], its newest committed position [B]), in level
+        order (top-k at level 1, top-k x top-k at each later level), as [B, N] tensors on the head's device:
+        target token ids, cumulative log-probabilities under the head, and parents (indices into these, or
+        ROOT)."""
+        args = (*window, committed, root_logits, root_hidden, last_position, depth, topk)
+        return self._call("expand", *args) if _compilable(window) else self._expand(*args)
 
     def _call(self, name: str, *args):
         """The compiled graph of `name` for these arguments' shapes; eager where compiling fails (one line
@@ -82,61 +87,68 @@ class HeadSteps:
             return self._eager[name](*args)
 
     def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-                  past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
+                  committed: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
         head = self.head
-        rows = tokens.shape[1]
-        committed = 0 if past_k is None else past_k.shape[1]
-        mask = torch.cat((torch.ones(rows, committed, dtype=torch.bool, device=tokens.device),
-                          torch.ones(rows, rows, dtype=torch.bool, device=tokens.device).tril()), dim=1)
-        return head(tokens, head.fuse(features), positions, past_k, past_v, mask.unsqueeze(0))
+        batch, rows = tokens.shape
+        mask = torch.ones(rows, rows, dtype=torch.bool, device=tokens.device).tril().expand(batch, rows, rows)
+        if past_k is not None:
+            mask = torch.cat((_own_columns(past_k, committed).expand(batch, rows, -1), mask), dim=2)
+        return head(tokens, head.fuse(features), positions, past_k, past_v, mask)
 
     def _catch_up_tensors(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-                          past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                          committed: torch.Tensor, past_k: torch.Tensor,
+                          past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`_catch_up`'s output as a tuple (hidden, logits, k, v): what a compiled step returns."""
-        out = self._catch_up(tokens, features, positions, past_k, past_v)
+        out = self._catch_up(tokens, features, positions, committed, past_k, past_v)
         return out.hidden, out.logits, out.k, out.v
 
-    def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, root_logits: torch.Tensor,
-                root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
+    def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, committed: torch.Tensor,
+                root_logits: torch.Tensor, root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
                 topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         head = self.head
-        committed, device = past_k.shape[1], past_k.device
+        batch, device = root_logits.shape[0], root_logits.device
+        sequence = torch.arange(batch, device=device)[:, None]  # with a [B, k] index, picks per sequence
+        committed_keys = _own_columns(past_k, committed).expand(batch, topk, -1)
         scores, draft_ids = root_logits.log_softmax(dim=-1).topk(topk)
         tokens = [head.draft_to_target(draft_ids)]
         all_scores = [scores]
-        parents = [torch.full((topk,), ROOT, dtype=torch.int64, device=device)]
-        features = root_hidden.expand(topk, -1)
+        parents = [torch.full((batch, topk), ROOT, dtype=torch.int64, device=device)]
+        features = root_hidden[:, None].expand(batch, topk, -1)
         # Per candidate of the newest level: which speculative key columns its expanded ancestors own.
-        ancestors = torch.zeros(topk, 0, dtype=torch.bool, device=device)
+        ancestors = torch.zeros(batch, topk, 0, dtype=torch.bool, device=device)
         first = 0  # index of the newest level's first candidate
-        own = torch.eye(topk, dtype=torch.bool, device=device)
+        own = torch.eye(topk, dtype=torch.bool, device=device).expand(batch, topk, topk)
         for level in range(1, depth):
             best = all_scores[-1].topk(topk).indices
-            frontier_ancestors = ancestors[best]
-            mask = torch.cat((torch.ones(topk, committed, dtype=torch.bool, device=device), frontier_ancestors, own),
-                             dim=1)
-            out = head(tokens[-1][best].unsqueeze(0), features[best].unsqueeze(0),
-                       (last_position + level).expand(1, topk), past_k, past_v, mask.unsqueeze(0))
+            frontier_ancestors = ancestors[sequence, best]
+            mask = torch.cat((committed_keys, frontier_ancestors, own), dim=2)
+            out = head(tokens[-1][sequence, best], features[sequence, best],
+                       (last_position[:, None] + level).expand(batch, topk), past_k, past_v, mask)
             past_k = torch.cat((past_k, out.k), dim=1)
             past_v = torch.cat((past_v, out.v), dim=1)
-            child_scores, child_ids = out.logits[0].log_softmax(dim=-1).topk(topk)
-            tokens.append(head.draft_to_target(child_ids).flatten())
-            all_scores.append((all_scores[-1][best].unsqueeze(1) + child_scores).flatten())
-            parents.append((first + best).repeat_interleave(topk))
-            first += tokens[-2].shape[0]
-            features = out.hidden[0].repeat_interleave(topk, dim=0)
-            ancestors = torch.cat((frontier_ancestors, own), dim=1).repeat_interleave(topk, dim=0)
-        return torch.cat(tokens), torch.cat(all_scores), torch.cat(parents)
+            child_scores, child_ids = out.logits.log_softmax(dim=-1).topk(topk)
+            tokens.append(head.draft_to_target(child_ids).flatten(1))
+            all_scores.append((all_scores[-1][sequence, best].unsqueeze(2) + child_scores).flatten(1))
+            parents.append((first + best).repeat_interleave(topk, dim=1))
+            first += tokens[-2].shape[1]
+            features = out.hidden.repeat_interleave(topk, dim=1)
+            ancestors = torch.cat((frontier_ancestors, own), dim=2).repeat_interleave(topk, dim=1)
+        return torch.cat(tokens, dim=1), torch.cat(all_scores, dim=1), torch.cat(parents, dim=1)
 
 
-def _compilable(past_k: torch.Tensor | None) -> bool:
-    """Compiled graphs take the committed keys' count as a dynamic dimension, which cannot be 0 or 1 (torch
-    specializes those sizes): a sequence's first inputs run eagerly."""
-    return past_k is not None and past_k.shape[1] >= 2
+def _own_columns(past_k: torch.Tensor, committed: torch.Tensor) -> torch.Tensor:
+    """[B, 1, W]: which of the window's key columns are each sequence's own."""
+    return (torch.arange(past_k.shape[1], device=past_k.device) < committed[:, None]).unsqueeze(1)
+
+
+def _compilable(window: KeyWindow | None) -> bool:
+    """Compiled graphs take the key window's width as a dynamic dimension, which cannot be 0 or 1 (torch
+    specializes those sizes): the first inputs of a batch's sequences run eagerly."""
+    return window is not None and window[0].shape[1] >= 2
 
 
 def _mark_key_lengths(name: str, args: tuple) -> None:
-    """The committed keys' count varies step by step: a dynamic dimension, so the context needs no new graph."""
-    past_k, past_v = (args[3], args[4]) if name == "catch_up" else (args[0], args[1])
+    """The key window's width varies step by step: a dynamic dimension, so the context needs no new graph."""
+    past_k, past_v = (args[4], args[5]) if name == "catch_up" else (args[0], args[1])
     torch._dynamo.mark_dynamic(past_k, 1)
     torch._dynamo.mark_dynamic(past_v, 1)

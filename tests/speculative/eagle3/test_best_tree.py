@@ -46,9 +46,9 @@ def _host_rule(tokens: list[int], scores: list[float], parents: list[int], tree_
 
 @pytest.mark.parametrize(("depth", "topk", "tree_size"), [(1, 3, 2), (3, 2, 5), (4, 3, 10), (3, 3, 40)])
 def test_the_best_nodes_by_score_form_a_tree_in_level_order(depth, topk, tree_size):
+    """Twenty expansions chosen from at once, as a batch of sequences: each row by its own rule."""
     generator = torch.Generator().manual_seed(depth * 10 + topk)
-    for _ in range(20):
-        tokens, scores, parents = _expansion(depth, topk, generator)
-        got = best_tree(torch.tensor(tokens), torch.tensor(scores), torch.tensor(parents), tree_size)
-        want = _host_rule(tokens, scores, parents, tree_size)
-        assert DraftTree(*(t.tolist() for t in got)) == want
+    expansions = [_expansion(depth, topk, generator) for _ in range(20)]
+    got = best_tree(*(torch.tensor(column) for column in zip(*expansions, strict=True)), tree_size)
+    for row, expansion in enumerate(expansions):
+        assert DraftTree(*(t[row].tolist() for t in got)) == _host_rule(*expansion, tree_size)

@@ -5,8 +5,6 @@ every draft."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -40,15 +38,16 @@ def test_the_audit_catches_host_tensors_that_torch_lets_through():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize(("count", "committed"), [(5, 0), (3, 1), (3, 6), (20, 6)])
-def test_catch_up_builds_nothing_on_the_host(count, committed):
-    """Eager (no or one committed key, or more rows than any compiled bucket) and padded catch-up."""
+@pytest.mark.parametrize(("rows", "width"), [(5, 0), (3, 1), (4, 6), (20, 6)])
+def test_catch_up_builds_nothing_on_the_host(rows, width):
+    """Eager (a window of no or one column, or more rows than any compiled bucket) and compiled-shaped
+    catch-up of two sequences."""
     steps = HeadSteps(make_draft().to(DEVICE), compile_steps=False)
-    features = torch.empty(count, 3 * D, device=DEVICE)
-    positions = torch.arange(10, 10 + count, device=DEVICE)
-    past = torch.empty(1, committed, 2, 8, device=DEVICE) if committed else None
+    tokens = positions = torch.empty(2, rows, dtype=torch.int64, device=DEVICE)
+    features = torch.empty(2, rows, 3 * D, device=DEVICE)
+    window = (torch.empty(2, width, 2, 8, device=DEVICE),) * 2 if width else None
     with HostTensors() as audit:
-        out = steps.catch_up(list(range(count)), features, positions, past, past)
+        out = steps.catch_up(tokens, features, positions, torch.empty(2, dtype=torch.int64, device=DEVICE), window)
     assert audit.ops == []
     assert {t.device for t in (out.hidden, out.logits, out.k, out.v)} == {DEVICE}
 
@@ -57,32 +56,35 @@ def test_catch_up_builds_nothing_on_the_host(count, committed):
 @pytest.mark.parametrize(("depth", "topk"), [(1, 2), (3, 1), (4, 3)])
 def test_tree_expansion_builds_nothing_on_the_host(depth, topk):
     steps = HeadSteps(make_draft().to(DEVICE), compile_steps=False)
-    past_k, past_v = torch.empty(1, 7, 2, 8, device=DEVICE), torch.empty(1, 7, 2, 8, device=DEVICE)
-    logits, hidden = torch.empty(40, device=DEVICE), torch.empty(D, device=DEVICE)
+    window = (torch.empty(2, 7, 2, 8, device=DEVICE),) * 2
+    committed, last = (torch.empty(2, dtype=torch.int64, device=DEVICE) for _ in range(2))
+    logits, hidden = torch.empty(2, 40, device=DEVICE), torch.empty(2, D, device=DEVICE)
     with HostTensors() as audit:
-        candidates = steps.expand(past_k, past_v, logits, hidden, 9, depth, topk)
+        candidates = steps.expand(window, committed, logits, hidden, last, depth, topk)
     assert audit.ops == []
     assert {t.device for t in candidates} == {DEVICE}
 
 
 @torch.no_grad()
-def test_the_drafter_catches_up_on_the_features_device():
-    """The drafter's own part of a draft: pending features from a prefill and a verify step, caught up
-    eagerly (the first inputs) and then padded, and the tree grown and chosen; the positions it makes go
-    to the features' device."""
+def test_the_drafter_catches_up_and_grows_on_the_features_device():
+    """The drafter's own part of a draft for two sequences: pending features from prefills and a verify
+    step, caught up eagerly (the first inputs) and then padded, and the trees grown and chosen. What it
+    makes from host data (tokens, positions, rows) goes to the features' device in one copy."""
     drafter = Eagle3Drafter(make_draft().to(DEVICE), topk=2)
-    seq = SimpleNamespace(token_ids=list(range(12)), draft_state=DraftState())
+    seqs = [Sequence(list(range(length)), SamplingParams()) for length in (12, 8)]
     with HostTensors() as audit:
-        seq.draft_state.receive(0, torch.empty(6, 3 * D, device=DEVICE))
-        drafter.catch_up(seq)
-        seq.draft_state.receive(6, torch.empty(3, 3 * D, device=DEVICE))
-        drafter.catch_up(seq)
-        cache = seq.draft_state.cache
-        tree = drafter._grow(cache, TreeShape(depth=3, tree_size=4))
+        for seq, prompt in zip(seqs, (6, 4), strict=True):
+            seq.draft_state = DraftState()
+            seq.draft_state.receive(0, torch.empty(prompt, 3 * D, device=DEVICE))
+        drafter.catch_up(seqs)
+        seqs[0].draft_state.receive(6, torch.empty(5, 3 * D, device=DEVICE))
+        seqs[1].draft_state.receive(4, torch.empty(3, 3 * D, device=DEVICE))
+        tree = drafter.grow(seqs, TreeShape(depth=3, tree_size=4))
     assert audit.ops == []
-    assert {t.device for t in tree} == {DEVICE}
-    assert (cache.committed, cache.last_position) == (9, 8)
-    assert {t.device for t in (cache.past_k, cache.past_v, cache.logits, cache.hidden)} == {DEVICE}
+    assert {t.device for t in tree} == {DEVICE} and tree[0].shape == (2, 4)
+    cache = drafter.cache
+    assert [cache.committed[seq.draft_state.row] for seq in seqs] == [11, 7]
+    assert {t.device for t in (cache.k, cache.v, cache.logits, cache.hidden, cache.last_position)} == {DEVICE}
 
 
 def test_verify_inputs_are_built_on_the_device():

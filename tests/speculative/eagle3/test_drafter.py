@@ -45,6 +45,8 @@ def test_greedy_output_is_identical_to_plain_decoding(monkeypatch, reference, he
         assert (got.token_ids, got.finish_reason, got.text) == (want.token_ids, want.finish_reason, want.text)
     stats = spec.engine.spec_stats
     assert 0 < stats.accepted_tokens < stats.drafted_tokens
+    # Every finished request gave its row of the head's cache back.
+    assert spec.engine.decoder.drafter.cache.held == 0
 
 
 def test_batch_sizes_without_a_tree_run_plain_steps_and_keep_greedy_output(monkeypatch, reference, head_folder):
@@ -87,6 +89,8 @@ def test_sampled_tokens_follow_the_target_distribution(monkeypatch, reference, h
     assert chi_square_p_value(counts, joint) > 1e-3
     stats = spec.engine.spec_stats
     assert 0 < stats.accepted_tokens < stats.drafted_tokens
+    # Every finished request gave its row of the head's cache back.
+    assert spec.engine.decoder.drafter.cache.held == 0
 
 
 def test_head_for_another_target_is_refused(monkeypatch, reference, head_folder, tmp_path):
@@ -135,10 +139,10 @@ def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, he
     chains = set()
     for _ in range(6):
         engine.step()
-        drafter.catch_up(seq)
+        drafter.catch_up([seq])
         recorded.clear()
         tree = drafter.propose([seq], TreeShape(depth=3, tree_size=3))[0]
-        drafted = [seq.draft_state.cache.logits] + [out.logits[0, 0] for out in recorded]
+        drafted = [drafter.cache.logits[seq.draft_state.row]] + [out.logits[0, 0] for out in recorded]
         steps, chain = _oracle_chain(reference, drafter.head, seq.token_ids, depth=3)
         torch.testing.assert_close(torch.stack(drafted), torch.stack(steps), atol=1e-4, rtol=1e-4)
         assert tree.parents == [-1, 0, 1]
