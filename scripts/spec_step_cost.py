@@ -70,7 +70,7 @@ def main() -> None:
     llm.generate(prompts[0], params)  # compiles the graphs the timed steps use
     decoder = llm.engine.decoder
     times: dict[str, list[float]] = defaultdict(list)
-    for name in ("catch_up", "grow", "propose"):
+    for name in ("catch_up", "propose"):
         timed(decoder.drafter, name, times)
     timed(decoder.runner, "decode_rows", times)
     timed(decoder, "decode", times)

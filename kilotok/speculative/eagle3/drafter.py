@@ -137,10 +137,11 @@ class Eagle3Drafter:
         self.catch_up(seqs)
         cache = self.cache
         row_ids = [seq.draft_state.row for seq in seqs]
-        rows, committed = torch.tensor([row_ids, [cache.committed[row] for row in row_ids]], device=cache.k.device)
-        window = cache.window(rows, max(cache.committed[row] for row in row_ids))
-        candidates = self.steps.expand(window, committed, cache.logits[rows], cache.hidden[rows],
-                                       cache.last_position[rows], shape.depth, self.topk)
+        committed, device = [cache.committed[row] for row in row_ids], cache.k.device
+        rows = cache.index(row_ids, device)
+        candidates = self.steps.expand(cache.window(rows, max(committed)), torch.tensor(committed, device=device),
+                                       cache.logits[rows], cache.hidden[rows], cache.last_position[rows], shape.depth,
+                                       self.topk)
         return best_tree(*candidates, shape.tree_size)
 
     def catch_up(self, seqs: list[Sequence]) -> None:
@@ -158,24 +159,26 @@ class Eagle3Drafter:
 
     def _catch_up(self, group: list[tuple[Sequence, list[int]]], width: int) -> None:
         cache = self.cache
-        host = []  # per sequence: tokens and positions padded to `width`, row, committed, last real input
-        for seq, positions in group:
-            state: DraftState = seq.draft_state
-            if state.row is None:
-                state.row = cache.acquire()
+        for seq, _ in group:
+            if seq.draft_state.row is None:
+                seq.draft_state.row = cache.acquire()
+        row_ids = [seq.draft_state.row for seq, _ in group]
+        # Per sequence: tokens, positions and cache slots, padded to `width` by repeating its last input, then
+        # its committed count and its last real input's index among all B * width. One copy to the device.
+        host = []
+        for index, ((seq, positions), row_slots) in enumerate(zip(group, cache.slots(row_ids, width), strict=True)):
             tokens = [seq.token_ids[position + 1] for position in positions]
-            host.append([*_padded(tokens, width), *_padded(positions, width), state.row, cache.committed[state.row],
-                         len(positions) - 1])
-        # Padding repeats each sequence's last input after its real ones; the host data goes over in one copy.
+            host.append([*_padded(tokens, width), *_padded(positions, width), *row_slots,
+                         cache.committed[seq.draft_state.row], index * width + len(positions) - 1])
         features = torch.stack([_padded_rows(torch.cat([part for _, part in seq.draft_state.pending]), width)
                                 for seq, _ in group])
         packed = torch.tensor(host, device=features.device)
-        tokens, positions = packed[:, :width], packed[:, width : 2 * width]
-        rows, committed, ends = packed[:, 2 * width :].unbind(1)
-        row_ids = [seq.draft_state.row for seq, _ in group]
+        tokens, positions, slots = packed[:, : 3 * width].view(len(group), 3, width).unbind(1)
+        committed, last = packed[:, 3 * width :].unbind(1)
+        rows = cache.index(row_ids, features.device)
         out = self.steps.catch_up(tokens, features, positions, committed,
                                   cache.window(rows, max(cache.committed[row] for row in row_ids)))
-        cache.commit(rows, committed, row_ids, [len(positions) for _, positions in group], out, ends, positions)
+        cache.commit(rows, row_ids, [len(inputs) for _, inputs in group], out, slots.flatten(), last, positions)
         for seq, _ in group:
             seq.draft_state.pending = []
 

@@ -5,7 +5,7 @@ Rows live in shared buffers, so that one head call drafts for a whole batch: the
 by index, each masked to its own committed length. A sequence holds its row from its first catch-up until
 the engine finishes or preempts it (`release`). The buffers grow by doubling, in rows and in columns, as
 sequences and contexts need; a step never writes past a row's committed length except into columns it
-reserved, which the next commit overwrites.
+made room for (`slots`), which the next commit overwrites.
 """
 
 from __future__ import annotations
@@ -47,36 +47,42 @@ class HeadCache:
         """Rows that sequences hold."""
         return self._rows - len(self._free)
 
-    def reserve(self, columns: int) -> None:
-        """Room for `columns` inputs in every row: a commit writes its padded inputs past the committed ones."""
-        if columns > self._columns:
-            self._resize(self._rows, max(columns, 2 * self._columns))
+    def index(self, row_ids: list[int], device: torch.device) -> slice | torch.Tensor:
+        """What picks these rows out of the buffers: a slice (views, nothing copied) where they are
+        consecutive, as rows handed out in admission order mostly are; else an index on `device`."""
+        first = row_ids[0]
+        if row_ids == list(range(first, first + len(row_ids))):
+            return slice(first, first + len(row_ids))
+        return torch.tensor(row_ids, device=device)
 
-    def window(self, rows: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The first `width` key and value columns of `rows` [B], gathered as [B, width, Hkv, D]; None for
+    def window(self, rows: slice | torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The first `width` key and value columns of `rows` (`index`), as [B, width, Hkv, D]; None for
         none (no row has committed inputs yet)."""
         if width == 0 or self.k is None:
             return None
         return self.k[rows, :width], self.v[rows, :width]
 
-    def commit(self, rows: torch.Tensor, committed: torch.Tensor, row_ids: list[int], counts: list[int],
-               out: Eagle3Output, ends: torch.Tensor, positions: torch.Tensor) -> None:
-        """Append a catch-up's keys and values (`out.k`, `out.v` [B, R, Hkv, D]) after the committed columns
-        of `rows` [B] (`committed` [B], `row_ids` on the host): all R columns, padding included, so the
-        write has one shape; the first `counts[b]` are real. Keep the output at each row's last real input
-        (`ends` [B] into R; `positions` [B, R])."""
-        batch, width = out.k.shape[:2]
+    def slots(self, row_ids: list[int], width: int) -> list[list[int]]:
+        """Where a catch-up of `width` inputs a row writes its keys and values: each row's next `width`
+        columns after its committed ones, as indices into the flattened [rows x columns] buffers. Computed
+        on the host, after making room, so that they travel with the step's other host data."""
+        needed = max(self.committed[row] for row in row_ids) + width
+        if needed > self._columns:
+            self._resize(self._rows, max(needed, 2 * self._columns))
+        return [[row * self._columns + self.committed[row] + column for column in range(width)] for row in row_ids]
+
+    def commit(self, rows: slice | torch.Tensor, row_ids: list[int], counts: list[int], out: Eagle3Output,
+               slots: torch.Tensor, last: torch.Tensor, positions: torch.Tensor) -> None:
+        """Keep a catch-up of `rows` (`index`; `row_ids` on the host): its keys and values (`out.k`, `out.v`
+        [B, R, Hkv, D]) go to `slots` [B * R] (from `slots`), all R of a row, padding included, so the write
+        has one shape; the first `counts[b]` are real and committed. The output at each row's last real
+        input (`last` [B], into the flattened B * R inputs; `positions` [B, R]) becomes its newest."""
         if self.k is None:
             self._allocate(out)
-        self.reserve(max(self.committed[row] for row in row_ids) + width)
-        columns = committed[:, None] + torch.arange(width, device=rows.device)
-        flat = (rows[:, None] * self._columns + columns).flatten()
         for buffer, new in ((self.k, out.k), (self.v, out.v)):
-            buffer.view(-1, *buffer.shape[2:]).index_copy_(0, flat, new.flatten(0, 1).to(buffer.dtype))
-        last = torch.arange(batch, device=rows.device), ends
-        self.logits.index_copy_(0, rows, out.logits[last])
-        self.hidden.index_copy_(0, rows, out.hidden[last])
-        self.last_position.index_copy_(0, rows, positions[last])
+            buffer.view(-1, *buffer.shape[2:]).index_copy_(0, slots, new.flatten(0, 1))
+        for buffer, new in ((self.logits, out.logits), (self.hidden, out.hidden), (self.last_position, positions)):
+            buffer[rows] = new.flatten(0, 1)[last]
         for row, count in zip(row_ids, counts, strict=True):
             self.committed[row] += count
 

@@ -17,9 +17,10 @@ def _output(batch: int, width: int, seed: int) -> Eagle3Output:
 
 def _commit(cache: HeadCache, row_ids: list[int], counts: list[int], width: int, seed: int) -> Eagle3Output:
     out = _output(len(row_ids), width, seed)
-    rows, committed = torch.tensor([row_ids, [cache.committed[row] for row in row_ids]])
-    positions = torch.arange(width).repeat(len(row_ids), 1) + 100 * rows[:, None]
-    cache.commit(rows, committed, row_ids, counts, out, torch.tensor(counts) - 1, positions)
+    slots = torch.tensor(cache.slots(row_ids, width)).flatten()
+    positions = torch.arange(width).repeat(len(row_ids), 1) + 100 * torch.tensor(row_ids)[:, None]
+    last = torch.arange(len(row_ids)) * width + torch.tensor(counts) - 1
+    cache.commit(cache.index(row_ids, torch.device("cpu")), row_ids, counts, out, slots, last, positions)
     return out
 
 
@@ -36,7 +37,10 @@ def test_commits_append_after_each_row_and_keep_the_last_real_output():
     torch.testing.assert_close(cache.logits[a], first.logits[0, 2], rtol=0, atol=0)
     torch.testing.assert_close(cache.hidden[b], second.hidden[0, 1], rtol=0, atol=0)
     assert cache.last_position.tolist() == [2, 101]
-    window = cache.window(torch.tensor([b, a]), 3)
+    # Rows out of order are gathered by an index, consecutive ones sliced.
+    assert isinstance(cache.index([b, a], torch.device("cpu")), torch.Tensor)
+    assert cache.index([a, b], torch.device("cpu")) == slice(0, 2)
+    window = cache.window(cache.index([b, a], torch.device("cpu")), 3)
     torch.testing.assert_close(window[0], torch.stack((cache.k[b, :3], cache.k[a, :3])), rtol=0, atol=0)
 
 
@@ -51,4 +55,4 @@ def test_growing_keeps_rows_and_released_rows_are_reused_empty():
     torch.testing.assert_close(cache.logits[a], out.logits[0, 1], rtol=0, atol=0)
     cache.release(a)
     assert cache.acquire() == a and cache.committed[a] == 0
-    assert cache.window(torch.tensor([a]), 0) is None
+    assert cache.window(slice(a, a + 1), 0) is None
