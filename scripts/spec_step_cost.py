@@ -1,12 +1,13 @@
-"""Where an EAGLE-3 step's time goes at batch 1: the head's catch-up, each expansion level, the verify
-forward and the whole step, timed by wrapping the drafter's and the runner's methods while `LLM.generate`
-decodes the bench prompts one at a time (the default model, default weights, compiled, greedy).
+"""Where an EAGLE-3 step's time goes: the head's catch-up, the whole draft (catch-up and expansion), the
+verify forward and the whole step, timed by wrapping the drafter's and the runner's methods while
+`LLM.generate` decodes the bench prompts `--batch` at a time (the default model, default weights,
+compiled, greedy).
 
-    python scripts/spec_step_cost.py [--prompts 4] [--max-tokens 96] [--depth 3] [--topk 1] [--tree-size 3]
-                                     [--fp32-head] [--no-prefix-cache]
+    python scripts/spec_step_cost.py [--batch 1] [--prompts 4] [--max-tokens 96] [--depth 3] [--topk 1]
+                                     [--tree-size 3] [--fp32-head] [--no-prefix-cache]
 
-Drafting is forced at batch 1 (a one-row policy written to a temporary file), whatever the shipped table
-says. Prints one JSON object: medians in ms per step, and tokens per step.
+Drafting is forced up to `--batch` (a one-row policy written to a temporary file), whatever the shipped
+table says. Prints one JSON object: medians in ms per step, and tokens per step and sequence.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--topk", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="prompts decoding together")
     parser.add_argument("--tree-size", type=int, default=3)
     parser.add_argument("--no-prefix-cache", action="store_true",
                         help="prefill whole prompts: the head then sees every prompt position's features")
@@ -60,26 +62,30 @@ def main() -> None:
                         help="the head's linear layers in fp32 instead of int8 (to compare acceptance)")
     args = parser.parse_args()
     policy_file = Path(tempfile.mkdtemp()) / "batch1.json"
-    SpecPolicy(((1, TreeShape(args.depth, args.tree_size)),)).save(policy_file)
+    SpecPolicy(((args.batch, TreeShape(args.depth, args.tree_size)),)).save(policy_file)
     spec = SpecConfig("eagle3", depth=args.depth, topk=args.topk, tree_size=args.tree_size, policy=str(policy_file))
     llm = LLM("smollm2-135m", spec=spec, progress=False, enable_prefix_caching=not args.no_prefix_cache)
     if args.fp32_head:
         use_fp32_head(llm)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
-    prompts = bench_prompts(args.prompts + 1)
-    llm.generate(prompts[0], params)  # compiles the graphs the timed steps use
+    # The 8 bench prompts in turn, B at a time (repeating from the first past 8: with --no-prefix-cache a
+    # repeated prompt is prefilled, and its features collected, as the first time).
+    prompts = bench_prompts(8)
+    batches = [[prompts[(index * args.batch + row) % len(prompts)] for row in range(args.batch)]
+               for index in range(args.prompts + 1)]
+    llm.generate(batches[0], params)  # compiles the graphs the timed steps use
     decoder = llm.engine.decoder
     times: dict[str, list[float]] = defaultdict(list)
     for name in ("catch_up", "propose"):
         timed(decoder.drafter, name, times)
     timed(decoder.runner, "decode_rows", times)
     timed(decoder, "decode", times)
-    outputs = [llm.generate(prompt, params)[0] for prompt in prompts[1:]]
+    outputs = [output for batch in batches[1:] for output in llm.generate(batch, params)]
     steps = len(times["decode"])
     median = {name: round(statistics.median(values), 3) for name, values in times.items()}
     report = {
         "steps": steps,
-        "tokens_per_step": round(sum(o.num_output_tokens - 1 for o in outputs) / steps, 3),
+        "tokens_per_step": round(sum(o.num_output_tokens - 1 for o in outputs) / steps / args.batch, 3),
         "acceptance_lengths": [round(o.acceptance_length, 3) for o in outputs],
         "median_ms": median,
         "draft_ms_per_step": round(sum(times["propose"]) / steps, 3),

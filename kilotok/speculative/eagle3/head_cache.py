@@ -56,11 +56,12 @@ class HeadCache:
         return torch.tensor(row_ids, device=device)
 
     def window(self, rows: slice | torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The first `width` key and value columns of `rows` (`index`), as [B, width, Hkv, D]; None for
-        none (no row has committed inputs yet)."""
+        """The first `width` key and value columns of `rows` (`index`), as contiguous [B, width, Hkv, D] (one
+        layout, one compiled graph, whichever way the rows were picked); None for none (no row has
+        committed inputs yet)."""
         if width == 0 or self.k is None:
             return None
-        return self.k[rows, :width], self.v[rows, :width]
+        return self.k[rows, :width].contiguous(), self.v[rows, :width].contiguous()
 
     def slots(self, row_ids: list[int], width: int) -> list[list[int]]:
         """Where a catch-up of `width` inputs a row writes its keys and values: each row's next `width`

@@ -4,8 +4,9 @@ levels (EAGLE-2 dynamic expansion) without returning to Python between levels.
 
 On a small CPU the head's eager forward costs far more in per-op dispatch than in arithmetic (its int8
 weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
-are built per shape: catch-up per (batch size, row-count bucket), expansion per (batch size, depth,
-top-k); the key window's width is a dynamic dimension, so a growing context needs no new graph. As the
+are built per shape: catch-up per row-count bucket, expansion per (depth, top-k), each for one sequence
+and for any larger batch; the key window's width and the batch size are dynamic dimensions, so neither a
+growing context nor another batch size needs a new graph. As the
 target's decode graphs are, each graph is called without dynamo's guards once built
 (runner/compiled_step.py).
 
@@ -77,7 +78,7 @@ class HeadSteps:
         says so)."""
         if self._compile_failed:
             return self._eager[name](*args)
-        _mark_key_lengths(name, args)
+        _mark_dynamic(name, args)
         try:
             return self._calls[name](*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
@@ -147,8 +148,14 @@ def _compilable(window: KeyWindow | None) -> bool:
     return window is not None and window[0].shape[1] >= 2
 
 
-def _mark_key_lengths(name: str, args: tuple) -> None:
-    """The key window's width varies step by step: a dynamic dimension, so the context needs no new graph."""
+def _mark_dynamic(name: str, args: tuple) -> None:
+    """The key window's width varies step by step, and the batch with the sequences drafted for: both are
+    dynamic dimensions, so neither a growing context nor another batch size needs a new graph (a batch of
+    one stays its own graph, as torch specializes size 1)."""
     past_k, past_v = (args[4], args[5]) if name == "catch_up" else (args[0], args[1])
     torch._dynamo.mark_dynamic(past_k, 1)
     torch._dynamo.mark_dynamic(past_v, 1)
+    if past_k.shape[0] >= 2:
+        for tensor in args:
+            if isinstance(tensor, torch.Tensor):
+                torch._dynamo.mark_dynamic(tensor, 0)

@@ -136,3 +136,21 @@ def test_compiled_steps_equal_eager_as_the_context_grows():
     assert not compiled._compile_failed
     # Later calls of each shape ran the recorded graphs without dynamo (runner/compiled_step.py).
     assert all(step._replays for step in compiled._calls.values())
+
+
+@torch.no_grad()
+def test_one_compiled_graph_serves_every_batch_size_from_two_on():
+    """The batch is a dynamic dimension: batches of 2, 3 and 5 sequences replay one expansion graph, a
+    single sequence its own, and each equals eager."""
+    head = make_draft(seed=7)
+    eager, compiled = HeadSteps(head, compile_steps=False), HeadSteps(head, compile_steps=True)
+    committed = [_committed(head, length, seed=10 + row) for row, length in enumerate((4, 6, 3, 5, 2))]
+    for batch in (2, 3, 1, 5, 2):
+        (past_k, past_v), counts = _window([(k, v) for k, v, *_ in committed[:batch]], seed=batch)
+        logits, hidden = (torch.stack([c[i] for c in committed[:batch]]) for i in (2, 3))
+        last = torch.tensor([c[4] for c in committed[:batch]])
+        want = eager.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
+        got = compiled.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+        torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
+    assert len(compiled._calls["expand"]._replays) == 2
