@@ -49,6 +49,20 @@ def test_greedy_output_is_identical_to_plain_decoding(monkeypatch, reference, he
     assert spec.engine.decoder.drafter.cache.held == 0
 
 
+def test_preempted_sequences_give_their_head_rows_back_and_keep_greedy_output(monkeypatch, reference, head_folder):
+    """A cache too small for the batch preempts sequences mid-draft: each gives its head-cache row back and
+    drafts again, from its recomputed prompt, in a row it gets anew."""
+    prompts = mixed_prompts(6, seed=2)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    plain = tiny_llm(monkeypatch, reference)
+    squeezed = tiny_llm(monkeypatch, reference, kv_cache_blocks=20, spec=_eagle3(head_folder))
+    preemptions = record_calls(monkeypatch, squeezed.engine.scheduler, "preempt")
+    expected = [o.token_ids for o in plain.generate(prompts, params)]
+    assert [o.token_ids for o in squeezed.generate(prompts, params)] == expected
+    assert preemptions and squeezed.engine.spec_stats.accepted_tokens > 0
+    assert squeezed.engine.decoder.drafter.cache.held == 0
+
+
 def test_batch_sizes_without_a_tree_run_plain_steps_and_keep_greedy_output(monkeypatch, reference, head_folder):
     """The policy drafts at batch sizes 1 and 4-6, not at 2-3: those steps run the decode graph without
     features and never call the drafter; drafting resumes from the features of the steps after them."""
