@@ -6,9 +6,8 @@ On a small CPU the head's eager forward costs far more in per-op dispatch than i
 weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
 are built per shape: catch-up per row-count bucket, expansion per (depth, top-k), each for one sequence
 and for any larger batch; the key window's width and the batch size are dynamic dimensions, so neither a
-growing context nor another batch size needs a new graph. As the
-target's decode graphs are, each graph is called without dynamo's guards once built
-(runner/compiled_step.py).
+growing context nor another batch size needs a new graph. As the target's decode graphs are, each graph
+is called without dynamo's guards once built (runner/compiled_step.py).
 
 The expansion: the root's top-k children form level 1. Each further level runs the head once over the
 frontier (the k best nodes of the level before, by cumulative log-probability), each node reading its
