@@ -32,7 +32,7 @@ from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.eagle3.checkpoint import default_draft_path, load_eagle3
 from kilotok.speculative.eagle3.head_cache import HeadCache
-from kilotok.speculative.eagle3.head_steps import HeadSteps, catch_up_rows
+from kilotok.speculative.eagle3.head_steps import COMPILED_ROWS, HeadSteps, catch_up_rows
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import ROOT, DraftTree
@@ -146,16 +146,18 @@ class Eagle3Drafter:
 
     def catch_up(self, seqs: list[Sequence]) -> None:
         """Run the head over the pending inputs of `seqs` (token t + 1, target feature t, whose tokens the
-        sequences hold by now) and commit their keys: one head call for all whose inputs pad to the same
-        row count."""
+        sequences hold by now) and commit their keys. The few inputs of verify steps go in one head call,
+        padded to the largest compiled row bucket among them; a prompt's many run on their own (sequences
+        with as many inputs together)."""
         groups: dict[int, list[tuple[Sequence, list[int]]]] = {}
         for seq in seqs:
             state: DraftState = seq.draft_state
             if state.pending:
                 positions = [position for start, part in state.pending for position in range(start, start + len(part))]
-                groups.setdefault(catch_up_rows(len(positions)), []).append((seq, positions))
-        for width, group in groups.items():
-            self._catch_up(group, width)
+                groups.setdefault(0 if len(positions) <= COMPILED_ROWS[-1] else len(positions), []).append(
+                    (seq, positions))
+        for group in groups.values():
+            self._catch_up(group, catch_up_rows(max(len(positions) for _, positions in group)))
 
     def _catch_up(self, group: list[tuple[Sequence, list[int]]], width: int) -> None:
         cache = self.cache
