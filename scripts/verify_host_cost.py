@@ -6,9 +6,10 @@ per-layer caches (30 layers of 3 KV heads x 64 dims in bf16), so `SpeculativeDec
 everything it runs in the engine except the model. Every sequence drafts the same 3-node tree (two
 children of the root, one grandchild); even sequences accept the root's second child (their K/V moves),
 odd ones the first child and its child (a chain: nothing moves). One thread, median of 200 steps in ms.
-Run it from two trees alternately to compare them:
+With `compiled`, the verify inputs and acceptance run as compiled graphs (verify_steps.py), as they do in
+an engine that compiles its decode steps. Run it from two trees alternately to compare them:
 
-    PYTHONPATH=/path/to/tree python scripts/verify_host_cost.py 1,2,4,8
+    PYTHONPATH=/path/to/tree python scripts/verify_host_cost.py 1,2,4,8 [compiled]
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from kilotok.sequence import Sequence
 from kilotok.speculative.decoder import SpeculativeDecoder
 from kilotok.speculative.policy import TreeShape
 from kilotok.speculative.tree import DraftTree
+
+try:
+    from kilotok.speculative.tree import DraftTrees
+except ImportError:  # a tree from before drafters returned their trees as tensors
+    DraftTrees = None
 
 VOCAB, BLOCK_SIZE, LAYERS, BLOCKS = 49152, 16, 30, 2000
 TREE = DraftTree([5, 6, 7], [-1, -1, 0])
@@ -68,7 +74,7 @@ class FixedTrees:
     aux_layer_ids = ()
 
     def propose(self, seqs, shape):
-        return [TREE for _ in seqs]
+        return [TREE for _ in seqs] if DraftTrees is None else DraftTrees.from_trees([TREE for _ in seqs])
 
     def verified(self, *args) -> None:
         pass
@@ -82,7 +88,7 @@ class EveryBatch:
         return TreeShape(depth=2, tree_size=3)
 
 
-def step_ms(batch: int) -> float:
+def step_ms(batch: int, compiled: bool) -> float:
     rows = len(TREE) + 1
     logits = torch.full((512, VOCAB), -5.0)
     for seq in range(batch):
@@ -92,7 +98,7 @@ def step_ms(batch: int) -> float:
     seqs = [Sequence(list(range(300 + 5 * i)), SamplingParams(temperature=0.0, max_tokens=500),
                      block_table=list(range(1 + 30 * i, 31 + 30 * i))) for i in range(batch)]
     decoder = SpeculativeDecoder(SimpleNamespace(runner=StandInRunner(logits)), FixedTrees(), EveryBatch(), 4096,
-                                 8, 64)
+                                 8, 64, *([True] if compiled else []))
     times = []
     for _ in range(220):
         start = time.perf_counter()
@@ -103,8 +109,9 @@ def step_ms(batch: int) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
+    compiled = sys.argv[2:] == ["compiled"]
     for batch in (int(size) for size in (sys.argv[1] if len(sys.argv) > 1 else "1,2,4,8").split(",")):
-        print(f"batch {batch}: {step_ms(batch):.3f} ms")
+        print(f"batch {batch}: {step_ms(batch, compiled):.3f} ms")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from kilotok.loader.checkpoint import Checkpoint
 from kilotok.models import builder
 from kilotok.models.registry import model_config
 from kilotok.speculative.policy import SpecPolicy, TreeShape
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTree, DraftTrees
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,9 +75,10 @@ class RandomTreeDrafter:
         self.max_nodes = max_nodes
         self.seed = seed
 
-    def propose(self, seqs, shape: TreeShape) -> list[DraftTree]:
+    def propose(self, seqs, shape: TreeShape) -> DraftTrees:
         max_nodes = min(self.max_nodes, shape.tree_size)
-        return [self._tree(random.Random(f"{self.seed}:{seq.token_ids}"), max_nodes) for seq in seqs]
+        return DraftTrees.from_trees([self._tree(random.Random(f"{self.seed}:{seq.token_ids}"), max_nodes)
+                                      for seq in seqs])
 
     def _tree(self, rng: random.Random, max_nodes: int) -> DraftTree:
         """Up to three distinct random children per node, breadth first, until max_nodes."""

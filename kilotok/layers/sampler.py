@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kilotok.kernels.argmax import argmax_rows
 from kilotok.kernels.backend import KernelBackend
 from kilotok.sampling_params import SamplingParams
 
@@ -108,7 +109,7 @@ def processed_probs(logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
 
 def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
     hot = torch.zeros_like(logits, dtype=torch.float32)
-    return hot.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    return hot.scatter_(-1, argmax_rows(logits)[..., None], 1.0)
 
 
 def _mask_below_top_k(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
@@ -182,7 +183,7 @@ def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     p_i / sum(p). Unlike torch.multinomial it needs no host sync."""
     # A zero draw would turn a zero-probability token into 0/0 = NaN, which argmax would pick.
     noise = noise.clamp(min=torch.finfo(torch.float32).tiny)
-    return (probs.float() / noise).argmax(dim=-1)
+    return argmax_rows(probs.float() / noise)
 
 
 class Sampler:
@@ -190,7 +191,7 @@ class Sampler:
 
     With the Triton backend the filters and the race run as one kernel per row (kernels/triton/sampling.py)
     on the same noise, so seeded requests draw the same tokens as with the reference. An all-greedy batch
-    stays one `torch.argmax` with either backend: that is already a single kernel."""
+    stays one argmax with either backend (kernels/argmax.py; on a GPU, `torch.argmax`'s single kernel)."""
 
     def __init__(self, backend: KernelBackend = KernelBackend.TORCH) -> None:
         self.backend = backend
@@ -199,7 +200,7 @@ class Sampler:
         self, logits: torch.Tensor, t: SamplingTensors, generators: Sequence[torch.Generator | None]
     ) -> torch.Tensor:
         if t.all_greedy:
-            return logits.argmax(dim=-1)
+            return argmax_rows(logits)
         if self.backend is KernelBackend.TRITON:
             from kilotok.kernels.triton.sampling import sample_tokens  # Triton is optional: import on use
 

@@ -27,15 +27,17 @@ from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.drafter import Drafter
 from kilotok.speculative.ngram import NgramDrafter
 from kilotok.speculative.policy import SpecPolicy, TreeShape
-from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import Acceptance, TreeRows, Verdict, accept_greedy, accept_sampled
-from kilotok.speculative.verify_inputs import build_verify_inputs, verify_width
+from kilotok.speculative.tree import DraftTrees
+from kilotok.speculative.verify import Verdict, accept_sampled, read_verdicts
+from kilotok.speculative.verify_inputs import VerifyBatch, kv_moves, verify_width
+from kilotok.speculative.verify_steps import VerifySteps
 
 
 class SpeculativeDecoder:
     def __init__(self, target: PlainDecoder, drafter: Drafter, policy: SpecPolicy, max_model_len: int,
-                 lookahead_slots: int, max_num_seqs: int) -> None:
-        """`max_num_seqs`: the largest batch the scheduler forms, beyond which the policy never applies."""
+                 lookahead_slots: int, max_num_seqs: int, compile_steps: bool = False) -> None:
+        """`max_num_seqs`: the largest batch the scheduler forms, beyond which the policy never applies;
+        `compile_steps`: build the verify inputs and accept through compiled graphs (verify_steps.py)."""
         self.target = target
         self.runner = target.runner
         self.drafter = drafter
@@ -43,6 +45,7 @@ class SpeculativeDecoder:
         self.lookahead_slots = lookahead_slots
         self.max_num_seqs = max_num_seqs
         self.policy = policy
+        self.verify_steps = VerifySteps(compile_steps)
 
     @property
     def policy(self) -> SpecPolicy:
@@ -80,17 +83,18 @@ class SpeculativeDecoder:
         shape = self.policy.shape_for(len(seqs)) if self.drafts else None
         if shape is None:
             return self._plain_step(seqs, features=False)
-        trees = self._fitted_trees(seqs, self._draft(seqs, shape))
-        if not any(trees):
+        trees = self._draft(seqs, shape).fitted(self._max_nodes(seqs))
+        if not any(trees.sizes):
             return self._plain_step(seqs, features=True)
         features, verdicts = self._verify(seqs, trees)
         results = []
-        for row, (seq, tree, verdict) in enumerate(zip(seqs, trees, verdicts, strict=True)):
-            tokens = verdict.tokens(tree)
-            kept_rows = [0] + [node + 1 for node in verdict.accepted]
+        for row, (seq, size, verdict) in enumerate(zip(seqs, trees.sizes, verdicts, strict=True)):
+            # A path past max_tokens is cut here: the request finishes with this step.
+            tokens = verdict.tokens[: seq.params.max_tokens - seq.num_output_tokens]
+            kept_rows = ([0] + [node + 1 for node in verdict.accepted])[: len(tokens)]
             self.drafter.verified(seq, tokens, None if features is None else features[row, kept_rows])
-            results.append(StepResult(tokens, len(tokens), DraftOutcome(len(tree), tree.max_depth,
-                                                                        len(verdict.accepted))))
+            outcome = DraftOutcome(size, verdict.tree_depth, min(len(verdict.accepted), len(tokens)))
+            results.append(StepResult(tokens, len(tokens), outcome))
         return results
 
     def _plain_step(self, seqs: list[Sequence], features: bool) -> list[StepResult]:
@@ -103,26 +107,23 @@ class SpeculativeDecoder:
                 self.drafter.verified(seq, [token], None if rows_features is None else rows_features[row : row + 1])
         return [StepResult([token], 1, DraftOutcome(0, 0, 0)) for token in tokens]
 
-    def _draft(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+    def _draft(self, seqs: list[Sequence], shape: TreeShape) -> DraftTrees:
         """Trees for the sequences that speculate, at the size the policy gives this batch; empty trees
         for the rest (they still verify their root, so the drafter keeps their features)."""
-        drafting = [seq for seq in seqs if seq.params.speculate]
-        proposed = dict(zip((seq.seq_id for seq in drafting), self.drafter.propose(drafting, shape), strict=True)
-                        ) if drafting else {}
-        return [proposed.get(seq.seq_id, DraftTree()) for seq in seqs]
+        drafting = [row for row, seq in enumerate(seqs) if seq.params.speculate]
+        if not drafting:
+            return DraftTrees.empty(len(seqs), self.runner.device)
+        return self.drafter.propose([seqs[row] for row in drafting], shape).placed(drafting, len(seqs))
 
-    def _fitted_trees(self, seqs: list[Sequence], trees: list[DraftTree]) -> list[DraftTree]:
-        """Trim trees so that no node (padding included) lies past the context window or the blocks the
-        scheduler reserved, and no path is longer than the tokens the request may still emit."""
+    def _max_nodes(self, seqs: list[Sequence]) -> list[int]:
+        """Each sequence's node limit: no node (padding included) may lie past the context window or the
+        blocks the scheduler reserved, and a request with one token left drafts none. A deeper path than
+        a request may still emit is cut after verification."""
         room = min(min(self.max_model_len, len(seq.block_table) * self.runner.block_size) - len(seq)
                    for seq in seqs)
-        fitted = []
-        for seq, tree in zip(seqs, trees, strict=True):
-            remaining = seq.params.max_tokens - seq.num_output_tokens
-            fitted.append(tree.truncated(max(room, 0), max(remaining - 1, 0)))
-        return fitted
+        return [max(room, 0) if seq.params.max_tokens - seq.num_output_tokens > 1 else 0 for seq in seqs]
 
-    def _verify(self, seqs: list[Sequence], trees: list[DraftTree]) -> tuple[torch.Tensor | None, list[Verdict]]:
+    def _verify(self, seqs: list[Sequence], trees: DraftTrees) -> tuple[torch.Tensor | None, list[Verdict]]:
         """One forward over each sequence's root and tree, then acceptance and the accepted K/V moved into
         place, on the device; returns the features [B, width, k * d] when collected (row 0 the root's, row
         i + 1 node i's, then padding) and each tree's verdict, read back in one copy. Every row is a decode
@@ -130,26 +131,29 @@ class SpeculativeDecoder:
         runner = self.runner
         width = verify_width(trees)
         rows = len(seqs) * width
-        batch = build_verify_inputs(seqs, trees, width, runner.padded_rows(rows, features=True), runner.block_size,
-                                    runner.max_blocks_per_seq, runner.device, runner.gathers_key_window)
+        batch = self.verify_steps.build(seqs, trees, width, runner.padded_rows(rows, features=True), runner.block_size,
+                                        runner.max_blocks_per_seq, runner.device, runner.gathers_key_window)
         logits, features = runner.decode_rows(batch.input_ids, batch.positions, batch.meta, features=True)
         features = None if features is None else features[:rows].view(len(seqs), width, -1)
-        acceptance = self._accept(seqs, batch.trees, logits[:rows].view(len(seqs), width, -1))
-        verdicts = acceptance.verdicts()
+        summary, sources, destinations = self._accept(seqs, batch, logits[:rows].view(len(seqs), width, -1))
+        verdicts = read_verdicts(summary)
         # A path of first children (a chain's always) is already in place: then no copy over every layer.
         if any(verdict.out_of_place for verdict in verdicts):
-            runner.copy_kv(*batch.kv_moves(acceptance))
+            runner.copy_kv(sources, destinations)
         return features, verdicts
 
-    def _accept(self, seqs: list[Sequence], trees: TreeRows, logits: torch.Tensor) -> Acceptance:
-        """The verdicts on the device: the greedy walk when every request is greedy, else sequential
-        rejection against each row's processed distribution (one-hot for greedy requests)."""
+    def _accept(self, seqs: list[Sequence], batch: VerifyBatch,
+                logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The verdicts' summary and the K/V moves, on the device: the greedy walk when every request is
+        greedy, else sequential rejection against each row's processed distribution (one-hot for greedy
+        requests)."""
         if all(seq.params.greedy for seq in seqs):
-            return accept_greedy(trees, logits)
-        batch, width, _ = logits.shape
+            return self.verify_steps.greedy(batch, logits)
+        size, width, _ = logits.shape
         sampling = SamplingTensors.from_params([seq.params for seq in seqs for _ in range(width)], logits.device)
-        probs = processed_probs(logits.flatten(0, 1), sampling).view(batch, width, -1)
-        return accept_sampled(trees, probs, [seq.generator for seq in seqs])
+        probs = processed_probs(logits.flatten(0, 1), sampling).view(size, width, -1)
+        acceptance = accept_sampled(batch.trees, probs, [seq.generator for seq in seqs])
+        return acceptance.summary(), *kv_moves(batch.roots, batch.slots, acceptance)
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,
@@ -165,4 +169,4 @@ def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model
 
         drafter = Eagle3Drafter.load(spec, model, model_name, compile_steps)
     return SpeculativeDecoder(target, drafter, spec.tree_policy(model_name, target.runner.device), max_model_len,
-                              spec.max_draft_nodes, max_num_seqs)
+                              spec.max_draft_nodes, max_num_seqs, compile_steps)

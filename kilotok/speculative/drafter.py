@@ -10,7 +10,7 @@ import torch
 
 from kilotok.sequence import Sequence
 from kilotok.speculative.policy import TreeShape
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTrees
 
 
 class Drafter(Protocol):
@@ -31,5 +31,6 @@ class Drafter(Protocol):
         """The sequence finished or was preempted: drop what the drafter keeps for it (a preempted sequence
         starts over from its prompt)."""
 
-    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
-        """One tree per sequence, rooted at its last token, no deeper or larger than `shape`."""
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> DraftTrees:
+        """One tree per sequence, rooted at its last token, no deeper or larger than `shape`; on the device
+        where the drafter made them (verification moves host trees there)."""

@@ -9,7 +9,7 @@ import torch
 
 from kilotok.sequence import Sequence
 from kilotok.speculative.policy import TreeShape
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTree, DraftTrees
 
 
 class NgramDrafter:
@@ -20,9 +20,9 @@ class NgramDrafter:
         self.max_ngram = max_ngram
         self.num_tokens = num_tokens
 
-    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> DraftTrees:
         length = min(shape.depth, shape.tree_size)
-        return [DraftTree.chain(self.lookup(seq.token_ids)[:length]) for seq in seqs]
+        return DraftTrees.from_trees([DraftTree.chain(self.lookup(seq.token_ids)[:length]) for seq in seqs])
 
     def lookup(self, tokens: list[int]) -> list[int]:
         """The tokens that followed the latest earlier match of the longest matching tail (longest first,

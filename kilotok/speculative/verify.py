@@ -25,18 +25,16 @@ from dataclasses import dataclass
 import torch
 
 from kilotok.layers.sampler import sample, uniform_noise
-from kilotok.speculative.tree import DraftTree
 
 
 @dataclass(frozen=True)
 class Verdict:
     accepted: list[int]
     """Accepted nodes, from the root's child down."""
-    bonus: int
-    """The token the target samples after the last accepted node."""
-
-    def tokens(self, tree: DraftTree) -> list[int]:
-        return [tree.tokens[node] for node in self.accepted] + [self.bonus]
+    tokens: list[int]
+    """The accepted nodes' tokens, then the token the target samples after the last of them (the bonus)."""
+    tree_depth: int
+    """The depth of the tree's deepest node."""
 
     @property
     def out_of_place(self) -> bool:
@@ -49,7 +47,7 @@ class Verdict:
 class Acceptance:
     """The verdicts of a batch of trees as device tensors of fixed shape: the accepted path of each tree
     moves its K/V on the device (`VerifyBatch.kv_moves`), and the step copies the verdicts to the host at
-    once."""
+    once (`summary`, read by `read_verdicts`)."""
 
     counts: torch.Tensor
     """[B] accepted nodes per tree."""
@@ -57,10 +55,24 @@ class Acceptance:
     """[B, W - 1] the accepted nodes' rows (node + 1), shallowest first; entries past `counts` are 0."""
     bonus: torch.Tensor
     """[B] the target's token after each tree's last accepted node."""
+    path_tokens: torch.Tensor
+    """[B, W - 1] the accepted nodes' tokens, shallowest first; entries past `counts` are the root's."""
+    tree_depths: torch.Tensor
+    """[B] each tree's deepest node's depth."""
 
-    def verdicts(self) -> list[Verdict]:
-        summary = torch.cat([self.counts[:, None], self.bonus[:, None], self.path_rows], dim=1).tolist()
-        return [Verdict([row - 1 for row in path[:count]], bonus) for count, bonus, *path in summary]
+    def summary(self) -> torch.Tensor:
+        """[B, 3 + 2 (W - 1)] everything the host reads, as one tensor: one copy brings it back."""
+        return torch.cat([self.counts[:, None], self.bonus[:, None], self.tree_depths[:, None], self.path_rows,
+                          self.path_tokens], dim=1)
+
+
+def read_verdicts(summary: torch.Tensor) -> list[Verdict]:
+    """The verdicts in an `Acceptance.summary`, copied to the host."""
+    paths = (summary.shape[1] - 3) // 2
+    result = []
+    for count, bonus, depth, *path in summary.tolist():
+        result.append(Verdict([row - 1 for row in path[:count]], [*path[paths : paths + count], bonus], depth))
+    return result
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,10 @@ class TreeRows:
         path_rows = torch.zeros_like(self.tokens).scatter_(1, (accepted_depths - 1) % width, rows)
         return accepted.sum(dim=-1), path_rows[:, : width - 1], accepted_depths.argmax(dim=-1)
 
+    def acceptance(self, counts: torch.Tensor, path_rows: torch.Tensor, bonus: torch.Tensor) -> Acceptance:
+        """The walk's outcome with what the host reads besides: the path's tokens, each tree's depth."""
+        return Acceptance(counts, path_rows, bonus, self.tokens.gather(1, path_rows), self.depths.amax(dim=-1))
+
     def earlier_siblings(self) -> torch.Tensor:
         """[B, W, W] bool: column c is a node under row r's parent that comes before r."""
         rows = torch.arange(self.tokens.shape[1], device=self.tokens.device)
@@ -104,12 +120,11 @@ class TreeRows:
         return values.flatten(1).gather(1, self.parents * vocab + self.tokens)
 
 
-def accept_greedy(trees: TreeRows, logits: torch.Tensor) -> Acceptance:
-    """The greedy walk, logits [B, W, V] the target's at each row: a node passes when its token is its
-    parent's argmax; the deepest accepted node's argmax is the bonus."""
-    argmax = logits.argmax(dim=-1)
+def accept_greedy(trees: TreeRows, argmax: torch.Tensor) -> Acceptance:
+    """The greedy walk, argmax [B, W] the target's most likely token at each row: a node passes when its
+    token is its parent's argmax; the deepest accepted node's argmax is the bonus."""
     counts, path_rows, deepest = trees.walk(trees.tokens == argmax.gather(1, trees.parents))
-    return Acceptance(counts, path_rows, argmax.gather(1, deepest[:, None]).squeeze(1))
+    return trees.acceptance(counts, path_rows, argmax.gather(1, deepest[:, None]).squeeze(1))
 
 
 def accept_sampled(trees: TreeRows, probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> Acceptance:
@@ -137,4 +152,4 @@ def accept_sampled(trees: TreeRows, probs: torch.Tensor, generators: Sequence[to
     residual = probs.gather(1, deepest[:, None, None].expand(batch, 1, vocab)).squeeze(1).double()
     residual = torch.where(removed > 0, 0.0, residual)
     bonus = sample((residual / residual.sum(dim=-1, keepdim=True)).float(), generators)
-    return Acceptance(counts, path_rows, bonus)
+    return trees.acceptance(counts, path_rows, bonus)

@@ -21,7 +21,7 @@ from kilotok.kernels.attention import aligned_window
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.runner.step_inputs import PADDING_BLOCK
 from kilotok.sequence import Sequence
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTrees
 from kilotok.speculative.verify import Acceptance, TreeRows
 
 TREE_ALIGN = 16
@@ -47,27 +47,47 @@ class VerifyBatch:
     """[B, window] int64 the cache slot of each of a sequence's positions up to the rows' key window, which
     holds every position the rows read or write."""
 
-    def kv_moves(self, acceptance: Acceptance) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source and destination cache slots [B * (width - 1)] that move each accepted node from the slot it
-        was written to (root + its row) to the slot of its depth (root + depth), where a plain decode would
-        have written it. Columns past a tree's accepted nodes copy the root's slot onto itself, so the
-        shape is fixed and no other destination repeats."""
-        roots = self.roots[:, None]
-        depths = torch.arange(1, self.trees.tokens.shape[1], device=roots.device)
-        accepted = depths <= acceptance.counts[:, None]
-        sources = torch.where(accepted, roots + acceptance.path_rows, roots)
-        destinations = torch.where(accepted, roots + depths, roots)
-        return self.slots.gather(1, sources).flatten(), self.slots.gather(1, destinations).flatten()
+    @classmethod
+    def from_tensors(cls, tensors: tuple[torch.Tensor | None, ...]) -> VerifyBatch:
+        """The batch from `tree_rows`' tensors."""
+        (input_ids, positions, query_start_loc, slot_mapping, block_tables, context_lens, tree_mask,
+         kv_gather_index, kv_valid, tokens, ancestors, parents, depths, roots, slots) = tensors
+        meta = AttentionMetadata(query_start_loc=query_start_loc, slot_mapping=slot_mapping,
+                                 block_tables=block_tables, context_lens=context_lens, tree_mask=tree_mask,
+                                 kv_gather_index=kv_gather_index, kv_valid=kv_valid)
+        return cls(input_ids, positions, meta, TreeRows(tokens, ancestors, parents, depths), roots, slots)
 
 
-def verify_width(trees: list[DraftTree]) -> int:
+def kv_moves(roots: torch.Tensor, slots: torch.Tensor, acceptance: Acceptance) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and destination cache slots [B * (W - 1)] that move each accepted node from the slot it was
+    written to (root + its row) to the slot of its depth (root + depth), where a plain decode would have
+    written it; `roots` and `slots` a `VerifyBatch`'s. Columns past a tree's accepted nodes copy the root's
+    slot onto itself, so the shape is fixed and no other destination repeats."""
+    roots = roots[:, None]
+    depths = torch.arange(1, acceptance.path_rows.shape[1] + 1, device=roots.device)
+    accepted = depths <= acceptance.counts[:, None]
+    sources = torch.where(accepted, roots + acceptance.path_rows, roots)
+    destinations = torch.where(accepted, roots + depths, roots)
+    return slots.gather(1, sources).flatten(), slots.gather(1, destinations).flatten()
+
+
+def verify_width(trees: DraftTrees) -> int:
     """Rows per sequence: the root plus the largest tree (smaller trees are padded)."""
-    return 1 + max(len(tree) for tree in trees)
+    return 1 + max(trees.sizes)
 
 
-def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int, padded_rows: int,
-                        block_size: int, max_blocks: int, device: torch.device, key_windows: bool = True
-                        ) -> VerifyBatch:
+def pack_sequences(seqs: list[Sequence], trees: DraftTrees, max_blocks: int, device: torch.device) -> torch.Tensor:
+    """[B, 3 + max_blocks] what verification reads of each sequence on the host, in one copy to `device`:
+    its root position, its root token, its tree's row count (root included) and its block table."""
+    host = [[len(seq) - 1, seq.token_ids[-1], size + 1, *seq.block_table,
+             *[PADDING_BLOCK] * (max_blocks - len(seq.block_table))]
+            for seq, size in zip(seqs, trees.sizes, strict=True)]
+    # From pinned memory a copy to a GPU is asynchronous; from pageable memory it would block the host.
+    return torch.tensor(host, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+
+
+def build_verify_inputs(seqs: list[Sequence], trees: DraftTrees, width: int, padded_rows: int, block_size: int,
+                        max_blocks: int, device: torch.device, key_windows: bool = True) -> VerifyBatch:
     """The verify step of `seqs` with their `trees`, each laid out as `width` rows (the root, the nodes,
     padding), padded to `padded_rows` rows.
 
@@ -79,31 +99,32 @@ def build_verify_inputs(seqs: list[Sequence], trees: list[DraftTree], width: int
     row's tree mask (kernels/attention_metadata.py); with `key_windows`, also each row's gathered key
     window, which the PyTorch reference reads.
 
-    The sequences and trees (Python lists) go to `device` in one copy, a row per sequence (its root
-    position, block table, row tokens, parent rows and rows in use); the rest is built there, for every
-    row at once (`_tree_rows`)."""
-    host = []
-    for seq, tree in zip(seqs, trees, strict=True):
-        padding = [0] * (width - 1 - len(tree))
-        host.append([len(seq) - 1, *seq.block_table, *[PADDING_BLOCK] * (max_blocks - len(seq.block_table)),
-                     seq.token_ids[-1], *tree.tokens, *padding, 0, *(parent + 1 for parent in tree.parents), *padding,
-                     len(tree) + 1])
-    # From pinned memory a copy to a GPU is asynchronous; from pageable memory it would block the host.
-    packed = torch.tensor(host, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
-    roots, tables, row_tokens, parent_rows, sizes = packed.split([1, max_blocks, width, width, 1], dim=1)
-    window = aligned_window(max(len(seq) for seq in seqs) + width - 1)
-    max_depth = max(tree.max_depth for tree in trees)
-    return _tree_rows(roots.squeeze(1), tables, row_tokens, parent_rows, sizes.squeeze(1), max_depth, window,
-                      padded_rows, block_size, key_windows)
+    The sequences go to `device` in one copy (`pack_sequences`); the trees are there already; the rest is
+    built there, for every row at once (`tree_rows`)."""
+    keys = window_keys(seqs, width, device)
+    return VerifyBatch.from_tensors(tree_rows(pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
+                                              trees.parents.to(device), keys, width, trees.max_depth, padded_rows,
+                                              block_size, key_windows))
 
 
-def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tensor, parent_rows: torch.Tensor,
-               sizes: torch.Tensor, max_depth: int, window: int, padded_rows: int, block_size: int,
-               key_windows: bool) -> VerifyBatch:
-    """build_verify_inputs' rows from B sequences' roots (positions) [B], block tables [B, max_blocks], row
-    tokens [B, W] (the root's, then the nodes'), parent rows [B, W] (0 for the root and its children) and
-    used rows [B]: tensor ops of shapes known on the host, with no read of the values."""
-    batch, width = row_tokens.shape
+def window_keys(seqs: list[Sequence], width: int, device: torch.device) -> torch.Tensor:
+    """The key positions [window] of a verify step's sequences: every position a row reads or writes."""
+    return torch.arange(aligned_window(max(len(seq) for seq in seqs) + width - 1), device=device)
+
+
+def tree_rows(sequences: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor, keys: torch.Tensor,
+              width: int, max_depth: int, padded_rows: int, block_size: int,
+              key_windows: bool) -> tuple[torch.Tensor | None, ...]:
+    """build_verify_inputs' tensors (`VerifyBatch.from_tensors` reads them) from B sequences' packed host
+    data (`pack_sequences`), their trees' tokens and parents [B, N] and the key positions `keys`: tensor ops
+    of shapes known on the host, with no read of the values."""
+    roots, root_tokens, sizes, tables = sequences.split([1, 1, 1, sequences.shape[1] - 3], dim=1)
+    roots, sizes = roots.squeeze(1), sizes.squeeze(1)
+    nodes = width - 1
+    extra = nodes - min(tree_tokens.shape[1], nodes)
+    row_tokens = torch.cat((root_tokens, pad(tree_tokens[:, :nodes], (0, extra))), dim=1)
+    parent_rows = torch.cat((torch.zeros_like(root_tokens), pad(tree_parents[:, :nodes] + 1, (0, extra))), dim=1)
+    batch = row_tokens.shape[0]
     device = row_tokens.device
     columns = torch.arange(width, device=device)
     in_tree = columns < sizes[:, None]
@@ -116,7 +137,7 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
     visible = seen.sum(dim=-1)
     depths = torch.where(in_tree, visible - 1, 0)
     positions = torch.where(in_tree, roots[:, None] + depths, 0)
-    keys = torch.arange(window, device=device)
+    window = keys.shape[0]
     # Every position a row may read or write lies in its sequence's first `window` positions.
     blocks = (keys // block_size).clamp(max=tables.shape[1] - 1)
     seq_slots = tables.gather(1, blocks.expand(batch, window)) * block_size + keys % block_size
@@ -134,25 +155,21 @@ def _tree_rows(roots: torch.Tensor, tables: torch.Tensor, row_tokens: torch.Tens
     # Rows past the batch's trees pad the step to `padded_rows`, as padding rows within a tree do.
     fill = {"slot_mapping": padding_slot, "block_tables": PADDING_BLOCK, "context_lens": 1}
     flat = {name: _padded(value.flatten(0, 1), padded_rows, fill.get(name, 0)) for name, value in rows.items()}
-    if key_windows:
-        flat["kv_gather_index"], flat["kv_valid"] = _key_windows(seq_slots, roots, in_tree, seen, visible,
-                                                                 context_lens, padded_rows, padding_slot)
-    input_ids, positions = flat.pop("input_ids"), flat.pop("positions")
+    windows = (_key_windows(seq_slots, keys, roots, in_tree, seen, visible, context_lens, padded_rows, padding_slot)
+               if key_windows else (None, None))
     query_start_loc = torch.arange(padded_rows + 1, dtype=torch.int32, device=device)
-    trees = TreeRows(rows["input_ids"], seen, parent_rows, depths)
-    return VerifyBatch(input_ids, positions, AttentionMetadata(query_start_loc=query_start_loc, **flat), trees,
-                       roots, seq_slots)
+    return (flat["input_ids"], flat["positions"], query_start_loc, flat["slot_mapping"], flat["block_tables"],
+            flat["context_lens"], flat["tree_mask"], *windows, rows["input_ids"], seen, parent_rows, depths, roots,
+            seq_slots)
 
 
-def _key_windows(seq_slots: torch.Tensor, roots: torch.Tensor, in_tree: torch.Tensor, seen: torch.Tensor,
-                 visible: torch.Tensor, context_lens: torch.Tensor, padded_rows: int,
+def _key_windows(seq_slots: torch.Tensor, keys: torch.Tensor, roots: torch.Tensor, in_tree: torch.Tensor,
+                 seen: torch.Tensor, visible: torch.Tensor, context_lens: torch.Tensor, padded_rows: int,
                  padding_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's gathered key window [padded_rows, window]: its sequence's prefix slots (`seq_slots` [B,
     window] holds every position's), then the slots of the `visible` tree keys it sees (`seen`) in node
     order; and which entries are real keys. Padding rows read the padding slot, their first entry valid."""
     batch, width = in_tree.shape
-    window = seq_slots.shape[1]
-    keys = torch.arange(window, device=seq_slots.device)
     valid = keys < _padded(context_lens.flatten(), padded_rows, 1)[:, None]
     prefix = keys < torch.where(in_tree, roots[:, None], 0)[:, :, None]
     rows = torch.where(prefix, seq_slots[:, None, :], padding_slot)

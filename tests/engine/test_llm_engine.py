@@ -10,7 +10,7 @@ from kilotok.engine.llm_engine import CONTEXT_LENGTH_EXCEEDED
 from kilotok.errors import InvalidRequestError, ModelFormatError
 from kilotok.layers.sampler import Sampler, SamplingTensors
 from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import accept_sampled
+from kilotok.speculative.verify import accept_sampled, read_verdicts
 from tests.speculative.tree_rows import tree_rows
 from tests.tiny_engine import random_reference, tiny_llm
 
@@ -52,8 +52,8 @@ def test_seeded_sampling_and_acceptance_run_on_a_cuda_generator():
     assert draws[0][0] == draws[1][0]
     probs = logits.softmax(dim=-1)
     trees = tree_rows([DraftTree.chain([3, 4])], 3, "cuda")
-    verdicts = [accept_sampled(trees, probs[None, :1].expand(1, 3, -1), [make_generator(11, "cuda")]).verdicts()
-                for _ in range(2)]
+    verdicts = [read_verdicts(accept_sampled(trees, probs[None, :1].expand(1, 3, -1),
+                                             [make_generator(11, "cuda")]).summary()) for _ in range(2)]
     assert verdicts[0] == verdicts[1]
 
 

@@ -68,8 +68,8 @@ def test_ngram_chains_follow_the_shape():
     class Seq:
         token_ids = context
 
-    assert drafter.propose([Seq()], TreeShape(depth=2, tree_size=8))[0].tokens == [3, 4]
-    assert drafter.propose([Seq()], TreeShape(depth=8, tree_size=3))[0].tokens == [3, 4, 5]
+    assert drafter.propose([Seq()], TreeShape(depth=2, tree_size=8)).tokens.tolist() == [[3, 4]]
+    assert drafter.propose([Seq()], TreeShape(depth=8, tree_size=3)).tokens.tolist() == [[3, 4, 5]]
 
 
 def test_processor_families_tell_amx_and_vnni_apart():

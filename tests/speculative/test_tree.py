@@ -1,11 +1,11 @@
-"""DraftTree bookkeeping against hand-worked trees."""
+"""DraftTree and DraftTrees bookkeeping against hand-worked trees."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTree, DraftTrees
 
 # root -> a(0) -> c(2) -> e(4); root -> b(1) -> d(3)
 TREE = DraftTree([10, 11, 12, 13, 14], [-1, -1, 0, 1, 2])
@@ -40,12 +40,21 @@ def test_chain_is_a_degenerate_tree():
     assert DraftTree.chain([]).max_depth == 0
 
 
-def test_truncation_keeps_a_tree():
-    assert TREE.truncated(max_nodes=3, max_depth=9) == DraftTree([10, 11, 12], [-1, -1, 0])
-    # Dropping by depth renumbers parents of the nodes that stay.
-    shallow = TREE.truncated(max_nodes=9, max_depth=2)
-    assert (shallow.tokens, shallow.parents) == ([10, 11, 12, 13], [-1, -1, 0, 1])
-    assert len(TREE.truncated(max_nodes=0, max_depth=3)) == 0
+def test_a_batch_of_trees_pads_places_and_fits_its_rows():
+    trees = DraftTrees.from_trees([TREE, DraftTree.chain([7, 8])])
+    assert trees.tokens.tolist() == [[10, 11, 12, 13, 14], [7, 8, 0, 0, 0]]
+    assert trees.parents.tolist() == [[-1, -1, 0, 1, 2], [-1, 0, -1, -1, -1]]
+    assert (trees.sizes, trees.max_depth) == ((5, 2), 3)
+    # Rows 0 and 2 of a batch of 3; the sequence in between has no tree.
+    placed = trees.placed([0, 2], 3)
+    assert placed.tokens.tolist() == [[10, 11, 12, 13, 14], [0] * 5, [7, 8, 0, 0, 0]]
+    assert placed.parents[1].tolist() == [-1] * 5 and placed.sizes == (5, 0, 2)
+    assert trees.placed([0, 1], 2) is trees
+    # A prefix in topological order is a tree: fitting cuts columns to the largest tree left.
+    fitted = placed.fitted([3, 4, 1])
+    assert fitted.sizes == (3, 0, 1) and fitted.tokens.tolist() == [[10, 11, 12], [0] * 3, [7, 8, 0]]
+    assert fitted.max_depth == 3 and placed.fitted([0, 0, 0]).sizes == (0, 0, 0)
+    assert DraftTrees.empty(2, "cpu").tokens.shape == (2, 0)
 
 
 @pytest.mark.parametrize("parents", [[0], [-1, 1], [-2]])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kilotok.speculative.tree import ROOT, DraftTree
-from kilotok.speculative.verify import Acceptance, TreeRows, accept_greedy, accept_sampled
+from kilotok.speculative.verify import Acceptance, TreeRows, accept_greedy, accept_sampled, read_verdicts
 from tests.speculative.tree_rows import tree_rows
 
 VOCAB = 5
@@ -29,12 +29,12 @@ def _walk(tree: DraftTree, argmax: list[int]) -> list[int]:
         node = follow
 
 
-def _tokens(acceptance: Acceptance, trees: list[DraftTree]) -> list[list[int]]:
-    return [verdict.tokens(tree) for verdict, tree in zip(acceptance.verdicts(), trees, strict=True)]
+def _tokens(acceptance: Acceptance) -> list[list[int]]:
+    return [verdict.tokens for verdict in read_verdicts(acceptance.summary())]
 
 
 def _greedy_tokens(trees: list[DraftTree], logits: torch.Tensor) -> list[list[int]]:
-    return _tokens(accept_greedy(tree_rows(trees, logits.shape[1]), logits), trees)
+    return _tokens(accept_greedy(tree_rows(trees, logits.shape[1]), logits.argmax(dim=-1)))
 
 
 def test_greedy_follows_the_matching_child_and_adds_the_bonus():
@@ -63,7 +63,7 @@ def test_greedy_over_a_batch_is_the_walk_of_each_tree():
     assert {len(tokens) for tokens in expected} >= {1, 2, 3, 4}
     # Sampled acceptance of a greedy request's one-hot distributions is the same walk.
     one_hot = torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    assert _tokens(accept_sampled(tree_rows(trees, 9), one_hot, [None] * len(trees)), trees) == expected
+    assert _tokens(accept_sampled(tree_rows(trees, 9), one_hot, [None] * len(trees))) == expected
 
 
 @pytest.mark.parametrize("tree", [
@@ -84,7 +84,7 @@ def test_sampled_first_two_tokens_follow_the_target(tree):
     trees = TreeRows(*(rows.expand(draws, *rows.shape[1:]) for rows in vars(tree_rows([tree], len(tree) + 1)).values()))
     acceptance = accept_sampled(trees, probs.expand(draws, -1, -1), [torch.Generator().manual_seed(0)] * draws)
     counts = torch.zeros(VOCAB, VOCAB + 1)  # column VOCAB: nothing emitted after t1
-    for tokens in _tokens(acceptance, [tree] * draws):
+    for tokens in _tokens(acceptance):
         counts[tokens[0], tokens[1] if len(tokens) > 1 else VOCAB] += 1
     expected = torch.zeros(VOCAB, VOCAB + 1)
     expected[0, :VOCAB] = 0.5 * torch.tensor(after_0)

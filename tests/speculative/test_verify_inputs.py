@@ -7,9 +7,9 @@ import torch
 
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
-from kilotok.speculative.tree import DraftTree
-from kilotok.speculative.verify import Acceptance, Verdict, accept_greedy, accept_sampled
-from kilotok.speculative.verify_inputs import build_verify_inputs
+from kilotok.speculative.tree import DraftTree, DraftTrees
+from kilotok.speculative.verify import accept_greedy, accept_sampled
+from kilotok.speculative.verify_inputs import build_verify_inputs, kv_moves
 from tests.host_tensors import DEVICE, HostTensors
 
 BLOCK = 4
@@ -22,7 +22,7 @@ def test_each_row_reads_its_prefix_then_the_tree_keys_it_sees():
     tree: its root, then padding rows (slot 0, one key), as are the rows past the batch."""
     seqs = [Sequence(list(range(6)), SamplingParams(), block_table=[2, 3, 5]),
             Sequence([7, 9], SamplingParams(), block_table=[1])]
-    trees = [DraftTree([30, 31, 32], [-1, 0, -1]), DraftTree()]
+    trees = DraftTrees.from_trees([DraftTree([30, 31, 32], [-1, 0, -1]), DraftTree()])
     batch = build_verify_inputs(seqs, trees, 4, 10, BLOCK, max_blocks=3, device=torch.device("cpu"))
     ids, positions, meta = batch.input_ids, batch.positions, batch.meta
     assert ids.tolist() == [5, 30, 31, 32, 9, 0, 0, 0, 0, 0]
@@ -53,34 +53,35 @@ def test_accepted_nodes_end_up_at_the_positions_of_their_depths():
     seqs = [Sequence(list(range(6)), SamplingParams(), block_table=[2, 3, 5]),
             Sequence(list(range(7)), SamplingParams(), block_table=[1, 4, 6])]
     trees = [DraftTree([10, 11, 12, 13, 14], [-1, -1, 1, 2, 0]), DraftTree.chain([20, 21])]
-    verdicts = [Verdict([1, 2, 3], bonus=15), Verdict([0], bonus=22)]
+    accepted_nodes = [[1, 2, 3], [0]]
     width = 6
-    batch = build_verify_inputs(seqs, trees, width, 16, BLOCK, max_blocks=4, device=torch.device("cpu"))
+    batch = build_verify_inputs(seqs, DraftTrees.from_trees(trees), width, 16, BLOCK, max_blocks=4,
+                                device=torch.device("cpu"))
     cache = torch.full((7 * BLOCK,), -1, dtype=torch.int64)
     cache[batch.meta.slot_mapping] = batch.input_ids
-    path_rows = torch.tensor([[node + 1 for node in verdict.accepted] + [0] * (width - 1 - len(verdict.accepted))
-                              for verdict in verdicts])
-    acceptance = Acceptance(torch.tensor([len(verdict.accepted) for verdict in verdicts]), path_rows,
-                            torch.tensor([verdict.bonus for verdict in verdicts]))
-    moves = batch.kv_moves(acceptance)
+    path_rows = torch.tensor([[node + 1 for node in nodes] + [0] * (width - 1 - len(nodes))
+                              for nodes in accepted_nodes])
+    counts = torch.tensor([len(nodes) for nodes in accepted_nodes])
+    acceptance = batch.trees.acceptance(counts, path_rows, torch.tensor([15, 22]))
+    moves = kv_moves(batch.roots, batch.slots, acceptance)
     cache[moves[1]] = cache[moves[0]].clone()
-    for seq, tree, verdict in zip(seqs, trees, verdicts, strict=True):
+    for seq, tree, nodes in zip(seqs, trees, accepted_nodes, strict=True):
         root = len(seq) - 1
         kept = [cache[seq.block_table[p // BLOCK] * BLOCK + p % BLOCK].item()
-                for p in range(root, root + len(verdict.accepted) + 1)]
-        assert kept == [seq.token_ids[-1]] + [tree.tokens[node] for node in verdict.accepted]
+                for p in range(root, root + len(nodes) + 1)]
+        assert kept == [seq.token_ids[-1]] + [tree.tokens[node] for node in nodes]
 
 
 @torch.no_grad()
 def test_acceptance_and_its_moves_build_nothing_on_the_host():
     """What a captured speculative step would run after the target's forward, on a device."""
     seqs = [Sequence(list(range(n)), SamplingParams(), block_table=[1, 2]) for n in (5, 9, 3)]
-    trees = [DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4]), DraftTree()]
+    trees = DraftTrees.from_trees([DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4]), DraftTree()], DEVICE)
     batch = build_verify_inputs(seqs, trees, 4, 16, BLOCK, max_blocks=4, device=DEVICE)
     logits = torch.empty(3, 4, 11, device=DEVICE)
     with HostTensors() as audit:
-        acceptance = accept_greedy(batch.trees, logits)
-        moves = batch.kv_moves(acceptance)
+        acceptance = accept_greedy(batch.trees, logits.argmax(dim=-1))
+        moves = kv_moves(batch.roots, batch.slots, acceptance)
         sampled = accept_sampled(batch.trees, logits.softmax(dim=-1), [None] * 3)
     assert audit.ops == []
     assert {t.device for t in (*vars(acceptance).values(), *vars(sampled).values(), *moves)} == {DEVICE}

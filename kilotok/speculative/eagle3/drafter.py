@@ -35,7 +35,7 @@ from kilotok.speculative.eagle3.head_cache import HeadCache
 from kilotok.speculative.eagle3.head_steps import COMPILED_ROWS, HeadSteps, catch_up_rows
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
-from kilotok.speculative.tree import ROOT, DraftTree
+from kilotok.speculative.tree import ROOT, DraftTrees
 
 
 @dataclass
@@ -121,15 +121,14 @@ class Eagle3Drafter:
         return state is not None and state.next_position == len(seq) - 1
 
     @torch.inference_mode()
-    def propose(self, seqs: list[Sequence], shape: TreeShape) -> list[DraftTree]:
-        """The ready sequences' trees, grown and chosen on the device in one batch; they come back in one
-        copy. The others get empty trees: this step's features make them ready for the next."""
+    def propose(self, seqs: list[Sequence], shape: TreeShape) -> DraftTrees:
+        """The ready sequences' trees, grown and chosen on the device in one batch, where they stay. The
+        others get empty trees: this step's features make them ready for the next."""
         ready = [row for row, seq in enumerate(seqs) if self.ready(seq)]
         if not ready:
-            return [DraftTree() for _ in seqs]
-        tokens, parents = torch.stack(self.grow([seqs[row] for row in ready], shape)).tolist()
-        trees = dict(zip(ready, map(DraftTree, tokens, parents), strict=True))
-        return [trees.get(row, DraftTree()) for row in range(len(seqs))]
+            return DraftTrees.empty(len(seqs), "cpu")  # no tree: the step is a plain one, which reads none
+        tokens, parents = self.grow([seqs[row] for row in ready], shape)
+        return DraftTrees(tokens, parents, (tokens.shape[1],) * len(ready), shape.depth).placed(ready, len(seqs))
 
     def grow(self, seqs: list[Sequence], shape: TreeShape) -> tuple[torch.Tensor, torch.Tensor]:
         """Ready sequences' trees as (tokens, parents) [B, tree_size] on the head's device: the head catches

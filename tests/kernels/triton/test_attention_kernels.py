@@ -14,7 +14,7 @@ from kilotok.kernels.backend import KernelBackend
 from kilotok.runner.step_inputs import decode_key_window, token_rows
 from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTree, DraftTrees
 from kilotok.speculative.verify_inputs import build_verify_inputs
 
 TRITON = KernelBackend.TRITON
@@ -132,8 +132,8 @@ def test_tree_verification_rows_match_their_gathered_windows(lengths, chunk):
         seq.token_ids = seq.token_ids[:length]  # blocks reserved for the tree's lookahead slots
     caches = random_cache(num_blocks, block_size, kv_heads, head_dim)
     padded = len(seqs) * width + 3
-    meta = build_verify_inputs(seqs, TREES, width, padded, block_size, max(len(seq.block_table) for seq in seqs),
-                               torch.device("cpu")).meta
+    meta = build_verify_inputs(seqs, DraftTrees.from_trees(TREES), width, padded, block_size,
+                               max(len(seq.block_table) for seq in seqs), torch.device("cpu")).meta
     q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(5))
     got, expected = both_backends(q, caches, meta, head_dim**-0.5, chunk)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -175,8 +175,8 @@ def test_tree_rows_fold_as_plain_decode_rows(chunk, device):
         seq.token_ids = seq.token_ids[:length]
     caches = random_cache(num_blocks, block_size, kv_heads, head_dim)
     padded = len(seqs) * width + 2
-    meta = build_verify_inputs(seqs, trees, width, padded, block_size, max(len(s.block_table) for s in seqs),
-                               torch.device("cpu"), key_windows=False).meta
+    meta = build_verify_inputs(seqs, DraftTrees.from_trees(trees), width, padded, block_size,
+                               max(len(s.block_table) for s in seqs), torch.device("cpu"), key_windows=False).meta
     q = torch.randn(padded, heads, head_dim, generator=torch.Generator().manual_seed(9))
     scale = head_dim**-0.5
     tree_inputs = (q, *caches, meta.block_tables, meta.context_lens, meta.tree_mask)

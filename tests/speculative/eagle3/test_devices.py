@@ -13,7 +13,7 @@ from kilotok.sequence import Sequence
 from kilotok.speculative.eagle3.drafter import DraftState, Eagle3Drafter
 from kilotok.speculative.eagle3.head_steps import HeadSteps
 from kilotok.speculative.policy import TreeShape
-from kilotok.speculative.tree import DraftTree
+from kilotok.speculative.tree import DraftTree, DraftTrees
 from kilotok.speculative.verify_inputs import build_verify_inputs
 from tests.host_tensors import DEVICE, HostTensors
 from tests.speculative.eagle3.heads import make_draft
@@ -88,10 +88,10 @@ def test_the_drafter_catches_up_and_grows_on_the_features_device():
 
 
 def test_verify_inputs_are_built_on_the_device():
-    """The sequences' block tables and the trees (Python lists) are copied to the device, and every row
-    is built there: nothing else touches the host."""
+    """The sequences' block tables are copied to the device, where the trees are, and every row is built
+    there: nothing else touches the host."""
     seqs = [Sequence(list(range(n)), SamplingParams(), block_table=[1, 2]) for n in (5, 9)]
-    trees = [DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4])]
+    trees = DraftTrees.from_trees([DraftTree([7, 8, 9], [-1, 0, 0]), DraftTree.chain([4])], DEVICE)
     with HostTensors() as audit:
         batch = build_verify_inputs(seqs, trees, 4, 8, block_size=16, max_blocks=4, device=DEVICE)
     assert audit.ops == []

@@ -155,11 +155,11 @@ def test_draft_chain_matches_a_recompute_from_scratch(monkeypatch, reference, he
         engine.step()
         drafter.catch_up([seq])
         recorded.clear()
-        tree = drafter.propose([seq], TreeShape(depth=3, tree_size=3))[0]
+        trees = drafter.propose([seq], TreeShape(depth=3, tree_size=3))
         drafted = [drafter.cache.logits[seq.draft_state.row]] + [out.logits[0, 0] for out in recorded]
         steps, chain = _oracle_chain(reference, drafter.head, seq.token_ids, depth=3)
         torch.testing.assert_close(torch.stack(drafted), torch.stack(steps), atol=1e-4, rtol=1e-4)
-        assert tree.parents == [-1, 0, 1]
-        assert tree.tokens == chain
+        assert trees.sizes == (3,) and trees.parents.tolist() == [[-1, 0, 1]]
+        assert trees.tokens.tolist() == [chain]
         chains.add(tuple(chain))
     assert len(chains) > 1 and seq.spec_stats.target_forwards == 5

@@ -1,0 +1,75 @@
+"""A verify step's device work on either side of the target's forward, as graphs that `torch.compile`
+builds once per shape: the rows built from the trees before it, and after it the greedy acceptance with
+the K/V moves and the verdicts' summary. The logits' argmax stays outside the graph (kernels/argmax.py):
+a compiled step's reductions run on one thread (CPU_STEP_OPTIONS), scalar where they track an index.
+
+Eagerly these are a few hundred small tensor ops a step, each dispatched on its own; on a small CPU
+that dispatch, not the arithmetic, is their cost, and one graph each does the same work in a handful of
+kernels. The key window's width, which grows with the context, is a dynamic dimension, so a graph serves
+every context length of its (batch, tree width, padded rows). As the target's decode graphs are, each is
+called without dynamo's guards once built (runner/compiled_step.py). Sampled acceptance stays eager: its
+uniforms come from each request's own generator.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+
+from kilotok.kernels.argmax import argmax_rows
+from kilotok.runner.compiled_step import CompiledStep
+from kilotok.sequence import Sequence
+from kilotok.speculative.tree import DraftTrees
+from kilotok.speculative.verify import TreeRows, accept_greedy
+from kilotok.speculative.verify_inputs import VerifyBatch, kv_moves, pack_sequences, tree_rows, window_keys
+
+
+class VerifySteps:
+    def __init__(self, compile_steps: bool) -> None:
+        self._eager: dict[str, Callable] = {"rows": self._rows, "greedy": self._greedy}
+        self._calls = dict(self._eager)
+        if compile_steps:
+            self._calls = {name: CompiledStep(call) for name, call in self._eager.items()}
+        self._compile_failed = not compile_steps
+
+    def build(self, seqs: list[Sequence], trees: DraftTrees, width: int, padded_rows: int, block_size: int,
+              max_blocks: int, device: torch.device, key_windows: bool) -> VerifyBatch:
+        """`build_verify_inputs` (speculative/verify_inputs.py), through the compiled graph of its shape."""
+        keys = window_keys(seqs, width, device)
+        torch._dynamo.mark_dynamic(keys, 0)
+        return VerifyBatch.from_tensors(self._call(
+            "rows", pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
+            trees.parents.to(device), keys, width, trees.max_depth, padded_rows, block_size, key_windows))
+
+    def greedy(self, batch: VerifyBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The greedy verdicts of `batch`'s trees, given the target's logits [B, W, V] at their rows: the
+        `Acceptance.summary` and the K/V moves (source and destination slots)."""
+        torch._dynamo.mark_dynamic(batch.slots, 1)
+        return self._call("greedy", batch.trees, batch.roots, batch.slots, argmax_rows(logits))
+
+    def _call(self, name: str, *args):
+        """The compiled graph of `name` for these arguments' shapes; eager where compiling fails (one line
+        says so)."""
+        if self._compile_failed:
+            return self._eager[name](*args)
+        try:
+            return self._calls[name](*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            print(f"kilotok: verification runs eager (torch.compile failed: {type(error).__name__}: {error})",
+                  file=sys.stderr)
+            self._compile_failed = True
+            return self._eager[name](*args)
+
+    def _rows(self, sequences: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor,
+              keys: torch.Tensor, width: int, max_depth: int, padded_rows: int, block_size: int,
+              key_windows: bool) -> tuple[torch.Tensor | None, ...]:
+        # A method with named arguments: a compiled step replays a bound method's arguments by name.
+        return tree_rows(sequences, tree_tokens, tree_parents, keys, width, max_depth, padded_rows, block_size,
+                         key_windows)
+
+    def _greedy(self, trees: TreeRows, roots: torch.Tensor, slots: torch.Tensor,
+                argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        acceptance = accept_greedy(trees, argmax)
+        return (acceptance.summary(), *kv_moves(roots, slots, acceptance))
