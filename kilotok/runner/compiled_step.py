@@ -21,6 +21,7 @@ never replayed: those layouts keep going through dynamo.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
@@ -152,3 +153,27 @@ class CompiledStep:
         same = all((a is None) == (b is None) and (a is None or torch.equal(a, b))
                    for a, b in zip(outputs, again, strict=True))
         return replay if same else None
+
+
+class CompiledCalls:
+    """An owner's few named steps, each a `CompiledStep` of its eager function, that all run eagerly for
+    good once compiling one fails (one line on stderr says so); eager from the start without
+    `compile_steps`."""
+
+    def __init__(self, eager: dict[str, Callable[..., Any]], compile_steps: bool, owner: str) -> None:
+        """`owner`: what runs eagerly after a failure, for the message ("the draft head")."""
+        self.eager = eager
+        self.compiled = {name: CompiledStep(call) for name, call in eager.items()} if compile_steps else {}
+        self.failed = not compile_steps
+        self._owner = owner
+
+    def __call__(self, name: str, *args: Any) -> Any:
+        if self.failed:
+            return self.eager[name](*args)
+        try:
+            return self.compiled[name](*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            print(f"kilotok: {self._owner} runs eager (torch.compile failed: {type(error).__name__}: {error})",
+                  file=sys.stderr)
+            self.failed = True
+            return self.eager[name](*args)

@@ -13,13 +13,10 @@ uniforms come from each request's own generator.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-
 import torch
 
 from kilotok.kernels.argmax import argmax_rows
-from kilotok.runner.compiled_step import CompiledStep
+from kilotok.runner.compiled_step import CompiledCalls
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTrees
 from kilotok.speculative.verify import TreeRows, accept_greedy
@@ -28,18 +25,14 @@ from kilotok.speculative.verify_inputs import VerifyBatch, kv_moves, pack_sequen
 
 class VerifySteps:
     def __init__(self, compile_steps: bool) -> None:
-        self._eager: dict[str, Callable] = {"rows": self._rows, "greedy": self._greedy}
-        self._calls = dict(self._eager)
-        if compile_steps:
-            self._calls = {name: CompiledStep(call) for name, call in self._eager.items()}
-        self._compile_failed = not compile_steps
+        self.calls = CompiledCalls({"rows": self._rows, "greedy": self._greedy}, compile_steps, "verification")
 
     def build(self, seqs: list[Sequence], trees: DraftTrees, width: int, padded_rows: int, block_size: int,
               max_blocks: int, device: torch.device, key_windows: bool) -> VerifyBatch:
         """`build_verify_inputs` (speculative/verify_inputs.py), through the compiled graph of its shape."""
         keys = window_keys(seqs, width, device)
         torch._dynamo.mark_dynamic(keys, 0)
-        return VerifyBatch.from_tensors(self._call(
+        return VerifyBatch.from_tensors(self.calls(
             "rows", pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
             trees.parents.to(device), keys, width, trees.max_depth, padded_rows, block_size, key_windows))
 
@@ -47,20 +40,7 @@ class VerifySteps:
         """The greedy verdicts of `batch`'s trees, given the target's logits [B, W, V] at their rows: the
         `Acceptance.summary` and the K/V moves (source and destination slots)."""
         torch._dynamo.mark_dynamic(batch.slots, 1)
-        return self._call("greedy", batch.trees, batch.roots, batch.slots, argmax_rows(logits))
-
-    def _call(self, name: str, *args):
-        """The compiled graph of `name` for these arguments' shapes; eager where compiling fails (one line
-        says so)."""
-        if self._compile_failed:
-            return self._eager[name](*args)
-        try:
-            return self._calls[name](*args)
-        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
-            print(f"kilotok: verification runs eager (torch.compile failed: {type(error).__name__}: {error})",
-                  file=sys.stderr)
-            self._compile_failed = True
-            return self._eager[name](*args)
+        return self.calls("greedy", batch.trees, batch.roots, batch.slots, argmax_rows(logits))
 
     def _rows(self, sequences: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor,
               keys: torch.Tensor, width: int, max_depth: int, padded_rows: int, block_size: int,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kilotok.runner.compiled_step import CompiledStep
+from kilotok.runner.compiled_step import CompiledCalls, CompiledStep
 
 
 @dataclass
@@ -73,3 +73,22 @@ def test_a_step_whose_replay_differs_from_its_traced_call_is_never_replayed():
     step = CompiledStep(RandomStep().forward, {})
     step(torch.zeros(4))
     assert not step._replays
+
+
+def test_compiled_calls_fall_back_to_eager_for_good(capsys):
+    class Owner:
+        def double(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+            return (x * 2,)
+
+    calls = CompiledCalls({"double": Owner().double}, compile_steps=True, owner="the test step")
+
+    def broken(*args):
+        raise RuntimeError("no compiler")
+
+    calls.compiled["double"] = broken
+    assert torch.equal(calls("double", torch.ones(2))[0], torch.full((2,), 2.0))
+    assert calls.failed
+    assert "the test step runs eager (torch.compile failed: RuntimeError: no compiler)" in capsys.readouterr().err
+    del calls.compiled["double"]  # never looked up again
+    assert torch.equal(calls("double", torch.ones(3))[0], torch.full((3,), 2.0))
+    assert CompiledCalls({"double": Owner().double}, compile_steps=False, owner="").compiled == {}

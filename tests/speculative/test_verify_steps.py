@@ -54,6 +54,6 @@ def test_compiled_rows_and_greedy_verdicts_equal_eager_as_contexts_grow(key_wind
         assert torch.equal(summary, acceptance.summary())
         accepted += int(acceptance.counts.sum())
         assert all(map(torch.equal, moves, kv_moves(want.roots, want.slots, acceptance)))
-    assert not compiled._compile_failed and accepted > 0
+    assert not compiled.calls.failed and accepted > 0
     # The key window's width is dynamic: each step's layout was recorded once and replayed after.
-    assert [len(step._replays) for step in compiled._calls.values()] == [1, 1]
+    assert [len(step._replays) for step in compiled.calls.compiled.values()] == [1, 1]

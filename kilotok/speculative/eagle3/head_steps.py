@@ -19,12 +19,9 @@ a batch of sequences at once, each reading its own committed keys out of a share
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-
 import torch
 
-from kilotok.runner.compiled_step import CompiledStep
+from kilotok.runner.compiled_step import CompiledCalls
 from kilotok.speculative.eagle3.model import Eagle3DraftModel, Eagle3Output
 from kilotok.speculative.tree import ROOT
 
@@ -44,11 +41,8 @@ def catch_up_rows(count: int) -> int:
 class HeadSteps:
     def __init__(self, head: Eagle3DraftModel, compile_steps: bool) -> None:
         self.head = head
-        self._eager = {"catch_up": self._catch_up_tensors, "expand": self._expand}
-        self._calls: dict[str, Callable] = dict(self._eager)
-        if compile_steps:
-            self._calls = {name: CompiledStep(call) for name, call in self._eager.items()}
-        self._compile_failed = not compile_steps
+        self.calls = CompiledCalls({"catch_up": self._catch_up_tensors, "expand": self._expand}, compile_steps,
+                                   "the draft head")
 
     def catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
                  committed: torch.Tensor, window: KeyWindow | None) -> Eagle3Output:
@@ -73,18 +67,9 @@ class HeadSteps:
         return self._call("expand", *args) if _compilable(window) else self._expand(*args)
 
     def _call(self, name: str, *args):
-        """The compiled graph of `name` for these arguments' shapes; eager where compiling fails (one line
-        says so)."""
-        if self._compile_failed:
-            return self._eager[name](*args)
+        """The compiled graph of `name` for these arguments' shapes (eager where compiling failed)."""
         _mark_dynamic(name, args)
-        try:
-            return self._calls[name](*args)
-        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
-            print(f"kilotok: the draft head runs eager (torch.compile failed: {type(error).__name__}: {error})",
-                  file=sys.stderr)
-            self._compile_failed = True
-            return self._eager[name](*args)
+        return self.calls(name, *args)
 
     def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
                   committed: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:

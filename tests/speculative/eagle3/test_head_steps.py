@@ -133,9 +133,9 @@ def test_compiled_steps_equal_eager_as_the_context_grows():
             (torch.arange(2)[:, None], counts[:, None] + torch.arange(rows)), new)
             for past, new in ((past_k, got_out.k), (past_v, got_out.v)))
         logits, hidden, last, counts = got_out.logits[:, -1], got_out.hidden[:, -1], last + rows, counts + rows
-    assert not compiled._compile_failed
+    assert not compiled.calls.failed
     # Later calls of each shape ran the recorded graphs without dynamo (runner/compiled_step.py).
-    assert all(step._replays for step in compiled._calls.values())
+    assert all(step._replays for step in compiled.calls.compiled.values())
 
 
 @torch.no_grad()
@@ -153,4 +153,4 @@ def test_one_compiled_graph_serves_every_batch_size_from_two_on():
         got = compiled.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
         assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
         torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
-    assert len(compiled._calls["expand"]._replays) == 2
+    assert len(compiled.calls.compiled["expand"]._replays) == 2
