@@ -135,20 +135,21 @@ class SpeculativeDecoder:
                                         runner.max_blocks_per_seq, runner.device, runner.gathers_key_window)
         logits, features = runner.decode_rows(batch.input_ids, batch.positions, batch.meta, features=True)
         features = None if features is None else features[:rows].view(len(seqs), width, -1)
-        summary, sources, destinations = self._accept(seqs, batch, logits[:rows].view(len(seqs), width, -1))
+        summary, sources, destinations = self._accept(seqs, batch, logits[:rows].view(len(seqs), width, -1),
+                                                      trees.full)
         verdicts = read_verdicts(summary)
         # A path of first children (a chain's always) is already in place: then no copy over every layer.
         if any(verdict.out_of_place for verdict in verdicts):
             runner.copy_kv(sources, destinations)
         return features, verdicts
 
-    def _accept(self, seqs: list[Sequence], batch: VerifyBatch,
-                logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _accept(self, seqs: list[Sequence], batch: VerifyBatch, logits: torch.Tensor,
+                full: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The verdicts' summary and the K/V moves, on the device: the greedy walk when every request is
-        greedy, else sequential rejection against each row's processed distribution (one-hot for greedy
-        requests)."""
+        greedy (compiled for `full` trees), else sequential rejection against each row's processed
+        distribution (one-hot for greedy requests)."""
         if all(seq.params.greedy for seq in seqs):
-            return self.verify_steps.greedy(batch, logits)
+            return self.verify_steps.greedy(batch, logits, full)
         size, width, _ = logits.shape
         sampling = SamplingTensors.from_params([seq.params for seq in seqs for _ in range(width)], logits.device)
         probs = processed_probs(logits.flatten(0, 1), sampling).view(size, width, -1)

@@ -22,7 +22,8 @@ class NgramDrafter:
 
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> DraftTrees:
         length = min(shape.depth, shape.tree_size)
-        return DraftTrees.from_trees([DraftTree.chain(self.lookup(seq.token_ids)[:length]) for seq in seqs])
+        return DraftTrees.from_trees([DraftTree.chain(self.lookup(seq.token_ids)[:length]) for seq in seqs],
+                                     width=length)
 
     def lookup(self, tokens: list[int]) -> list[int]:
         """The tokens that followed the latest earlier match of the longest matching tail (longest first,

@@ -63,7 +63,9 @@ class DraftTree:
 @dataclass(frozen=True)
 class DraftTrees:
     """One step's draft trees for a batch of sequences: row b holds sequence b's tree in its first
-    `sizes[b]` columns (topological order, so any prefix is a tree too), padding after."""
+    `sizes[b]` columns (topological order, so any prefix is a tree too), padding after. The columns are
+    the drafter's full tree size, whatever the trees use: verification compiles only trees that fill
+    them (speculative/verify_steps.py)."""
 
     tokens: torch.Tensor
     """[B, N] int64 each node's token."""
@@ -75,8 +77,10 @@ class DraftTrees:
     """No node of any tree is deeper (an upper bound: verification gathers ancestors this many times)."""
 
     @classmethod
-    def from_trees(cls, trees: list[DraftTree], device: torch.device | str = "cpu") -> DraftTrees:
-        width = max((len(tree) for tree in trees), default=0)
+    def from_trees(cls, trees: list[DraftTree], device: torch.device | str = "cpu",
+                   width: int | None = None) -> DraftTrees:
+        """`width`: the columns (the drafter's tree size; default: the largest tree's)."""
+        width = max((len(tree) for tree in trees), default=0) if width is None else width
         rows = [[*tree.tokens, *[0] * (width - len(tree)), *tree.parents, *[ROOT] * (width - len(tree))]
                 for tree in trees]
         packed = torch.tensor(rows, dtype=torch.int64).view(len(trees), 2 * width).to(device)
@@ -103,7 +107,11 @@ class DraftTrees:
         return DraftTrees(tokens, parents, tuple(sizes), self.max_depth)
 
     def fitted(self, max_nodes: list[int]) -> DraftTrees:
-        """Each tree cut to its first `max_nodes[b]` nodes, and the columns to the largest tree left."""
+        """Each tree cut to its first `max_nodes[b]` nodes (the columns stay)."""
         sizes = tuple(min(size, limit) for size, limit in zip(self.sizes, max_nodes, strict=True))
-        width = max(sizes, default=0)
-        return DraftTrees(self.tokens[:, :width], self.parents[:, :width], sizes, min(self.max_depth, width))
+        return DraftTrees(self.tokens, self.parents, sizes, min(self.max_depth, max(sizes, default=0)))
+
+    @property
+    def full(self) -> bool:
+        """Whether the largest tree fills the columns: the shape every step of the drafter's size has."""
+        return max(self.sizes, default=0) == self.tokens.shape[1]

@@ -9,6 +9,11 @@ kernels. The key window's width, which grows with the context, is a dynamic dime
 every context length of its (batch, tree width, padded rows). As the target's decode graphs are, each is
 called without dynamo's guards once built (runner/compiled_step.py). Sampled acceptance stays eager: its
 uniforms come from each request's own generator.
+
+Only steps whose trees fill the drafter's tree size are compiled (`DraftTrees.full`: every EAGLE-3 step
+but those near the end of the context; prompt lookup's steps that found a whole chain). The rest run
+eagerly: each of their widths and depths would be a graph of its own, seconds of compiling on a small
+CPU for a shape that may not come back.
 """
 
 from __future__ import annotations
@@ -29,18 +34,24 @@ class VerifySteps:
 
     def build(self, seqs: list[Sequence], trees: DraftTrees, width: int, padded_rows: int, block_size: int,
               max_blocks: int, device: torch.device, key_windows: bool) -> VerifyBatch:
-        """`build_verify_inputs` (speculative/verify_inputs.py), through the compiled graph of its shape."""
+        """`build_verify_inputs` (speculative/verify_inputs.py), through the compiled graph of its shape
+        when the trees are `full`."""
         keys = window_keys(seqs, width, device)
         torch._dynamo.mark_dynamic(keys, 0)
-        return VerifyBatch.from_tensors(self.calls(
-            "rows", pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
+        return VerifyBatch.from_tensors(self._call(
+            trees.full, "rows", pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
             trees.parents.to(device), keys, width, trees.max_depth, padded_rows, block_size, key_windows))
 
-    def greedy(self, batch: VerifyBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def greedy(self, batch: VerifyBatch, logits: torch.Tensor,
+               compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The greedy verdicts of `batch`'s trees, given the target's logits [B, W, V] at their rows: the
-        `Acceptance.summary` and the K/V moves (source and destination slots)."""
+        `Acceptance.summary` and the K/V moves (source and destination slots). `compiled`: as the trees
+        were `full`."""
         torch._dynamo.mark_dynamic(batch.slots, 1)
-        return self.calls("greedy", batch.trees, batch.roots, batch.slots, argmax_rows(logits))
+        return self._call(compiled, "greedy", batch.trees, batch.roots, batch.slots, argmax_rows(logits))
+
+    def _call(self, compiled: bool, name: str, *args):
+        return self.calls(name, *args) if compiled else self.calls.eager[name](*args)
 
     def _rows(self, sequences: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor,
               keys: torch.Tensor, width: int, max_depth: int, padded_rows: int, block_size: int,

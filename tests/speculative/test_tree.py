@@ -50,10 +50,13 @@ def test_a_batch_of_trees_pads_places_and_fits_its_rows():
     assert placed.tokens.tolist() == [[10, 11, 12, 13, 14], [0] * 5, [7, 8, 0, 0, 0]]
     assert placed.parents[1].tolist() == [-1] * 5 and placed.sizes == (5, 0, 2)
     assert trees.placed([0, 1], 2) is trees
-    # A prefix in topological order is a tree: fitting cuts columns to the largest tree left.
+    # A prefix in topological order is a tree: fitting keeps one, and the columns.
     fitted = placed.fitted([3, 4, 1])
-    assert fitted.sizes == (3, 0, 1) and fitted.tokens.tolist() == [[10, 11, 12], [0] * 3, [7, 8, 0]]
+    assert fitted.sizes == (3, 0, 1) and fitted.tokens is placed.tokens and not fitted.full
     assert fitted.max_depth == 3 and placed.fitted([0, 0, 0]).sizes == (0, 0, 0)
+    assert placed.full and placed.fitted([5, 0, 0]).full
+    # Columns for the drafter's tree size, wider than the trees: not full.
+    assert DraftTrees.from_trees([DraftTree.chain([1])], width=3).tokens.tolist() == [[1, 0, 0]]
     assert DraftTrees.empty(2, "cpu").tokens.shape == (2, 0)
 
 

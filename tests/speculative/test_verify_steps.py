@@ -50,10 +50,29 @@ def test_compiled_rows_and_greedy_verdicts_equal_eager_as_contexts_grow(key_wind
         logits = torch.randn(3, width, 40, generator=generator)
         logits[:, :, :6] += 3.0  # the trees' tokens: some nodes are accepted
         acceptance = accept_greedy(want.trees, logits.argmax(dim=-1))
-        summary, *moves = compiled.greedy(got, logits)
+        summary, *moves = compiled.greedy(got, logits, trees.full)
         assert torch.equal(summary, acceptance.summary())
         accepted += int(acceptance.counts.sum())
         assert all(map(torch.equal, moves, kv_moves(want.roots, want.slots, acceptance)))
     assert not compiled.calls.failed and accepted > 0
     # The key window's width is dynamic: each step's layout was recorded once and replayed after.
     assert [len(step._replays) for step in compiled.calls.compiled.values()] == [1, 1]
+
+
+@torch.no_grad()
+def test_trees_that_do_not_fill_their_columns_run_eagerly():
+    """Trees cut short (near the end of the context, a short prompt-lookup chain) would each be a shape of
+    their own: they run eagerly, and the same as eager."""
+    compiled = VerifySteps(compile_steps=True)
+    seqs = [Sequence(list(range(30)), SamplingParams(), block_table=list(range(1, 1 + MAX_BLOCKS)))]
+    trees = DraftTrees.from_trees([DraftTree.chain([4, 5])], width=4)
+    assert not trees.full and DraftTrees.from_trees([DraftTree.chain([4, 5])]).full
+    width = verify_width(trees)
+    got = compiled.build(seqs, trees, width, 4, BLOCK, MAX_BLOCKS, torch.device("cpu"), True)
+    want = build_verify_inputs(seqs, trees, width, 4, BLOCK, MAX_BLOCKS, torch.device("cpu"))
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+               for a, b in zip(_flat(got), _flat(want), strict=True))
+    logits = torch.randn(1, width, 40, generator=torch.Generator().manual_seed(5))
+    summary, *_ = compiled.greedy(got, logits, trees.full)
+    assert torch.equal(summary, accept_greedy(want.trees, logits.argmax(dim=-1)).summary())
+    assert [len(step._replays) for step in compiled.calls.compiled.values()] == [0, 0]
