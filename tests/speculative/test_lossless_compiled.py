@@ -36,5 +36,7 @@ def test_compiled_int4_speculation_is_token_identical(prompts_and_plain_outputs,
     assert alone[0].token_ids == plain[4]
     assert not speculative.engine.runner._compile_failed
     assert not speculative.engine.decoder.verify_steps.calls.failed
+    # Verification ran its compiled graphs (the trees fill their size: the head's always, a whole chain).
+    assert all(step._replays for step in speculative.engine.decoder.verify_steps.calls.compiled.values())
     if spec.method == "eagle3":
         assert sum(o.accepted_tokens for o in alone) > 0, "the shipped head should get drafts accepted"
