@@ -91,9 +91,6 @@ class DraftTrees:
     def empty(cls, batch: int, device: torch.device | str) -> DraftTrees:
         return cls.from_trees([DraftTree() for _ in range(batch)], device)
 
-    def __len__(self) -> int:
-        return len(self.sizes)
-
     def placed(self, rows: list[int], batch: int) -> DraftTrees:
         """These trees as rows `rows` of a batch of `batch` sequences; the other sequences get none."""
         if rows == list(range(batch)):
