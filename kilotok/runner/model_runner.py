@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import torch
 
+from kilotok.kernels.argmax import argmax_rows
 from kilotok.kernels.attention import KEY_WINDOW_ALIGN
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
@@ -123,8 +124,12 @@ class ModelRunner:
         return self.sample(seqs, logits[: len(seqs)]), None if rows_features is None else rows_features[: len(seqs)]
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
-        sampling = SamplingTensors.from_params([seq.params for seq in seqs], self.device)
-        return self.sampler(logits, sampling, [seq.generator for seq in seqs])
+        params = [seq.params for seq in seqs]
+        if all(p.greedy for p in params):
+            # No parameter tensors to build: right after a forward that streamed every weight through the
+            # caches, their few small host tensors cost more than the argmax itself.
+            return argmax_rows(logits)
+        return self.sampler(logits, SamplingTensors.from_params(params, self.device), [seq.generator for seq in seqs])
 
     @torch.inference_mode()
     def decode_rows(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
