@@ -46,7 +46,7 @@ class Verdict:
 @dataclass(frozen=True)
 class Acceptance:
     """The verdicts of a batch of trees as device tensors of fixed shape: the accepted path of each tree
-    moves its K/V on the device (`VerifyBatch.kv_moves`), and the step copies the verdicts to the host at
+    moves its K/V on the device (`verify_inputs.kv_moves`), and the step copies the verdicts to the host at
     once (`summary`, read by `read_verdicts`)."""
 
     counts: torch.Tensor
