@@ -7,6 +7,7 @@ import pytest
 
 from kilotok import SamplingParams
 from kilotok.speculative.config import SpecConfig
+from kilotok.speculative.tree import DraftTree, DraftTrees
 from tests.tiny_engine import (
     VOCAB,
     RandomTreeDrafter,
@@ -58,6 +59,51 @@ def test_request_metrics_count_what_was_emitted(monkeypatch, reference):
     assert output.acceptance_length == pytest.approx(29 / output.target_forwards)
     assert output.target_forwards <= 29 and output.accepted_tokens == 29 - output.target_forwards
     assert output.to_json_dict()["acceptance_length"] == output.acceptance_length
+
+
+class ContinuationDrafter:
+    """Proposes the plain greedy continuation itself: every node is accepted, so a step's path runs past
+    whatever a request may still emit."""
+
+    aux_layer_ids: tuple[int, ...] = ()
+
+    def __init__(self, continuation: list[int]) -> None:
+        self.continuation = continuation
+
+    def propose(self, seqs, shape):
+        chains = [DraftTree.chain(self.continuation[len(seq) : len(seq) + shape.depth]) for seq in seqs]
+        return DraftTrees.from_trees(chains, width=shape.depth)
+
+    def prefilled(self, seq, start, features, next_token) -> None:
+        """Nothing to keep."""
+
+    def verified(self, seq, tokens, features) -> None:
+        """Nothing to keep."""
+
+    def release(self, seq) -> None:
+        """Nothing kept."""
+
+
+@pytest.mark.parametrize("max_tokens", [2, 7, 9])
+def test_a_path_past_max_tokens_is_cut_after_verification(monkeypatch, reference, max_tokens):
+    """Chains of 4 always accepted emit 5 tokens a step: the last step's path is cut to what the request
+    may still emit (with 2, one token left after the prompt: no tree at all), and the counters count only
+    the tokens kept."""
+    prompt = {"prompt_token_ids": [5, 1, 2, 7]}
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    # The continuation goes on past max_tokens, so the drafter proposes whole chains to the end.
+    longer = SamplingParams(temperature=0.0, max_tokens=max_tokens + 8, ignore_eos=True)
+    plain = tiny_llm(monkeypatch, reference).generate(prompt, longer)[0].token_ids
+    spec = tiny_llm(monkeypatch, reference, spec=SpecConfig("ngram", depth=4))
+    use_drafter(spec, ContinuationDrafter(prompt["prompt_token_ids"] + plain))
+    output = spec.generate(prompt, params)[0]
+    assert output.token_ids == plain[:max_tokens] and output.num_output_tokens == max_tokens
+    # After the prefill's token: full steps of 5 (4 accepted + the bonus), then a step cut to the rest,
+    # all of it accepted drafts, or, with one token left, a plain step.
+    full_steps, rest = divmod(max_tokens - 1, 5)
+    assert output.target_forwards == full_steps + (rest > 0)
+    assert output.accepted_tokens == 4 * full_steps + (rest if rest > 1 else 0)
+    assert output.drafted_tokens == 4 * (full_steps + (rest > 1))
 
 
 @pytest.mark.parametrize("settings", [
