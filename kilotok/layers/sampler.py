@@ -196,6 +196,15 @@ class Sampler:
     def __init__(self, backend: KernelBackend = KernelBackend.TORCH) -> None:
         self.backend = backend
 
+    def for_requests(self, logits: torch.Tensor, params: Sequence[SamplingParams],
+                     generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+        """`self(logits, SamplingTensors.from_params(params), generators)`, except that an all-greedy batch
+        builds no parameter tensors: right after a forward that streamed every weight through the caches,
+        their few small host tensors cost more than the argmax itself."""
+        if all(p.greedy for p in params):
+            return argmax_rows(logits)
+        return self(logits, SamplingTensors.from_params(params, logits.device), generators)
+
     def __call__(
         self, logits: torch.Tensor, t: SamplingTensors, generators: Sequence[torch.Generator | None]
     ) -> torch.Tensor:

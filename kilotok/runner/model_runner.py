@@ -21,11 +21,10 @@ from dataclasses import replace
 
 import torch
 
-from kilotok.kernels.argmax import argmax_rows
 from kilotok.kernels.attention import KEY_WINDOW_ALIGN
 from kilotok.kernels.attention_metadata import AttentionMetadata
 from kilotok.kernels.backend import KernelBackend
-from kilotok.layers.sampler import Sampler, SamplingTensors
+from kilotok.layers.sampler import Sampler
 from kilotok.models.causal_lm import CausalLM
 from kilotok.runner.compiled_step import CompiledStep
 from kilotok.runner.cuda_graphs import DecodeGraphs, GraphCapture, capture_cuda_graph
@@ -124,12 +123,7 @@ class ModelRunner:
         return self.sample(seqs, logits[: len(seqs)]), None if rows_features is None else rows_features[: len(seqs)]
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
-        params = [seq.params for seq in seqs]
-        if all(p.greedy for p in params):
-            # No parameter tensors to build: right after a forward that streamed every weight through the
-            # caches, their few small host tensors cost more than the argmax itself.
-            return argmax_rows(logits)
-        return self.sampler(logits, SamplingTensors.from_params(params, self.device), [seq.generator for seq in seqs])
+        return self.sampler.for_requests(logits, [seq.params for seq in seqs], [seq.generator for seq in seqs])
 
     @torch.inference_mode()
     def decode_rows(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,

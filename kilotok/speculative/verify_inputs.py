@@ -12,6 +12,7 @@ read the block table get each row's tree mask instead and read the same keys in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,7 +88,8 @@ def pack_sequences(seqs: list[Sequence], trees: DraftTrees, max_blocks: int, dev
 
 
 def build_verify_inputs(seqs: list[Sequence], trees: DraftTrees, width: int, padded_rows: int, block_size: int,
-                        max_blocks: int, device: torch.device, key_windows: bool = True) -> VerifyBatch:
+                        max_blocks: int, device: torch.device, key_windows: bool = True,
+                        rows: Callable[..., tuple[torch.Tensor | None, ...]] | None = None) -> VerifyBatch:
     """The verify step of `seqs` with their `trees`, each laid out as `width` rows (the root, the nodes,
     padding), padded to `padded_rows` rows.
 
@@ -100,16 +102,12 @@ def build_verify_inputs(seqs: list[Sequence], trees: DraftTrees, width: int, pad
     window, which the PyTorch reference reads.
 
     The sequences go to `device` in one copy (`pack_sequences`); the trees are there already; the rest is
-    built there, for every row at once (`tree_rows`)."""
-    keys = window_keys(seqs, width, device)
-    return VerifyBatch.from_tensors(tree_rows(pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
-                                              trees.parents.to(device), keys, width, trees.max_depth, padded_rows,
-                                              block_size, key_windows))
-
-
-def window_keys(seqs: list[Sequence], width: int, device: torch.device) -> torch.Tensor:
-    """The key positions [window] of a verify step's sequences: every position a row reads or writes."""
-    return torch.arange(aligned_window(max(len(seq) for seq in seqs) + width - 1), device=device)
+    built there, for every row at once, by `rows` (default `tree_rows`; verify_steps.py passes its compiled
+    graph), given every position a row reads or writes as `keys`."""
+    keys = torch.arange(aligned_window(max(len(seq) for seq in seqs) + width - 1), device=device)
+    return VerifyBatch.from_tensors((rows or tree_rows)(
+        pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device), trees.parents.to(device), keys,
+        width, trees.max_depth, padded_rows, block_size, key_windows))
 
 
 def tree_rows(sequences: torch.Tensor, tree_tokens: torch.Tensor, tree_parents: torch.Tensor, keys: torch.Tensor,

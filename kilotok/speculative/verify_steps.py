@@ -18,6 +18,8 @@ CPU for a shape that may not come back.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from kilotok.kernels.argmax import argmax_rows
@@ -25,7 +27,7 @@ from kilotok.runner.compiled_step import CompiledCalls
 from kilotok.sequence import Sequence
 from kilotok.speculative.tree import DraftTrees
 from kilotok.speculative.verify import TreeRows, accept_greedy
-from kilotok.speculative.verify_inputs import VerifyBatch, kv_moves, pack_sequences, tree_rows, window_keys
+from kilotok.speculative.verify_inputs import VerifyBatch, build_verify_inputs, kv_moves, tree_rows
 
 
 class VerifySteps:
@@ -36,11 +38,8 @@ class VerifySteps:
               max_blocks: int, device: torch.device, key_windows: bool) -> VerifyBatch:
         """`build_verify_inputs` (speculative/verify_inputs.py), through the compiled graph of its shape
         when the trees are `full`."""
-        keys = window_keys(seqs, width, device)
-        torch._dynamo.mark_dynamic(keys, 0)
-        return VerifyBatch.from_tensors(self._call(
-            trees.full, "rows", pack_sequences(seqs, trees, max_blocks, device), trees.tokens.to(device),
-            trees.parents.to(device), keys, width, trees.max_depth, padded_rows, block_size, key_windows))
+        return build_verify_inputs(seqs, trees, width, padded_rows, block_size, max_blocks, device, key_windows,
+                                   rows=partial(self._tree_rows, trees.full))
 
     def greedy(self, batch: VerifyBatch, logits: torch.Tensor,
                compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,6 +48,13 @@ class VerifySteps:
         were `full`."""
         torch._dynamo.mark_dynamic(batch.slots, 1)
         return self._call(compiled, "greedy", batch.trees, batch.roots, batch.slots, argmax_rows(logits))
+
+    def _tree_rows(self, compiled: bool, sequences: torch.Tensor, tree_tokens: torch.Tensor,
+                   tree_parents: torch.Tensor, keys: torch.Tensor,
+                   *shape: int | bool) -> tuple[torch.Tensor | None, ...]:
+        """`tree_rows`, through `build_verify_inputs`, with the key window's width a dynamic dimension."""
+        torch._dynamo.mark_dynamic(keys, 0)
+        return self._call(compiled, "rows", sequences, tree_tokens, tree_parents, keys, *shape)
 
     def _call(self, compiled: bool, name: str, *args):
         return self.calls(name, *args) if compiled else self.calls.eager[name](*args)
