@@ -30,15 +30,11 @@ class LLM:
             self._warm_up()
 
     def _warm_up(self) -> None:
-        """Compile the single-sequence decode step now, so the first request's timings measure decoding,
-        not the compiler (slow on a small CPU the first time; cached on disk after that)."""
+        """Compile the single-sequence steps now, so the first request's timings measure decoding, not the
+        compiler. A server compiles every batch size's (`LLMEngine.warm_up`)."""
         if self.engine.config.progress:
             print("kilotok: preparing the compiled decode step (cached after the first run)", file=sys.stderr)
-        # Long enough for full-size draft trees, so speculation's verify graph is compiled here too.
-        spec = self.engine.config.spec
-        extra = spec.depth + spec.max_draft_nodes if spec.enabled else 0
-        warm_up = SamplingParams(temperature=0.0, max_tokens=3 + extra, ignore_eos=True)
-        self.generate({"prompt_token_ids": [self.tokenizer.bos_token_id or 0]}, warm_up)
+        self.engine.warm_up(1)
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):

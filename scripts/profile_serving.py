@@ -45,7 +45,7 @@ def main() -> None:
     total = args.total or 2 * args.concurrency
     llm = LLM(args.model)
     engine = llm.engine
-    engine.runner.compile_buckets(args.concurrency)
+    engine.warm_up(args.concurrency)
     times: dict[str, float] = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
     for obj, name in [(engine.scheduler, "schedule"), (engine.scheduler, "postprocess"), (engine.decoder, "decode"),

@@ -125,7 +125,7 @@ def run_kernel_bench(settings: KernelBenchSettings) -> dict[str, object]:
         # Without the op (KILOTOK_LOWBIT_KERNELS=0, or a processor without it) only the steps are timed.
         calls = time_calls(model, settings) if lowbit_available() else []
         if settings.steps:
-            llm.engine.runner.compile_buckets(max(settings.rows))
+            llm.engine.runner.compile_buckets(range(1, max(settings.rows) + 1))
         steps = time_steps(llm, settings) if settings.steps else []
     kernels_in_use = "lowbit" if lowbit_available() else "aten"
     print(report(calls, steps, kernels_in_use))

@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                        help="KV-cache size in blocks of 16 tokens; overrides --kv-cache-gb")
     group.add_argument("--api-key", default=None,
                        help="require 'Authorization: Bearer KEY' on /v1 routes (default: no key)")
+    group.add_argument("--no-warm-up", action="store_true",
+                       help="start serving before compiling the steps of every batch size: each then compiles "
+                            "when a batch of its size first runs, stalling the requests in it")
     group.add_argument("--served-model-name", default=None,
                        help="the model name clients send and see (default: the --model value)")
     parser.set_defaults(run=run)
@@ -55,12 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     llm = LLM(args.model, progress=True, spec=spec_config(args), max_num_seqs=args.max_num_seqs,
               kv_cache_blocks=args.kv_cache_blocks, **engine_settings(args))
-    if llm.engine.config.compile:
-        print("kilotok: compiling the decode graphs for every batch size up to --max-num-seqs", file=sys.stderr)
-        decoder = llm.engine.decoder
-        rows = decoder.policy.max_verify_rows(args.max_num_seqs) if llm.engine.config.spec.enabled \
-            else args.max_num_seqs
-        llm.engine.runner.compile_buckets(rows)
+    if llm.engine.config.compile and not args.no_warm_up:
+        print("kilotok: compiling the steps of every batch size up to --max-num-seqs (cached after the first run)",
+              file=sys.stderr)
+        llm.engine.warm_up()
     app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key,
                     start_engine_thread=False)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",

@@ -87,6 +87,13 @@ class LLMEngine:
             self.scheduler.finish(seq, "abort")
             self.spec_stats.merge(seq.spec_stats)
 
+    def warm_up(self, max_num_seqs: int | None = None) -> None:
+        """Compile now every graph that steps of up to `max_num_seqs` decoding sequences (default: as many as
+        the engine batches) run, plain or speculative, so that no request waits on the compiler later: on a
+        small CPU each graph takes seconds the first time (inductor caches them on disk for later runs)."""
+        if self.config.compile:
+            self.decoder.warm_up(max_num_seqs or self.config.max_num_seqs, self.config.progress)
+
     def close(self) -> None:
         """End what the engine started beyond this process (the other ranks of a parallel run)."""
         self.runner.close()

@@ -78,6 +78,10 @@ class Decoder(Protocol):
     def release(self, seq: Sequence) -> None:
         """The sequence finished, or was preempted and lost its KV blocks: drop what the decoder keeps for it."""
 
+    def warm_up(self, max_num_seqs: int, progress: bool = False) -> None:
+        """Build now every compiled graph that steps of up to `max_num_seqs` decoding sequences run, so that
+        none is compiled while requests wait. Touches no sequence, KV block or counter of the engine's."""
+
 
 class PlainDecoder:
     lookahead_slots = 0
@@ -95,6 +99,9 @@ class PlainDecoder:
 
     def release(self, seq: Sequence) -> None:
         """A plain decoder keeps nothing per sequence."""
+
+    def warm_up(self, max_num_seqs: int, progress: bool = False) -> None:
+        self.runner.compile_buckets(range(1, max_num_seqs + 1))
 
     def decode(self, seqs: list[Sequence]) -> list[StepResult]:
         return [StepResult([token], 1) for token in self.runner.decode(seqs)[0].tolist()]

@@ -17,6 +17,7 @@ The step inputs themselves are built in runner/step_inputs.py.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 
 import torch
@@ -165,16 +166,15 @@ class ModelRunner:
         return min(warm, default=bucket)
 
     @torch.inference_mode()
-    def compile_buckets(self, max_rows: int) -> None:
-        """Build the compiled decode graphs (with features too, when they are collected) of every bucket up to
-        `max_rows` now, so a server never stalls its running requests to compile one when the batch first grows."""
+    def compile_buckets(self, row_counts: Iterable[int]) -> None:
+        """Build now the compiled plain decode graph (no features) of each of `row_counts`' buckets, so that a
+        server never stalls its running requests to compile one when the batch first grows. A speculative
+        decoder's other graphs are built by running its steps (`SpeculativeDecoder.warm_up`)."""
         if self._compile_failed:
             return
         window = KEY_WINDOW_ALIGN if self.gathers_key_window else 0
-        for bucket in (b for b in DECODE_BATCH_BUCKETS if b < 2 * max_rows):
-            for features in {False, bool(self._feature_layers)}:
-                self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, window, self.device),
-                                 features)
+        for bucket in sorted({_bucket(rows) for rows in row_counts}):
+            self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, window, self.device))
 
     @torch.inference_mode()
     def capture_decode_graphs(self, max_rows: int, capture: GraphCapture = capture_cuda_graph,

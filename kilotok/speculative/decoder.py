@@ -18,10 +18,13 @@ the policy drafts at no batch size the engine can run, the target's features are
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from kilotok.layers.sampler import SamplingTensors, processed_probs
 from kilotok.models.causal_lm import CausalLM
 from kilotok.runner.decoder import Decoder, DraftOutcome, PlainDecoder, ScheduledBatch, StepResult
+from kilotok.runner.step_inputs import PADDING_BLOCK
+from kilotok.sampling_params import SamplingParams
 from kilotok.sequence import Sequence
 from kilotok.speculative.config import SpecConfig
 from kilotok.speculative.drafter import Drafter
@@ -68,6 +71,23 @@ class SpeculativeDecoder:
 
     def release(self, seq: Sequence) -> None:
         self.drafter.release(seq)
+
+    def warm_up(self, max_num_seqs: int, progress: bool = False) -> None:
+        """The plain decode graphs of the batch sizes that do not draft; at each size that does, the steps
+        a request goes through, over as many warm-up sequences: the prompt, the drafter's own warm-up, a
+        whole speculative step (its tree fills the shape, so verification runs its compiled graphs), then
+        a step whose trees came out empty (the plain decode graph with features)."""
+        sizes = range(1, max_num_seqs + 1)
+        drafting = [(batch, shape) for batch in sizes if self.drafts and (shape := self.policy.shape_for(batch))]
+        self.runner.compile_buckets([batch for batch in sizes if batch not in dict(drafting)])
+        for batch, shape in tqdm(drafting, desc="compiling speculative steps", disable=not progress, leave=False):
+            seqs = warm_up_sequences(batch, shape, self.runner.model.config.vocab_size, self.runner.max_blocks_per_seq)
+            _advance(seqs, self.prefill(ScheduledBatch(seqs, [len(seqs[0])] * batch, [True] * batch, 0)))
+            self.drafter.warm_up(seqs, shape)
+            self.decode(seqs)
+            self._plain_step(seqs, features=True)
+            for seq in seqs:
+                self.release(seq)
 
     def prefill(self, batch: ScheduledBatch) -> list[StepResult]:
         starts = [seq.num_cached_tokens for seq in batch.seqs]
@@ -155,6 +175,30 @@ class SpeculativeDecoder:
         probs = processed_probs(logits.flatten(0, 1), sampling).view(size, width, -1)
         acceptance = accept_sampled(batch.trees, probs, [seq.generator for seq in seqs])
         return acceptance.summary(), *kv_moves(batch.roots, batch.slots, acceptance)
+
+
+WARM_UP_PROMPT = 32
+"""Tokens of a warm-up sequence's prompt: enough for each of the drafter's compiled row counts to catch up
+on earlier positions, and for prompt lookup to find a whole chain."""
+
+
+def warm_up_sequences(count: int, shape: TreeShape, vocab_size: int, max_blocks: int) -> list[Sequence]:
+    """`count` greedy sequences whose tokens repeat a pattern longer than the tree is deep (prompt lookup
+    then proposes a whole chain) and whose blocks are all the padding block: what a step writes there is
+    thrown away, as padding rows' keys and values are."""
+    period = max(1, min(shape.depth + 1, vocab_size - 1))
+    prompt = [1 + position % period for position in range(WARM_UP_PROMPT)]
+    params = SamplingParams(temperature=0.0, max_tokens=WARM_UP_PROMPT, ignore_eos=True)
+    return [Sequence(prompt, params, block_table=[PADDING_BLOCK] * max_blocks) for _ in range(count)]
+
+
+def _advance(seqs: list[Sequence], results: list[StepResult]) -> None:
+    """Cache what a warm-up step computed and extend each sequence by as many tokens as it produced,
+    continuing the sequence's pattern rather than taking the step's (meaningless) tokens."""
+    for seq, result in zip(seqs, results, strict=True):
+        seq.num_cached_tokens += result.num_computed
+        period = max(seq.prompt_token_ids)
+        seq.token_ids += [1 + (len(seq) + index) % period for index in range(len(result.tokens))]
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,

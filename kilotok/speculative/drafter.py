@@ -31,6 +31,10 @@ class Drafter(Protocol):
         """The sequence finished or was preempted: drop what the drafter keeps for it (a preempted sequence
         starts over from its prompt)."""
 
+    def warm_up(self, seqs: list[Sequence], shape: TreeShape) -> None:
+        """Build the compiled graphs of the drafter's own work that steps of `shape` can run, over warm-up
+        sequences just prefilled (speculative/decoder.py); they must stay ready to draft for."""
+
     def propose(self, seqs: list[Sequence], shape: TreeShape) -> DraftTrees:
         """One tree per sequence, rooted at its last token, no deeper or larger than `shape`; on the device
         where the drafter made them (verification moves host trees there)."""

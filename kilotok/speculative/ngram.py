@@ -44,3 +44,6 @@ class NgramDrafter:
 
     def release(self, seq: Sequence) -> None:
         """Nothing kept, nothing to drop."""
+
+    def warm_up(self, seqs: list[Sequence], shape: TreeShape) -> None:
+        """Prompt lookup runs on the host: nothing to compile."""

@@ -113,6 +113,18 @@ class Eagle3Drafter:
             self.cache.release(state.row)
         seq.draft_state = None
 
+    @torch.inference_mode()
+    def warm_up(self, seqs: list[Sequence], shape: TreeShape) -> None:
+        """Catch up on the prompts of `seqs`, then once more on the last positions of each, for every
+        compiled row count up to the one a step of `shape` leaves pending (the root and up to `shape.depth`
+        accepted nodes); each time the sequences end as ready as they began."""
+        features = [torch.cat([part for _, part in seq.draft_state.pending]) for seq in seqs]
+        self.catch_up(seqs)
+        for rows in (bucket for bucket in COMPILED_ROWS if bucket <= catch_up_rows(shape.depth + 1)):
+            for seq, own in zip(seqs, features, strict=True):
+                seq.draft_state.receive(len(seq) - 1 - rows, own[-rows:])
+            self.catch_up(seqs)
+
     @staticmethod
     def ready(seq: Sequence) -> bool:
         """Whether the head has (or has pending) the input at the position before the newest token, which
