@@ -80,9 +80,14 @@ class SpeculativeDecoder:
         sizes = range(1, max_num_seqs + 1)
         drafting = [(batch, shape) for batch in sizes if self.drafts and (shape := self.policy.shape_for(batch))]
         self.runner.compile_buckets([batch for batch in sizes if batch not in dict(drafting)])
+        # The prompt, the token after it and a whole tree must fit in the context window.
+        length = min(WARM_UP_PROMPT, self.max_model_len - 1 - self.lookahead_slots)
+        if length < 2:
+            return  # a window this small holds no tree worth compiling for
         for batch, shape in tqdm(drafting, desc="compiling speculative steps", disable=not progress, leave=False):
-            seqs = warm_up_sequences(batch, shape, self.runner.model.config.vocab_size, self.runner.max_blocks_per_seq)
-            _advance(seqs, self.prefill(ScheduledBatch(seqs, [len(seqs[0])] * batch, [True] * batch, 0)))
+            seqs = warm_up_sequences(batch, length, shape, self.runner.model.config.vocab_size,
+                                     self.runner.max_blocks_per_seq)
+            _advance(seqs, self.prefill(ScheduledBatch(seqs, [length] * batch, [True] * batch, 0)))
             self.drafter.warm_up(seqs, shape)
             self.decode(seqs)
             self._plain_step(seqs, features=True)
@@ -178,16 +183,17 @@ class SpeculativeDecoder:
 
 
 WARM_UP_PROMPT = 32
-"""Tokens of a warm-up sequence's prompt: enough for each of the drafter's compiled row counts to catch up
-on earlier positions, and for prompt lookup to find a whole chain."""
+"""Tokens of a warm-up sequence's prompt where the context window allows: enough for each of the drafter's
+compiled row counts to catch up on earlier positions, and for prompt lookup to find a whole chain."""
 
 
-def warm_up_sequences(count: int, shape: TreeShape, vocab_size: int, max_blocks: int) -> list[Sequence]:
-    """`count` greedy sequences whose tokens repeat a pattern longer than the tree is deep (prompt lookup
-    then proposes a whole chain) and whose blocks are all the padding block: what a step writes there is
-    thrown away, as padding rows' keys and values are."""
+def warm_up_sequences(count: int, length: int, shape: TreeShape, vocab_size: int,
+                      max_blocks: int) -> list[Sequence]:
+    """`count` greedy sequences whose `length`-token prompts repeat a pattern longer than the tree is deep
+    (prompt lookup then proposes a whole chain) and whose blocks are all the padding block: what a step
+    writes there is thrown away, as padding rows' keys and values are."""
     period = max(1, min(shape.depth + 1, vocab_size - 1))
-    prompt = [1 + position % period for position in range(WARM_UP_PROMPT)]
+    prompt = [1 + position % period for position in range(length)]
     params = SamplingParams(temperature=0.0, max_tokens=WARM_UP_PROMPT, ignore_eos=True)
     return [Sequence(prompt, params, block_table=[PADDING_BLOCK] * max_blocks) for _ in range(count)]
 

@@ -57,3 +57,28 @@ def test_after_warm_up_requests_compile_nothing(monkeypatch, reference, tmp_path
     assert sum(o.drafted_tokens for o in outputs) > 0
     assert not engine.runner._compile_failed
     assert not engine.decoder.verify_steps.calls.failed
+
+
+@pytest.mark.parametrize("max_model_len", [7, 12, 40])
+def test_warm_up_sequences_fit_the_context_window(monkeypatch, reference, tmp_path, max_model_len):
+    spec = SpecConfig("eagle3", draft=str(random_head_folder(reference, tmp_path)), depth=3, topk=2, tree_size=5)
+    llm = tiny_llm(monkeypatch, reference, spec=spec, max_model_len=max_model_len, max_num_seqs=2)
+    decoder = llm.engine.decoder
+    positions = []
+    original = decoder.runner.decode_rows
+
+    def recorded(input_ids, positions_, meta, features=False):
+        positions.append(int(positions_.max()))
+        return original(input_ids, positions_, meta, features)
+
+    monkeypatch.setattr(decoder.runner, "decode_rows", recorded)
+    # Eagerly (compile off), the warm-up's steps themselves: none may reach past the window. A window of
+    # 7 cannot hold a prompt of 2 tokens and the tree after it: no speculative step is warmed there.
+    decoder.warm_up(2)
+    assert max(positions, default=-1) < max_model_len
+    assert bool(positions) == (max_model_len > 7)
+    assert decoder.drafter.cache.held == 0
+    prompt = random_prompt(4, 0, VOCAB)
+    room = max_model_len - len(prompt)
+    assert llm.generate({"prompt_token_ids": prompt}, greedy(room))[0].token_ids == \
+        greedy_with_logits(reference, prompt, room)[0]

@@ -120,7 +120,8 @@ class Eagle3Drafter:
         accepted nodes); each time the sequences end as ready as they began."""
         features = [torch.cat([part for _, part in seq.draft_state.pending]) for seq in seqs]
         self.catch_up(seqs)
-        for rows in (bucket for bucket in COMPILED_ROWS if bucket <= catch_up_rows(shape.depth + 1)):
+        longest = min(catch_up_rows(shape.depth + 1), len(seqs[0]) - 1)  # a short context window holds fewer
+        for rows in (bucket for bucket in COMPILED_ROWS if bucket <= longest):
             for seq, own in zip(seqs, features, strict=True):
                 seq.draft_state.receive(len(seq) - 1 - rows, own[-rows:])
             self.catch_up(seqs)
