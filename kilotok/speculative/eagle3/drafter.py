@@ -35,7 +35,7 @@ from kilotok.speculative.eagle3.head_cache import HeadCache
 from kilotok.speculative.eagle3.head_steps import COMPILED_ROWS, HeadSteps, catch_up_rows
 from kilotok.speculative.eagle3.model import Eagle3DraftModel
 from kilotok.speculative.policy import TreeShape
-from kilotok.speculative.tree import ROOT, DraftTrees
+from kilotok.speculative.tree import DraftTrees
 
 
 @dataclass
@@ -145,16 +145,15 @@ class Eagle3Drafter:
 
     def grow(self, seqs: list[Sequence], shape: TreeShape) -> tuple[torch.Tensor, torch.Tensor]:
         """Ready sequences' trees as (tokens, parents) [B, tree_size] on the head's device: the head catches
-        up on their pending inputs, then expands every tree at once."""
+        up on their pending inputs, then grows and chooses every tree at once."""
         self.catch_up(seqs)
         cache = self.cache
         row_ids = [seq.draft_state.row for seq in seqs]
         committed, device = [cache.committed[row] for row in row_ids], cache.k.device
         rows = cache.index(row_ids, device)
-        candidates = self.steps.expand(cache.window(rows, max(committed)), torch.tensor(committed, device=device),
-                                       cache.logits[rows], cache.hidden[rows], cache.last_position[rows], shape.depth,
-                                       self.topk)
-        return best_tree(*candidates, shape.tree_size)
+        return self.steps.draft(cache.window(rows, max(committed)), torch.tensor(committed, device=device),
+                                cache.logits[rows], cache.hidden[rows], cache.last_position[rows], shape.depth,
+                                self.topk, shape.tree_size)
 
     def catch_up(self, seqs: list[Sequence]) -> None:
         """Run the head over the pending inputs of `seqs` (token t + 1, target feature t, whose tokens the
@@ -203,18 +202,3 @@ def _padded(values: list[int], width: int) -> list[int]:
 
 def _padded_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat((rows, rows[-1:].expand(width - len(rows), -1)))
-
-
-def best_tree(tokens: torch.Tensor, scores: torch.Tensor, parents: torch.Tensor,
-              tree_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `tree_size` best of each sequence's candidates ([B, N] each, in level order, as
-    `HeadSteps.expand` gives them) as (tokens, parents renumbered to the chosen) [B, tree_size], on their
-    device. Ties go to the earlier candidate, the shallower: as a child never scores above its parent, the
-    best nodes always include their ancestors."""
-    best = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :tree_size]
-    chosen = best.sort(dim=-1).values
-    order = torch.arange(chosen.shape[1], device=chosen.device).expand_as(chosen)
-    renumbered = torch.full_like(parents, ROOT).scatter_(1, chosen, order)
-    chosen_parents = parents.gather(1, chosen)
-    return tokens.gather(1, chosen), torch.where(chosen_parents == ROOT, ROOT,
-                                                 renumbered.gather(1, chosen_parents.clamp(min=0)))

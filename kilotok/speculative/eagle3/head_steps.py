@@ -1,20 +1,22 @@
 """The EAGLE-3 head's two kinds of work per draft, as tensor programs that `torch.compile` turns into one
-graph each: catching up on the target's features of the newest positions, and growing a whole tree's
-levels (EAGLE-2 dynamic expansion) without returning to Python between levels.
+graph each: catching up on the target's features of the newest positions, and drafting: growing a whole
+tree's levels (EAGLE-2 dynamic expansion) without returning to Python between levels, then choosing the
+best nodes.
 
 On a small CPU the head's eager forward costs far more in per-op dispatch than in arithmetic (its int8
 weights are about 10 MB, read once per level); one graph per draft does it in a handful of calls. Graphs
-are built per shape: catch-up per row-count bucket, expansion per (depth, top-k), each for one sequence
-and for any larger batch; the key window's width and the batch size are dynamic dimensions, so neither a
-growing context nor another batch size needs a new graph. As the target's decode graphs are, each graph
-is called without dynamo's guards once built (runner/compiled_step.py).
+are built per shape: catch-up per row-count bucket, drafting per (depth, top-k, tree size), each for one
+sequence and for any larger batch; the key window's width and the batch size are dynamic dimensions, so
+neither a growing context nor another batch size needs a new graph. As the target's decode graphs are,
+each graph is called without dynamo's guards once built (runner/compiled_step.py).
 
 The expansion: the root's top-k children form level 1. Each further level runs the head once over the
 frontier (the k best nodes of the level before, by cumulative log-probability), each node reading its
 parent's output feature at position last + level and attending to the committed keys, its expanded
 ancestors' keys and its own; each frontier node's top-k children form the level. The candidates come out
-in level order, each level's frontier-major, for the caller to pick the best tree from. Both steps run over
-a batch of sequences at once, each reading its own committed keys out of a shared window.
+in level order, each level's frontier-major, and the best `tree_size` of them form the tree (`best_tree`).
+Both steps run over a batch of sequences at once, each reading its own committed keys out of a shared
+window.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def catch_up_rows(count: int) -> int:
 class HeadSteps:
     def __init__(self, head: Eagle3DraftModel, compile_steps: bool) -> None:
         self.head = head
-        self.calls = CompiledCalls({"catch_up": self._catch_up_tensors, "expand": self._expand}, compile_steps,
+        self.calls = CompiledCalls({"catch_up": self._catch_up_tensors, "draft": self._draft}, compile_steps,
                                    "the draft head")
 
     def catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
@@ -55,6 +57,14 @@ class HeadSteps:
             return self._catch_up(*args)
         return Eagle3Output(*self._call("catch_up", *args))
 
+    def draft(self, window: KeyWindow, committed: torch.Tensor, root_logits: torch.Tensor, root_hidden: torch.Tensor,
+              last_position: torch.Tensor, depth: int, topk: int,
+              tree_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sequence's tree: the `tree_size` best of the candidates `expand` scores (`best_tree`), as
+        (tokens, parents) [B, tree_size] on the head's device, expansion and choice in one graph."""
+        args = (*window, committed, root_logits, root_hidden, last_position, depth, topk, tree_size)
+        return self._call("draft", *args) if _compilable(window) else self._draft(*args)
+
     def expand(self, window: KeyWindow, committed: torch.Tensor, root_logits: torch.Tensor,
                root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
                topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,34 +73,8 @@ class HeadSteps:
         order (top-k at level 1, top-k x top-k at each later level), as [B, N] tensors on the head's device:
         target token ids, cumulative log-probabilities under the head, and parents (indices into these, or
         ROOT)."""
-        args = (*window, committed, root_logits, root_hidden, last_position, depth, topk)
-        return self._call("expand", *args) if _compilable(window) else self._expand(*args)
-
-    def _call(self, name: str, *args):
-        """The compiled graph of `name` for these arguments' shapes (eager where compiling failed)."""
-        _mark_dynamic(name, args)
-        return self.calls(name, *args)
-
-    def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-                  committed: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
         head = self.head
-        batch, rows = tokens.shape
-        mask = torch.ones(rows, rows, dtype=torch.bool, device=tokens.device).tril().expand(batch, rows, rows)
-        if past_k is not None:
-            mask = torch.cat((_own_columns(past_k, committed).expand(batch, rows, -1), mask), dim=2)
-        return head(tokens, head.fuse(features), positions, past_k, past_v, mask)
-
-    def _catch_up_tensors(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-                          committed: torch.Tensor, past_k: torch.Tensor,
-                          past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`_catch_up`'s output as a tuple (hidden, logits, k, v): what a compiled step returns."""
-        out = self._catch_up(tokens, features, positions, committed, past_k, past_v)
-        return out.hidden, out.logits, out.k, out.v
-
-    def _expand(self, past_k: torch.Tensor, past_v: torch.Tensor, committed: torch.Tensor,
-                root_logits: torch.Tensor, root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int,
-                topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        head = self.head
+        past_k, past_v = window
         batch, device = root_logits.shape[0], root_logits.device
         sequence = torch.arange(batch, device=device)[:, None]  # with a [B, k] index, picks per sequence
         committed_keys = _own_columns(past_k, committed).expand(batch, topk, -1)
@@ -119,6 +103,48 @@ class HeadSteps:
             features = out.hidden.repeat_interleave(topk, dim=1)
             ancestors = torch.cat((frontier_ancestors, own), dim=2).repeat_interleave(topk, dim=1)
         return torch.cat(tokens, dim=1), torch.cat(all_scores, dim=1), torch.cat(parents, dim=1)
+
+    def _call(self, name: str, *args):
+        """The compiled graph of `name` for these arguments' shapes (eager where compiling failed)."""
+        _mark_dynamic(name, args)
+        return self.calls(name, *args)
+
+    def _catch_up(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                  committed: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None) -> Eagle3Output:
+        head = self.head
+        batch, rows = tokens.shape
+        mask = torch.ones(rows, rows, dtype=torch.bool, device=tokens.device).tril().expand(batch, rows, rows)
+        if past_k is not None:
+            mask = torch.cat((_own_columns(past_k, committed).expand(batch, rows, -1), mask), dim=2)
+        return head(tokens, head.fuse(features), positions, past_k, past_v, mask)
+
+    def _catch_up_tensors(self, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                          committed: torch.Tensor, past_k: torch.Tensor,
+                          past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`_catch_up`'s output as a tuple (hidden, logits, k, v): what a compiled step returns."""
+        out = self._catch_up(tokens, features, positions, committed, past_k, past_v)
+        return out.hidden, out.logits, out.k, out.v
+
+    def _draft(self, past_k: torch.Tensor, past_v: torch.Tensor, committed: torch.Tensor, root_logits: torch.Tensor,
+               root_hidden: torch.Tensor, last_position: torch.Tensor, depth: int, topk: int,
+               tree_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        candidates = self.expand((past_k, past_v), committed, root_logits, root_hidden, last_position, depth, topk)
+        return best_tree(*candidates, tree_size)
+
+
+def best_tree(tokens: torch.Tensor, scores: torch.Tensor, parents: torch.Tensor,
+              tree_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `tree_size` best of each sequence's candidates ([B, N] each, in level order, as
+    `HeadSteps.expand` gives them) as (tokens, parents renumbered to the chosen) [B, tree_size], on their
+    device. Ties go to the earlier candidate, the shallower: as a child never scores above its parent, the
+    best nodes always include their ancestors."""
+    best = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :tree_size]
+    chosen = best.sort(dim=-1).values
+    order = torch.arange(chosen.shape[1], device=chosen.device).expand_as(chosen)
+    renumbered = torch.full_like(parents, ROOT).scatter_(1, chosen, order)
+    chosen_parents = parents.gather(1, chosen)
+    return tokens.gather(1, chosen), torch.where(chosen_parents == ROOT, ROOT,
+                                                 renumbered.gather(1, chosen_parents.clamp(min=0)))
 
 
 def _own_columns(past_k: torch.Tensor, committed: torch.Tensor) -> torch.Tensor:

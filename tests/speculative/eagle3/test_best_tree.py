@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kilotok.speculative.eagle3.drafter import best_tree
+from kilotok.speculative.eagle3.head_steps import best_tree
 from kilotok.speculative.tree import ROOT, DraftTree
 
 

@@ -1,6 +1,6 @@
 """The head's draft steps as tensor programs: the whole-tree expansion against a node-by-node oracle (each
 node run alone over exactly the keys it may see), padded catch-up against the unpadded forward, and the
-compiled graphs against eager."""
+compiled graphs (catch-up; expansion with the choice of the best tree) against eager."""
 
 from __future__ import annotations
 
@@ -118,10 +118,9 @@ def test_compiled_steps_equal_eager_as_the_context_grows():
     logits, hidden = (torch.stack([c[i] for c in committed]) for i in (2, 3))
     last = torch.tensor([c[4] for c in committed])
     for step in range(3):
-        want = eager.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
-        got = compiled.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
-        torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
+        want = eager.draft((past_k, past_v), counts, logits, hidden, last, 3, 2, 4)
+        got = compiled.draft((past_k, past_v), counts, logits, hidden, last, 3, 2, 4)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         rows = 2 + step
         tokens, features = torch.arange(2 * rows).view(2, rows), torch.randn(2, rows, 3 * D)
         positions = last[:, None] + 1 + torch.arange(rows)
@@ -149,8 +148,7 @@ def test_one_compiled_graph_serves_every_batch_size_from_two_on():
         (past_k, past_v), counts = _window([(k, v) for k, v, *_ in committed[:batch]], seed=batch)
         logits, hidden = (torch.stack([c[i] for c in committed[:batch]]) for i in (2, 3))
         last = torch.tensor([c[4] for c in committed[:batch]])
-        want = eager.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
-        got = compiled.expand((past_k, past_v), counts, logits, hidden, last, 3, 2)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
-        torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
-    assert len(compiled.calls.compiled["expand"]._replays) == 2
+        want = eager.draft((past_k, past_v), counts, logits, hidden, last, 3, 2, 4)
+        got = compiled.draft((past_k, past_v), counts, logits, hidden, last, 3, 2, 4)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert len(compiled.calls.compiled["draft"]._replays) == 2
