@@ -101,7 +101,7 @@ class PlainDecoder:
         """A plain decoder keeps nothing per sequence."""
 
     def warm_up(self, max_num_seqs: int, progress: bool = False) -> None:
-        self.runner.compile_buckets(range(1, max_num_seqs + 1))
+        self.runner.compile_buckets(range(1, max_num_seqs + 1), progress)
 
     def decode(self, seqs: list[Sequence]) -> list[StepResult]:
         return [StepResult([token], 1) for token in self.runner.decode(seqs)[0].tolist()]

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 import torch
+from tqdm import tqdm
 
 from kilotok.kernels.attention import KEY_WINDOW_ALIGN
 from kilotok.kernels.attention_metadata import AttentionMetadata
@@ -166,14 +167,15 @@ class ModelRunner:
         return min(warm, default=bucket)
 
     @torch.inference_mode()
-    def compile_buckets(self, row_counts: Iterable[int]) -> None:
+    def compile_buckets(self, row_counts: Iterable[int], progress: bool = False) -> None:
         """Build now the compiled plain decode graph (no features) of each of `row_counts`' buckets, so that a
         server never stalls its running requests to compile one when the batch first grows. A speculative
         decoder's other graphs are built by running its steps (`SpeculativeDecoder.warm_up`)."""
         if self._compile_failed:
             return
         window = KEY_WINDOW_ALIGN if self.gathers_key_window else 0
-        for bucket in sorted({_bucket(rows) for rows in row_counts}):
+        buckets = sorted({_bucket(rows) for rows in row_counts})
+        for bucket in tqdm(buckets, desc="compiling decode steps", disable=not progress, leave=False):
             self.decode_rows(*warm_up_rows(bucket, self.block_size, self.max_blocks_per_seq, window, self.device))
 
     @torch.inference_mode()

@@ -79,7 +79,7 @@ class SpeculativeDecoder:
         a step whose trees came out empty (the plain decode graph with features)."""
         sizes = range(1, max_num_seqs + 1)
         drafting = [(batch, shape) for batch in sizes if self.drafts and (shape := self.policy.shape_for(batch))]
-        self.runner.compile_buckets([batch for batch in sizes if batch not in dict(drafting)])
+        self.runner.compile_buckets([batch for batch in sizes if batch not in dict(drafting)], progress)
         # The prompt, the token after it and a whole tree must fit in the context window.
         length = min(WARM_UP_PROMPT, self.max_model_len - 1 - self.lookahead_slots)
         if length < 2:
