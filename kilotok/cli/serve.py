@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 from kilotok.engine.args import add_model_args, add_spec_args, engine_settings, spec_config
 
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if llm.engine.config.compile and not args.no_warm_up:
         print("kilotok: compiling the steps of every batch size up to --max-num-seqs (cached after the first run)",
               file=sys.stderr)
+        start = time.perf_counter()
         llm.engine.warm_up()
+        print(f"kilotok: steps compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     app = build_app(llm.engine, args.served_model_name or args.model, api_key=args.api_key,
                     start_engine_thread=False)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
