@@ -78,16 +78,20 @@ class SpeculativeDecoder:
         whole speculative step (its tree fills the shape, so verification runs its compiled graphs), then
         a step whose trees came out empty (the plain decode graph with features)."""
         sizes = range(1, max_num_seqs + 1)
-        drafting = [(batch, shape) for batch in sizes if self.drafts and (shape := self.policy.shape_for(batch))]
-        self.runner.compile_buckets([batch for batch in sizes if batch not in dict(drafting)], progress)
+        shapes = {batch: shape for batch in sizes if self.drafts and (shape := self.policy.shape_for(batch))}
+        self.runner.compile_buckets([batch for batch in sizes if batch not in shapes], progress)
         # The prompt, the token after it and a whole tree must fit in the context window.
         length = min(WARM_UP_PROMPT, self.max_model_len - 1 - self.lookahead_slots)
         if length < 2:
             return  # a window this small holds no tree worth compiling for
-        for batch, shape in tqdm(drafting, desc="compiling speculative steps", disable=not progress, leave=False):
-            seqs = warm_up_sequences(batch, length, shape, self.runner.model.config.vocab_size,
+        for batch, shape in tqdm(shapes.items(), desc="compiling speculative steps", disable=not progress,
+                                 leave=False):
+            seqs = warm_up_sequences(batch, length + 1, shape, self.runner.model.config.vocab_size,
                                      self.runner.max_blocks_per_seq)
-            _advance(seqs, self.prefill(ScheduledBatch(seqs, [length] * batch, [True] * batch, 0)))
+            # The prompt's chunk stops short of the last token, which stands for the one sampled after it.
+            self.prefill(ScheduledBatch(seqs, [length] * batch, [False] * batch, 0))
+            for seq in seqs:
+                seq.num_cached_tokens = length
             self.drafter.warm_up(seqs, shape)
             self.decode(seqs)
             self._plain_step(seqs, features=True)
@@ -189,22 +193,13 @@ compiled row counts to catch up on earlier positions, and for prompt lookup to f
 
 def warm_up_sequences(count: int, length: int, shape: TreeShape, vocab_size: int,
                       max_blocks: int) -> list[Sequence]:
-    """`count` greedy sequences whose `length`-token prompts repeat a pattern longer than the tree is deep
+    """`count` greedy sequences of `length` tokens that repeat a pattern longer than the tree is deep
     (prompt lookup then proposes a whole chain) and whose blocks are all the padding block: what a step
     writes there is thrown away, as padding rows' keys and values are."""
     period = max(1, min(shape.depth + 1, vocab_size - 1))
     prompt = [1 + position % period for position in range(length)]
     params = SamplingParams(temperature=0.0, max_tokens=WARM_UP_PROMPT, ignore_eos=True)
     return [Sequence(prompt, params, block_table=[PADDING_BLOCK] * max_blocks) for _ in range(count)]
-
-
-def _advance(seqs: list[Sequence], results: list[StepResult]) -> None:
-    """Cache what a warm-up step computed and extend each sequence by as many tokens as it produced,
-    continuing the sequence's pattern rather than taking the step's (meaningless) tokens."""
-    for seq, result in zip(seqs, results, strict=True):
-        seq.num_cached_tokens += result.num_computed
-        period = max(seq.prompt_token_ids)
-        seq.token_ids += [1 + (len(seq) + index) % period for index in range(len(result.tokens))]
 
 
 def build_decoder(spec: SpecConfig, target: PlainDecoder, model: CausalLM, model_name: str,

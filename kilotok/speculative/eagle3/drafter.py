@@ -55,6 +55,10 @@ class DraftState:
         self.pending.append((start, features))
         self.next_position = start + features.shape[0]
 
+    def pending_features(self) -> torch.Tensor:
+        """The pending inputs' features [n, k * d], in position order."""
+        return torch.cat([part for _, part in self.pending])
+
 
 def _quantize_linears(head: Eagle3DraftModel) -> None:
     """Run the head's linear layers through the int8 CPU op: drafting reads every weight once per tree
@@ -118,7 +122,7 @@ class Eagle3Drafter:
         """Catch up on the prompts of `seqs`, then once more on the last positions of each, for every
         compiled row count up to the one a step of `shape` leaves pending (the root and up to `shape.depth`
         accepted nodes); each time the sequences end as ready as they began."""
-        features = [torch.cat([part for _, part in seq.draft_state.pending]) for seq in seqs]
+        features = [seq.draft_state.pending_features() for seq in seqs]
         self.catch_up(seqs)
         longest = min(catch_up_rows(shape.depth + 1), len(seqs[0]) - 1)  # a short context window holds fewer
         for rows in (bucket for bucket in COMPILED_ROWS if bucket <= longest):
@@ -183,8 +187,7 @@ class Eagle3Drafter:
             tokens = [seq.token_ids[position + 1] for position in positions]
             host.append([*_padded(tokens, width), *_padded(positions, width), *row_slots,
                          cache.committed[seq.draft_state.row], index * width + len(positions) - 1])
-        features = torch.stack([_padded_rows(torch.cat([part for _, part in seq.draft_state.pending]), width)
-                                for seq, _ in group])
+        features = torch.stack([_padded_rows(seq.draft_state.pending_features(), width) for seq, _ in group])
         packed = torch.tensor(host, device=features.device)
         tokens, positions, slots = packed[:, : 3 * width].view(len(group), 3, width).unbind(1)
         committed, last = packed[:, 3 * width :].unbind(1)
